@@ -1,0 +1,71 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use dynapress::eval::{self, EvalPlan, WindowOptions};
+use dynapress::model::Model;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Hugging Face model directory (config.json, tokenizer.json, *.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Text to score: plain text, or JSONL with a "text" field. Repeatable.
+    #[arg(long)]
+    data: Vec<PathBuf>,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Number of windows (the first seq_len × windows tokens are scored).
+    #[arg(long, default_value_t = 64)]
+    windows: usize,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Multiple-choice task (JSONL with context, choices, label). Repeatable.
+    #[arg(long)]
+    tasks: Vec<PathBuf>,
+    /// Base model to compare against: adds KL(base‖model) and top-1 agreement.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    if a.data.is_empty() && a.tasks.is_empty() {
+        anyhow::bail!("nothing to evaluate: give --data FILE and/or --tasks FILE.jsonl");
+    }
+    for p in a.data.iter().chain(&a.tasks) {
+        if !p.is_file() {
+            anyhow::bail!("{}: file not found", p.display());
+        }
+    }
+    let model = Model::load(&a.model).context("loading the model")?;
+    let base = match &a.base {
+        Some(dir) => Some(Model::load(dir).context("loading the base model")?),
+        None => None,
+    };
+    let plan = EvalPlan {
+        data: a.data,
+        tasks: a.tasks,
+        windows: WindowOptions {
+            seq_len: a.seq_len,
+            windows: a.windows,
+            batch: a.batch,
+        },
+        task_batch_tokens: 8192,
+        quiet: a.quiet,
+    };
+    let report = eval::evaluate(&model, base.as_ref(), &plan)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Command-line interface (clap derive). Exit codes: 0 success, 1 error (one
+//! line on stderr), 2 bad arguments.
+
+mod bench;
+mod eval;
+mod generate;
+
+use clap::{Parser, Subcommand};
+
+/// dynapress: compress large language models layer by layer, each layer at the
+/// level a whole-model search chose.
+#[derive(Parser)]
+#[command(name = "dynapress", version, about, long_about = None)]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Evaluate a model: perplexity on text, KL divergence and top-1 agreement
+    /// against a base model, multiple-choice accuracy.
+    Eval(eval::EvalArgs),
+    /// Generate text from a prompt (greedy at temperature 0), streaming tokens to stdout.
+    Generate(generate::GenerateArgs),
+    /// Measure forward-pass throughput (tokens/s).
+    Bench(bench::BenchArgs),
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        // candle's matmul reads RAYON_NUM_THREADS; the global pool serves the rest.
+        // SAFETY: set before any thread is spawned.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    match cli.command {
+        Command::Eval(a) => eval::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}

@@ -1,0 +1,217 @@
+//! Perplexity, KL divergence to a base model and top-1 agreement over
+//! independent windows.
+//!
+//! Protocol (as in `reference.json`): keep the first `seq_len × windows` tokens,
+//! cut them into `windows` windows of `seq_len` scored independently (each
+//! starts at position 0, no BOS); the `seq_len − 1` positions that predict a
+//! next token in the window are scored:
+//!
+//! - NLL per token = mean over scored positions of `−log p(x_{t+1} | x_{≤t})`,
+//!   perplexity = exp(NLL);
+//! - KL(base ‖ model) = mean over the same positions of
+//!   `Σ_v p_base(v) (log p_base(v) − log p_model(v))`;
+//! - top-1 agreement = fraction of those positions where both argmaxes agree.
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// Window settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowOptions {
+    pub seq_len: usize,
+    pub windows: usize,
+    /// Windows per forward pass.
+    pub batch: usize,
+}
+
+impl Default for WindowOptions {
+    fn default() -> Self {
+        WindowOptions {
+            seq_len: 256,
+            windows: 64,
+            batch: 8,
+        }
+    }
+}
+
+/// Scores of one dataset.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct WindowScores {
+    pub nll_per_token: f64,
+    pub perplexity: f64,
+    /// Scored (predicted) positions.
+    pub tokens: usize,
+    pub windows: usize,
+    pub kl: Option<f64>,
+    pub top1_agreement: Option<f64>,
+}
+
+/// Per-row statistics of a logits matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct RowStats {
+    /// log Σ exp(logits)
+    pub lse: f64,
+    pub argmax: u32,
+}
+
+/// log-sum-exp and argmax of one row of logits.
+pub fn row_stats(row: &[f32]) -> RowStats {
+    let mut max = f32::NEG_INFINITY;
+    let mut arg = 0usize;
+    for (i, &x) in row.iter().enumerate() {
+        if x > max {
+            max = x;
+            arg = i;
+        }
+    }
+    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+    RowStats {
+        lse: max as f64 + sum.ln(),
+        argmax: arg as u32,
+    }
+}
+
+/// KL(p ‖ q) for two rows of logits with precomputed log-sum-exps.
+pub fn row_kl(base: &[f32], base_lse: f64, model: &[f32], model_lse: f64) -> f64 {
+    base.iter()
+        .zip(model)
+        .map(|(&b, &m)| {
+            let lb = b as f64 - base_lse;
+            let lm = m as f64 - model_lse;
+            lb.exp() * (lb - lm)
+        })
+        .sum::<f64>()
+        .max(0.0)
+}
+
+/// Running sums over scored positions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WindowAccumulator {
+    pub nll: f64,
+    pub kl: f64,
+    pub agree: usize,
+    pub positions: usize,
+    pub windows: usize,
+}
+
+impl WindowAccumulator {
+    /// Adds a batch: `logits [b, t, v]` for `ids [b·t]`, and optionally the base
+    /// model's logits for the same ids.
+    pub fn add(&mut self, ids: &[u32], logits: &Tensor, base: Option<&Tensor>) -> Result<()> {
+        let (b, t, v) = logits.dims3()?;
+        let lg = logits.flatten_all()?.to_vec1::<f32>()?;
+        let bl = match base {
+            Some(x) => Some(x.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let rows: Vec<(usize, usize)> = (0..b)
+            .flat_map(|w| (0..t - 1).map(move |p| (w, p)))
+            .collect();
+        let per_row: Vec<(f64, f64, bool)> = rows
+            .par_iter()
+            .map(|&(w, p)| {
+                let r = w * t + p;
+                let row = &lg[r * v..(r + 1) * v];
+                let s = row_stats(row);
+                let target = ids[r + 1] as usize;
+                let nll = s.lse - row[target] as f64;
+                match &bl {
+                    Some(bl) => {
+                        let brow = &bl[r * v..(r + 1) * v];
+                        let bs = row_stats(brow);
+                        (nll, row_kl(brow, bs.lse, row, s.lse), bs.argmax == s.argmax)
+                    }
+                    None => (nll, 0.0, false),
+                }
+            })
+            .collect();
+        for (nll, kl, agree) in per_row {
+            self.nll += nll;
+            self.kl += kl;
+            self.agree += agree as usize;
+        }
+        self.positions += rows.len();
+        self.windows += b;
+        Ok(())
+    }
+
+    /// Final scores.
+    pub fn finish(&self, with_base: bool) -> WindowScores {
+        let n = self.positions.max(1) as f64;
+        let nll = self.nll / n;
+        WindowScores {
+            nll_per_token: nll,
+            perplexity: nll.exp(),
+            tokens: self.positions,
+            windows: self.windows,
+            kl: with_base.then(|| self.kl / n),
+            top1_agreement: with_base.then(|| self.agree as f64 / n),
+        }
+    }
+}
+
+/// How many windows of `seq_len` the token stream allows (at most `wanted`).
+pub fn usable_windows(n_tokens: usize, opts: &WindowOptions) -> usize {
+    (n_tokens / opts.seq_len).min(opts.windows)
+}
+
+/// Scores `model` (and its divergence from `base`) on windows of `tokens`.
+/// `on_batch` is called with the number of tokens after each batch.
+pub fn score_windows(
+    model: &Model,
+    base: Option<&Model>,
+    tokens: &[u32],
+    opts: &WindowOptions,
+    mut on_batch: impl FnMut(usize),
+) -> Result<WindowScores> {
+    if opts.seq_len < 2 {
+        return Err(Error::Invalid("seq-len must be at least 2".into()));
+    }
+    let n = usable_windows(tokens.len(), opts);
+    if n == 0 {
+        return Err(Error::Invalid(format!(
+            "only {} tokens, fewer than one window of {}",
+            tokens.len(),
+            opts.seq_len
+        )));
+    }
+    let mut acc = WindowAccumulator::default();
+    let mut w = 0;
+    while w < n {
+        let b = opts.batch.max(1).min(n - w);
+        let ids = &tokens[w * opts.seq_len..(w + b) * opts.seq_len];
+        let logits = model.forward(ids, b, opts.seq_len)?;
+        let base_logits = match base {
+            Some(bm) => Some(bm.forward(ids, b, opts.seq_len)?),
+            None => None,
+        };
+        acc.add(ids, &logits, base_logits.as_ref())?;
+        on_batch(ids.len());
+        w += b;
+    }
+    Ok(acc.finish(base.is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_stats_and_kl_match_direct_formulas() {
+        let a = [1.0f32, 2.0, 0.5, -1.0];
+        let b = [0.0f32, 2.5, 0.0, -3.0];
+        let sa = row_stats(&a);
+        let sb = row_stats(&b);
+        let lse = |r: &[f32]| r.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+        assert!((sa.lse - lse(&a)).abs() < 1e-12);
+        assert_eq!(sa.argmax, 1);
+        let pa: Vec<f64> = a.iter().map(|&x| (x as f64 - lse(&a)).exp()).collect();
+        let pb: Vec<f64> = b.iter().map(|&x| (x as f64 - lse(&b)).exp()).collect();
+        let kl: f64 = pa.iter().zip(&pb).map(|(p, q)| p * (p / q).ln()).sum();
+        assert!((row_kl(&a, sa.lse, &b, sb.lse) - kl).abs() < 1e-12);
+        assert_eq!(row_kl(&a, sa.lse, &a, sa.lse), 0.0);
+    }
+}

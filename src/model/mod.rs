@@ -1,0 +1,336 @@
+//! Hugging Face causal LMs of the Llama family: loading and the forward pass.
+//!
+//! [`ModelFiles`] opens a checkpoint directory (config, tokenizer, memory-mapped
+//! safetensors). [`Model`] holds the weights as f32 tensors and runs
+//! `embed → blocks → head`; each part is public so calibration can run the
+//! model block by block, and every linear weight can be read or replaced by
+//! its Hugging Face name.
+
+mod attention;
+pub mod config;
+mod decoder;
+pub mod generate;
+mod kernels;
+mod rope;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+pub use attention::{AttentionParams, attention, attention_reference};
+pub use config::{Architecture, ModelConfig, RopeScaling};
+pub use decoder::{Block, Capture, Head, KvCache, LinearId, LinearKind, Scratch, Site};
+pub use rope::Rope;
+pub use tokenizer::Tokenizer;
+pub use weights::WeightSource;
+
+use crate::error::{Error, Result};
+
+/// The files of a checkpoint directory, opened but not yet loaded.
+#[derive(Clone)]
+pub struct ModelFiles {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    pub weights: WeightSource,
+}
+
+impl ModelFiles {
+    /// Opens `config.json`, `tokenizer.json`, `generation_config.json` (if present)
+    /// and the safetensors weights of a Hugging Face model directory.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.exists() {
+            return Err(Error::config(
+                dir,
+                "model directory not found (expected a Hugging Face directory with config.json, tokenizer.json and *.safetensors)",
+            ));
+        }
+        if !dir.is_dir() {
+            return Err(Error::config(
+                dir,
+                "not a directory; pass a Hugging Face model directory",
+            ));
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            return Err(Error::config(
+                &config_path,
+                "file not found; a Hugging Face model directory needs config.json",
+            ));
+        }
+        let mut config = ModelConfig::from_file(&config_path)?;
+        let gen_path = dir.join("generation_config.json");
+        if gen_path.exists() {
+            apply_generation_config(&mut config, &gen_path)?;
+        }
+        let tokenizer = Tokenizer::from_file(
+            &dir.join("tokenizer.json"),
+            config.eos_token_ids.first().copied(),
+        )?;
+        let weights = WeightSource::open_dir(dir)?;
+        Ok(ModelFiles {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+            weights,
+        })
+    }
+
+    /// Loads the embedding matrix `[vocab, hidden]`.
+    pub fn load_embedding(&self, device: &Device) -> Result<Tensor> {
+        let c = &self.config;
+        self.weights.load(
+            "model.embed_tokens.weight",
+            &[c.vocab_size, c.hidden_size],
+            device,
+        )
+    }
+
+    /// Loads the final norm and LM head (the embedding when tied; pass it in to
+    /// share the memory).
+    pub fn load_head(&self, embedding: Option<&Tensor>, device: &Device) -> Result<Head> {
+        let c = &self.config;
+        let norm = self
+            .weights
+            .load("model.norm.weight", &[c.hidden_size], device)?;
+        let weight = if c.tie_word_embeddings {
+            match embedding {
+                Some(e) => e.clone(),
+                None => self.load_embedding(device)?,
+            }
+        } else {
+            self.weights
+                .load("lm_head.weight", &[c.vocab_size, c.hidden_size], device)?
+        };
+        Ok(Head {
+            norm,
+            weight,
+            eps: c.rms_norm_eps as f32,
+        })
+    }
+
+    /// Loads transformer block `index`.
+    pub fn load_block(&self, index: usize, device: &Device) -> Result<Block> {
+        Block::load(&self.weights, &self.config, index, device)
+    }
+
+    /// Every linear layer of the model, block by block in checkpoint order.
+    pub fn linear_ids(&self) -> Vec<LinearId> {
+        linear_ids(&self.config)
+    }
+}
+
+/// Every linear layer of a configuration, block by block.
+pub fn linear_ids(cfg: &ModelConfig) -> Vec<LinearId> {
+    (0..cfg.num_layers)
+        .flat_map(|block| LinearKind::ALL.map(|kind| LinearId { block, kind }))
+        .collect()
+}
+
+fn apply_generation_config(config: &mut ModelConfig, path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
+    let ids = |key: &str| -> Vec<u32> {
+        match v.get(key) {
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect(),
+            Some(x) => x.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            None => vec![],
+        }
+    };
+    let eos = ids("eos_token_id");
+    if !eos.is_empty() {
+        config.eos_token_ids = eos;
+    }
+    if let Some(&b) = ids("bos_token_id").first() {
+        config.bos_token_id = Some(b);
+    }
+    Ok(())
+}
+
+/// A loaded model: embeddings, blocks and head as f32 tensors on one device.
+#[derive(Clone)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    dir: PathBuf,
+    device: Device,
+    embedding: Tensor,
+    blocks: Vec<Block>,
+    head: Head,
+    rope: Rope,
+}
+
+impl Model {
+    /// Loads a Hugging Face model directory onto the CPU.
+    pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_on(dir, &Device::Cpu)
+    }
+
+    /// Loads a Hugging Face model directory onto `device`.
+    pub fn load_on(dir: &Path, device: &Device) -> Result<Self> {
+        let files = ModelFiles::open(dir)?;
+        Self::from_files(&files, device)
+    }
+
+    /// Loads every tensor of opened model files.
+    pub fn from_files(files: &ModelFiles, device: &Device) -> Result<Self> {
+        let embedding = files.load_embedding(device)?;
+        let head = files.load_head(Some(&embedding), device)?;
+        let blocks = (0..files.config.num_layers)
+            .map(|i| files.load_block(i, device))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Model {
+            rope: Rope::new(&files.config),
+            config: files.config.clone(),
+            tokenizer: files.tokenizer.clone(),
+            dir: files.dir.clone(),
+            device: device.clone(),
+            embedding,
+            blocks,
+            head,
+        })
+    }
+
+    /// The directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The transformer blocks.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// The final norm and LM head.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// RoPE frequencies.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
+    /// Token embeddings `[b, t, hidden]` of `ids` given as `b` rows of `t`.
+    pub fn embed(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
+        assert_eq!(ids.len(), b * t, "ids must hold b × t tokens");
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.config.vocab_size) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the model's vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        let ids = Tensor::from_slice(ids, b * t, &self.device)?;
+        Ok(self
+            .embedding
+            .index_select(&ids, 0)?
+            .reshape((b, t, self.config.hidden_size))?)
+    }
+
+    /// Logits `[b, t, vocab]` for `b` independent sequences of `t` tokens starting at position 0.
+    pub fn forward(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
+        if let Some(logits) = self.forward_fast(ids, b, t)? {
+            return Ok(logits);
+        }
+        self.forward_reference(ids, b, t)
+    }
+
+    /// The fused CPU forward pass; `None` when the weights are not f32 CPU tensors.
+    fn forward_fast(&self, ids: &[u32], b: usize, t: usize) -> Result<Option<Tensor>> {
+        if !self.device.is_cpu() || !self.blocks.iter().all(Block::fast_path_available) {
+            return Ok(None);
+        }
+        let x = self.embed(ids, b, t)?;
+        let mut xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let (cos, sin) = self.rope.tables_vec(0, t);
+        let mut scratch = Scratch::default();
+        for block in &self.blocks {
+            block.forward_fast(&mut xs, b, t, &cos, &sin, &mut scratch, None)?;
+        }
+        let mut xn = Vec::new();
+        let Some(logits) = self.head.forward_fast(&xs, &mut xn) else {
+            return Ok(None);
+        };
+        Ok(Some(Tensor::from_vec(
+            logits,
+            (b, t, self.config.vocab_size),
+            &self.device,
+        )?))
+    }
+
+    /// The forward pass written with candle ops only (the oracle for the fused path).
+    pub fn forward_reference(&self, ids: &[u32], b: usize, t: usize) -> Result<Tensor> {
+        let mut x = self.embed(ids, b, t)?;
+        let (cos, sin) = self.rope.tables(0, t, &self.device)?;
+        for block in &self.blocks {
+            x = block.forward_reference(&x, &cos, &sin, None, None)?;
+        }
+        self.head.forward(&x)
+    }
+
+    /// Logits for `ids [b, t]` appended after the positions in `caches` (one per block).
+    pub fn forward_cached(
+        &self,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+        caches: &mut [KvCache],
+    ) -> Result<Tensor> {
+        assert_eq!(caches.len(), self.blocks.len());
+        let offset = caches[0].len();
+        let mut x = self.embed(ids, b, t)?;
+        let (cos, sin) = self.rope.tables(offset, t, &self.device)?;
+        for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+            x = block.forward(&x, &cos, &sin, Some(cache), None)?;
+        }
+        self.head.forward(&x)
+    }
+
+    /// The current weight `[out, in]` of a linear layer, by Hugging Face name.
+    pub fn linear_weight(&self, name: &str) -> Result<Tensor> {
+        let id = self.resolve(name)?;
+        self.blocks[id.block].linear_weight(id.kind)
+    }
+
+    /// Replaces a linear layer's weight, by Hugging Face name
+    /// (`model.layers.3.mlp.down_proj.weight`); shapes must match.
+    pub fn set_linear_weight(&mut self, name: &str, weight: &Tensor) -> Result<()> {
+        let id = self.resolve(name)?;
+        self.blocks[id.block].set_linear_weight(id.kind, weight)
+    }
+
+    /// Replaces a linear layer's weight by id.
+    pub fn set_linear(&mut self, id: LinearId, weight: &Tensor) -> Result<()> {
+        if id.block >= self.blocks.len() {
+            return Err(Error::UnknownLayer {
+                name: id.weight_name(),
+            });
+        }
+        self.blocks[id.block].set_linear_weight(id.kind, weight)
+    }
+
+    /// Every linear layer, block by block.
+    pub fn linear_ids(&self) -> Vec<LinearId> {
+        linear_ids(&self.config)
+    }
+
+    fn resolve(&self, name: &str) -> Result<LinearId> {
+        LinearId::parse(name)
+            .filter(|id| id.block < self.blocks.len())
+            .ok_or_else(|| Error::UnknownLayer {
+                name: name.to_string(),
+            })
+    }
+}

@@ -1,0 +1,261 @@
+//! Checkpoint tensors: memory-mapped safetensors files (one file or shards
+//! listed in `model.safetensors.index.json`), read through one name → tensor view.
+//!
+//! Headers are validated when a file is opened (offsets contiguous and inside
+//! the file), so a truncated download fails at load with the file's name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors, tensor::Metadata};
+
+use crate::error::{Error, Result};
+
+/// The bytes of one safetensors file: mapped from disk or decoded into memory.
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+struct StFile {
+    path: PathBuf,
+    bytes: Bytes,
+    header_len: usize,
+    metadata: Metadata,
+}
+
+/// A raw tensor as stored in a checkpoint.
+pub struct RawTensor<'a> {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+    pub path: &'a Path,
+}
+
+/// Every tensor of a checkpoint, by name.
+#[derive(Clone)]
+pub struct WeightSource {
+    dir: PathBuf,
+    files: Arc<Vec<StFile>>,
+    index: Arc<HashMap<String, usize>>,
+}
+
+impl WeightSource {
+    /// Opens `model.safetensors`, or the shards listed in
+    /// `model.safetensors.index.json`, in `dir`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let paths: Vec<PathBuf> = if index_path.exists() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::config(&index_path, format!("not valid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::config(&index_path, "missing `weight_map` object"))?;
+            let mut shards: Vec<String> = map
+                .values()
+                .map(|f| {
+                    f.as_str().map(str::to_string).ok_or_else(|| {
+                        Error::config(&index_path, "`weight_map` values must be file names")
+                    })
+                })
+                .collect::<Result<_>>()?;
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|f| dir.join(f)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            return Err(Error::config(
+                dir,
+                "no model.safetensors or model.safetensors.index.json here; dynapress loads Hugging Face checkpoints in safetensors format",
+            ));
+        };
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: the file is opened read-only; like every mmap user we rely on
+            // nobody truncating it while the model is loaded.
+            let mmap = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
+            files.push(parse_file(path, Bytes::Mapped(mmap))?);
+        }
+        Self::from_files(dir.to_path_buf(), files)
+    }
+
+    /// Builds a source from safetensors files already in memory (for example
+    /// decoded from a packed container). `dir` names the origin in errors.
+    pub fn from_buffers(dir: &Path, buffers: Vec<(PathBuf, Vec<u8>)>) -> Result<Self> {
+        let files = buffers
+            .into_iter()
+            .map(|(path, bytes)| parse_file(path, Bytes::Owned(bytes)))
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_files(dir.to_path_buf(), files)
+    }
+
+    fn from_files(dir: PathBuf, files: Vec<StFile>) -> Result<Self> {
+        let mut index = HashMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for name in f.metadata.tensors().keys() {
+                if let Some(prev) = index.insert(name.clone(), i) {
+                    return Err(Error::Safetensors {
+                        path: f.path.clone(),
+                        msg: format!(
+                            "tensor `{name}` also appears in {}",
+                            files[prev].path.display()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(WeightSource {
+            dir,
+            files: Arc::new(files),
+            index: Arc::new(index),
+        })
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether a tensor exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.index.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The safetensors file paths, in load order.
+    pub fn file_paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.path.clone()).collect()
+    }
+
+    /// Per-file tensor names (file path → names), for writers that keep the sharding.
+    pub fn names_by_file(&self) -> BTreeMap<PathBuf, Vec<String>> {
+        let mut out: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        for (name, &i) in self.index.iter() {
+            out.entry(self.files[i].path.clone())
+                .or_default()
+                .push(name.clone());
+        }
+        for v in out.values_mut() {
+            v.sort();
+        }
+        out
+    }
+
+    /// The stored bytes, dtype and shape of a tensor.
+    pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
+        let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+        })?;
+        let f = &self.files[i];
+        let info = f.metadata.info(name).expect("index built from metadata");
+        let start = 8 + f.header_len + info.data_offsets.0;
+        let end = 8 + f.header_len + info.data_offsets.1;
+        Ok(RawTensor {
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            data: &f.bytes[start..end],
+            path: &f.path,
+        })
+    }
+
+    /// Shape of a tensor.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.raw(name)?.shape)
+    }
+
+    /// Loads a floating-point tensor as f32 values, checking its shape and that
+    /// every value is finite.
+    pub fn load_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let raw = self.raw(name)?;
+        if raw.shape != expected {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                path: raw.path.to_path_buf(),
+                expected: expected.to_vec(),
+                got: raw.shape,
+            });
+        }
+        let values = to_f32(&raw, name)?;
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(Error::NonFinite {
+                name: name.to_string(),
+                path: raw.path.to_path_buf(),
+                count: bad,
+            });
+        }
+        Ok(values)
+    }
+
+    /// Loads a tensor as an f32 candle tensor of the expected shape.
+    pub fn load(&self, name: &str, expected: &[usize], device: &Device) -> Result<Tensor> {
+        let v = self.load_f32(name, expected)?;
+        Ok(Tensor::from_vec(v, expected, device)?)
+    }
+}
+
+fn parse_file(path: PathBuf, bytes: Bytes) -> Result<StFile> {
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| Error::Safetensors {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+    Ok(StFile {
+        path,
+        bytes,
+        header_len,
+        metadata,
+    })
+}
+
+/// Converts stored F32/F16/BF16 bytes (little endian) to f32.
+pub fn to_f32(raw: &RawTensor<'_>, name: &str) -> Result<Vec<f32>> {
+    let d = raw.data;
+    Ok(match raw.dtype {
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
+        Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::TensorDtype {
+                name: name.to_string(),
+                path: raw.path.to_path_buf(),
+                dtype: format!("{other:?}"),
+            });
+        }
+    })
+}

@@ -1,0 +1,205 @@
+//! Parity with Hugging Face transformers on the demo model
+//! (`tests/reference/llama-8m`, produced with transformers 5.23 in float32).
+
+mod common;
+
+use std::sync::OnceLock;
+
+use dynapress::eval::data::load_tokens;
+use dynapress::eval::perplexity::{WindowOptions, score_windows};
+use dynapress::eval::tasks;
+use dynapress::model::Model;
+use dynapress::model::generate::{GenerateOptions, generate};
+use safetensors::SafeTensors;
+
+fn model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::load(&common::demo_model()).expect("demo model loads"))
+}
+
+#[test]
+fn tokenization_ids_identical() {
+    let r = common::reference();
+    let cases = r["tokenization"]["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            model().tokenizer.encode(text).unwrap(),
+            want,
+            "text {text:?}"
+        );
+    }
+}
+
+#[test]
+fn logits_within_2e_3() {
+    let bytes = std::fs::read(common::reference_dir().join("logits.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ids_view = st.tensor("input_ids").unwrap();
+    let ids: Vec<u32> = ids_view
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect();
+    let (b, t) = (ids_view.shape()[0], ids_view.shape()[1]);
+    let want: Vec<f32> = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    // The reference ids are the first 192 tokens of docs.test.txt.
+    let doc = load_tokens(&common::data("docs.test.txt"), &model().tokenizer).unwrap();
+    assert_eq!(&doc[..b * t], &ids[..]);
+    let got = model()
+        .forward(&ids, b, t)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("max |logit difference| = {max:e}");
+    assert!(max <= 2e-3, "max abs logit difference {max}");
+}
+
+fn check_ppl(file: &str, seq_len: usize, windows: usize) {
+    let r = common::reference();
+    let key = format!("{file}@{seq_len}x{windows}");
+    let want = &r["perplexity"]["results"][&key];
+    let tokens = load_tokens(&common::data(file), &model().tokenizer).unwrap();
+    assert_eq!(tokens.len() as u64, want["file_tokens"].as_u64().unwrap());
+    let opts = WindowOptions {
+        seq_len,
+        windows,
+        batch: 8,
+    };
+    let s = score_windows(model(), None, &tokens, &opts, |_| {}).unwrap();
+    assert_eq!(s.tokens as u64, want["scored_tokens"].as_u64().unwrap());
+    let ppl = want["perplexity"].as_f64().unwrap();
+    let rel = (s.perplexity - ppl).abs() / ppl;
+    eprintln!("{key}: ppl {} vs {ppl} (rel {rel:e})", s.perplexity);
+    assert!(rel < 1e-3, "{key}: {} vs {ppl}", s.perplexity);
+    let nll = want["nll_per_token"].as_f64().unwrap();
+    assert!((s.nll_per_token - nll).abs() / nll < 1e-3);
+}
+
+#[test]
+fn perplexity_docs_256() {
+    check_ppl("docs.test.txt", 256, 64);
+}
+
+#[test]
+fn perplexity_code_256() {
+    check_ppl("code.test.txt", 256, 64);
+}
+
+#[test]
+fn perplexity_docs_1024() {
+    check_ppl("docs.test.txt", 1024, 16);
+}
+
+#[test]
+fn perplexity_code_1024() {
+    check_ppl("code.test.txt", 1024, 16);
+}
+
+fn check_task(stem: &str) {
+    let r = common::reference();
+    let want = &r["tasks"]["results"][stem];
+    let items = tasks::load_tasks(&common::task(&format!("{stem}.jsonl"))).unwrap();
+    let reqs = tasks::task_requests(model(), &items).unwrap();
+    let lls = tasks::score_requests(model(), &reqs, 8192, |_| {}).unwrap();
+    let s = tasks::task_scores(&items, &lls);
+    assert_eq!(s.items as u64, want["items"].as_u64().unwrap());
+    eprintln!("{stem}: acc {} acc_norm {}", s.acc, s.acc_norm);
+    assert_eq!(s.acc, want["acc"].as_f64().unwrap(), "{stem} acc");
+    assert_eq!(
+        s.acc_norm,
+        want["acc_norm"].as_f64().unwrap(),
+        "{stem} acc_norm"
+    );
+}
+
+#[test]
+fn task_accuracy_docs_cloze() {
+    check_task("docs-cloze");
+}
+
+#[test]
+fn task_accuracy_code_cloze() {
+    check_task("code-cloze");
+}
+
+#[test]
+fn greedy_generation_identical() {
+    let r = common::reference();
+    let g = &r["greedy_generation"];
+    let ids = |k: &str| -> Vec<u32> {
+        g[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let prompt = model()
+        .tokenizer
+        .encode(g["prompt"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(prompt, ids("prompt_ids"));
+    let want = ids("new_ids");
+    let opts = GenerateOptions {
+        max_new_tokens: want.len(),
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let got = generate(model(), &prompt, &opts, |_| Ok(())).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(
+        model().tokenizer.decode(&got).unwrap(),
+        g["text"].as_str().unwrap()
+    );
+}
+
+/// The repository's copies of the shared fixtures must not drift from ../shared.
+#[test]
+fn bundled_fixtures_match_shared_when_present() {
+    let shared = common::root().join("../shared");
+    if !shared.exists() {
+        eprintln!("../shared not present: nothing to compare");
+        return;
+    }
+    let pairs = [
+        ("models/llama-8m", "assets/demo-model"),
+        ("data", "assets/data"),
+        ("tasks", "assets/tasks"),
+        ("reference/llama-8m", "tests/reference/llama-8m"),
+    ];
+    for (s, ours) in pairs {
+        for entry in std::fs::read_dir(shared.join(s)).unwrap() {
+            let p = entry.unwrap().path();
+            let name = p.file_name().unwrap();
+            let mine = common::root().join(ours).join(name);
+            assert_eq!(
+                std::fs::read(&p).unwrap(),
+                std::fs::read(&mine).unwrap_or_default(),
+                "{} differs from {}",
+                mine.display(),
+                p.display()
+            );
+        }
+    }
+}
