@@ -14,6 +14,8 @@
 //! # Ok::<(), dynapress::Error>(())
 //! ```
 
+pub mod calib;
+pub mod database;
 pub mod error;
 pub mod eval;
 pub mod fsutil;

@@ -2,8 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use dynapress::database::Database;
 use dynapress::eval::{self, EvalPlan, WindowOptions};
-use dynapress::model::Model;
+use dynapress::model::{Model, ModelFiles};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -28,6 +29,13 @@ pub struct EvalArgs {
     /// Base model to compare against: adds KL(base‖model) and top-1 agreement.
     #[arg(long)]
     base: Option<PathBuf>,
+    /// Layer database: evaluate the model with its layers replaced by database
+    /// variants (with --bits for a uniform level).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// With --db: give every linear layer the level with this many bits.
+    #[arg(long, requires = "db")]
+    bits: Option<u8>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -45,7 +53,27 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             anyhow::bail!("{}: file not found", p.display());
         }
     }
-    let model = Model::load(&a.model).context("loading the model")?;
+    let mut model = Model::load(&a.model).context("loading the model")?;
+    let mut label = None;
+    if let Some(dir) = &a.db {
+        let db = Database::open(dir)?;
+        db.check_model(&ModelFiles::open(&a.model)?)?;
+        let Some(bits) = a.bits else {
+            anyhow::bail!("--db needs --bits B (the uniform level to evaluate)");
+        };
+        let level = db.manifest.level_for_bits(bits).with_context(|| {
+            format!(
+                "the database has no {bits}-bit level (it has {:?})",
+                db.manifest.method.bits
+            )
+        })?;
+        db.apply(&mut model, |_| Some(level.clone()))?;
+        label = Some(format!(
+            "{} with {} at {level}",
+            a.model.display(),
+            dir.display()
+        ));
+    }
     let base = match &a.base {
         Some(dir) => Some(Model::load(dir).context("loading the base model")?),
         None => None,
@@ -61,7 +89,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         task_batch_tokens: 8192,
         quiet: a.quiet,
     };
-    let report = eval::evaluate(&model, base.as_ref(), &plan)?;
+    let mut report = eval::evaluate(&model, base.as_ref(), &plan)?;
+    if let Some(l) = label {
+        report.model = l;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -2,6 +2,7 @@
 //! line on stderr), 2 bad arguments.
 
 mod bench;
+mod database;
 mod eval;
 mod generate;
 
@@ -26,6 +27,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Generate text from a prompt (greedy at temperature 0), streaming tokens to stdout.
     Generate(generate::GenerateArgs),
+    /// Calibrate on text and build the per-layer database of compressed variants
+    /// (GPTQ or RTN at several bit widths), streaming the model block by block.
+    Database(database::DatabaseArgs),
     /// Measure forward-pass throughput (tokens/s).
     Bench(bench::BenchArgs),
 }
@@ -46,6 +50,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Database(a) => database::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

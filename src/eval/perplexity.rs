@@ -170,6 +170,13 @@ pub fn score_windows(
     if opts.seq_len < 2 {
         return Err(Error::Invalid("seq-len must be at least 2".into()));
     }
+    let max = model.config.max_position_embeddings;
+    if opts.seq_len > max {
+        return Err(Error::Invalid(format!(
+            "seq-len {} exceeds the model's max_position_embeddings ({max})",
+            opts.seq_len
+        )));
+    }
     let n = usable_windows(tokens.len(), opts);
     if n == 0 {
         return Err(Error::Invalid(format!(

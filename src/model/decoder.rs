@@ -174,10 +174,10 @@ impl std::fmt::Display for LinearId {
     }
 }
 
-/// Receives the input of every linear layer as `[tokens, in_features]`.
+/// Receives the input of every linear layer as row-major `[tokens, width]`.
 pub trait Capture {
     /// Called once per site per forward pass of a block.
-    fn capture(&mut self, block: usize, site: Site, x: &Tensor) -> Result<()>;
+    fn capture(&mut self, block: usize, site: Site, x: &[f32], width: usize) -> Result<()>;
 }
 
 /// One or more linear layers reading the same input, stored as one matrix
@@ -423,7 +423,7 @@ impl Block {
         cos: &Tensor,
         sin: &Tensor,
         cache: Option<&mut KvCache>,
-        capture: Option<&mut dyn Capture>,
+        capture: Option<&mut (dyn Capture + '_)>,
     ) -> Result<Tensor> {
         if cache.is_none() && self.fast_path_available() && x.device().is_cpu() {
             let (b, t, h) = x.dims3()?;
@@ -478,7 +478,7 @@ impl Block {
         cos: &[f32],
         sin: &[f32],
         scratch: &mut Scratch,
-        mut capture: Option<&mut dyn Capture>,
+        mut capture: Option<&mut (dyn Capture + '_)>,
     ) -> Result<()> {
         let BlockDims {
             n_heads: hq,
@@ -494,11 +494,10 @@ impl Block {
         let sc = scratch;
         sc.ensure(n, hidden, qkv_w, hq * d, hkv * d, f);
         let mut emit = |site: Site, data: &[f32], width: usize| -> Result<()> {
-            if let Some(c) = capture.as_deref_mut() {
-                let tensor = Tensor::from_slice(data, (n, width), &Device::Cpu)?;
-                c.capture(self.index, site, &tensor)?;
+            match capture.as_deref_mut() {
+                Some(c) => c.capture(self.index, site, data, width),
+                None => Ok(()),
             }
-            Ok(())
         };
 
         // Attention.
@@ -562,7 +561,7 @@ impl Block {
         cos: &Tensor,
         sin: &Tensor,
         cache: Option<&mut KvCache>,
-        mut capture: Option<&mut dyn Capture>,
+        mut capture: Option<&mut (dyn Capture + '_)>,
     ) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
         let BlockDims {
@@ -577,7 +576,12 @@ impl Block {
         let xn = candle_nn::ops::rms_norm(x, &self.input_norm, eps)?;
         let xn = xn.reshape((b * t, hidden))?;
         if let Some(c) = capture.as_deref_mut() {
-            c.capture(self.index, Site::AttnIn, &xn)?;
+            c.capture(
+                self.index,
+                Site::AttnIn,
+                &xn.flatten_all()?.to_vec1::<f32>()?,
+                xn.dim(1)?,
+            )?;
         }
         let qkv = self.qkv.forward(&xn)?.reshape((b, t, (hq + 2 * hkv) * d))?;
         let q = qkv.narrow(2, 0, hq * d)?.reshape((b, t, hq, d))?;
@@ -623,7 +627,12 @@ impl Block {
         )?;
         let attn = attn.reshape((b * t, hq * d))?;
         if let Some(c) = capture.as_deref_mut() {
-            c.capture(self.index, Site::AttnOut, &attn)?;
+            c.capture(
+                self.index,
+                Site::AttnOut,
+                &attn.flatten_all()?.to_vec1::<f32>()?,
+                attn.dim(1)?,
+            )?;
         }
         let attn = self.o.forward(&attn)?.reshape((b, t, hidden))?;
         let x = (residual + attn)?;
@@ -631,12 +640,22 @@ impl Block {
         let xn = candle_nn::ops::rms_norm(&x, &self.post_norm, eps)?;
         let xn = xn.reshape((b * t, hidden))?;
         if let Some(c) = capture.as_deref_mut() {
-            c.capture(self.index, Site::MlpIn, &xn)?;
+            c.capture(
+                self.index,
+                Site::MlpIn,
+                &xn.flatten_all()?.to_vec1::<f32>()?,
+                xn.dim(1)?,
+            )?;
         }
         let gu = self.gate_up.forward(&xn)?;
         let act = candle_nn::ops::swiglu(&gu)?;
         if let Some(c) = capture.as_deref_mut() {
-            c.capture(self.index, Site::MlpAct, &act)?;
+            c.capture(
+                self.index,
+                Site::MlpAct,
+                &act.flatten_all()?.to_vec1::<f32>()?,
+                act.dim(1)?,
+            )?;
         }
         let y = self.down.forward(&act)?.reshape((b, t, hidden))?;
         Ok((x + y)?)

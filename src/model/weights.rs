@@ -184,6 +184,30 @@ impl WeightSource {
         })
     }
 
+    /// Drops the mapped pages of a tensor from this process's resident memory
+    /// (they are read again from the file if touched later). Streaming
+    /// consumers call this after converting a block so memory stays bounded by
+    /// one block, not the checkpoint.
+    pub fn release(&self, name: &str) {
+        let Some(&i) = self.index.get(name) else {
+            return;
+        };
+        let f = &self.files[i];
+        if let (Bytes::Mapped(m), Some(info)) = (&f.bytes, f.metadata.info(name)) {
+            let start = 8 + f.header_len + info.data_offsets.0;
+            let len = info.data_offsets.1 - info.data_offsets.0;
+            #[cfg(unix)]
+            // SAFETY: the mapping is private and read-only; no slice into this
+            // range outlives the call that converted it, so dropping the pages
+            // only makes the kernel re-read them from the file on next access.
+            unsafe {
+                let _ = m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len);
+            }
+            #[cfg(not(unix))]
+            let _ = (m, start, len);
+        }
+    }
+
     /// Shape of a tensor.
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
         Ok(self.raw(name)?.shape)

@@ -1,0 +1,337 @@
+//! Calibration: token windows from text, and a block-by-block forward pass
+//! over them that keeps only the current block's input activations.
+//!
+//! The activations entering block `i+1` are the output of the *uncompressed*
+//! block `i`. The database stores, for each layer, variants measured against
+//! the original model's activations, so an entry does not depend on the
+//! levels other layers will get later (see docs/database.md).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::eval::data::load_tokens;
+use crate::model::{Block, Capture, ModelConfig, ModelFiles, Rope, Scratch, Site, Tokenizer};
+
+/// Where calibration tokens come from.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct CalibSource {
+    pub path: PathBuf,
+    /// sha256 of the file's bytes.
+    pub sha256: String,
+    /// Tokens in the whole file.
+    pub file_tokens: usize,
+    /// Windows taken from it.
+    pub windows: usize,
+}
+
+/// Calibration windows: `n_windows × seq_len` token ids.
+#[derive(Debug, Clone)]
+pub struct CalibSet {
+    pub seq_len: usize,
+    pub ids: Vec<u32>,
+    pub sources: Vec<CalibSource>,
+}
+
+impl CalibSet {
+    /// Number of windows.
+    pub fn windows(&self) -> usize {
+        self.ids.len() / self.seq_len
+    }
+
+    /// Number of tokens.
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds `tokens / seq_len` windows split evenly across `files`, each file's
+/// windows spread evenly over it (deterministic; no window crosses another).
+pub fn load_calibration(
+    files: &[PathBuf],
+    tokenizer: &Tokenizer,
+    tokens: usize,
+    seq_len: usize,
+) -> Result<CalibSet> {
+    if files.is_empty() {
+        return Err(Error::Invalid(
+            "no calibration file given (--calib FILE)".into(),
+        ));
+    }
+    if seq_len < 2 {
+        return Err(Error::Invalid(
+            "calibration seq-len must be at least 2".into(),
+        ));
+    }
+    let want = tokens / seq_len;
+    if want == 0 {
+        return Err(Error::Invalid(format!(
+            "--calib-tokens {tokens} is less than one window of {seq_len} tokens"
+        )));
+    }
+    let mut streams = Vec::new();
+    for path in files {
+        let t = load_tokens(path, tokenizer)?;
+        let available = t.len() / seq_len;
+        if available == 0 {
+            return Err(Error::data(
+                path,
+                format!(
+                    "only {} tokens, fewer than one calibration window of {seq_len}",
+                    t.len()
+                ),
+            ));
+        }
+        streams.push((path.clone(), sha256_file(path)?, t, available));
+    }
+    // Split the windows evenly, giving leftovers to files that still have room.
+    let mut quota = vec![0usize; streams.len()];
+    let mut left = want;
+    loop {
+        let open: Vec<usize> = (0..streams.len())
+            .filter(|&i| quota[i] < streams[i].3)
+            .collect();
+        if left == 0 || open.is_empty() {
+            break;
+        }
+        let share = (left / open.len()).max(1);
+        for i in open {
+            let add = share.min(streams[i].3 - quota[i]).min(left);
+            quota[i] += add;
+            left -= add;
+        }
+    }
+    if left > 0 {
+        let have: usize = quota.iter().sum();
+        return Err(Error::Invalid(format!(
+            "the calibration files hold {have} windows of {seq_len} tokens ({} tokens); --calib-tokens asks for {want} windows",
+            have * seq_len
+        )));
+    }
+    let mut ids = Vec::with_capacity(want * seq_len);
+    let mut sources = Vec::new();
+    for ((path, sha, t, available), q) in streams.into_iter().zip(quota) {
+        for k in 0..q {
+            // Evenly spaced window indices over the file.
+            let w = k * available / q;
+            ids.extend_from_slice(&t[w * seq_len..(w + 1) * seq_len]);
+        }
+        sources.push(CalibSource {
+            path,
+            sha256: sha,
+            file_tokens: t.len(),
+            windows: q,
+        });
+    }
+    Ok(CalibSet {
+        seq_len,
+        ids,
+        sources,
+    })
+}
+
+/// Embedding rows for `ids`, read straight from the checkpoint (the whole
+/// embedding matrix is never converted).
+pub fn embed_rows(files: &ModelFiles, ids: &[u32]) -> Result<Vec<f32>> {
+    let cfg = &files.config;
+    let name = "model.embed_tokens.weight";
+    let raw = files.weights.raw(name)?;
+    if raw.shape != [cfg.vocab_size, cfg.hidden_size] {
+        return Err(Error::TensorShape {
+            name: name.into(),
+            path: raw.path.to_path_buf(),
+            expected: vec![cfg.vocab_size, cfg.hidden_size],
+            got: raw.shape.clone(),
+        });
+    }
+    let h = cfg.hidden_size;
+    let el = raw.data.len() / (cfg.vocab_size * h);
+    let mut out = Vec::with_capacity(ids.len() * h);
+    for &id in ids {
+        let id = id as usize;
+        if id >= cfg.vocab_size {
+            return Err(Error::Invalid(format!(
+                "token id {id} is outside the vocabulary ({})",
+                cfg.vocab_size
+            )));
+        }
+        let row = crate::model::weights::RawTensor {
+            dtype: raw.dtype,
+            shape: vec![h],
+            data: &raw.data[id * h * el..(id + 1) * h * el],
+            path: raw.path,
+        };
+        let v = crate::model::weights::to_f32(&row, name)?;
+        if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::NonFinite {
+                name: format!("{name} (row {id}, column {bad})"),
+                path: raw.path.to_path_buf(),
+                count: v.iter().filter(|x| !x.is_finite()).count(),
+            });
+        }
+        out.extend(v);
+    }
+    files.weights.release(name);
+    Ok(out)
+}
+
+/// The hidden states of the calibration windows, advanced one block at a time.
+pub struct BlockStream {
+    config: ModelConfig,
+    seq_len: usize,
+    windows: usize,
+    /// Windows per forward pass.
+    batch: usize,
+    /// `[windows, seq_len, hidden]`, the input of the next block.
+    hidden: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    next_block: usize,
+}
+
+impl BlockStream {
+    /// Embeds the calibration windows.
+    pub fn new(files: &ModelFiles, calib: &CalibSet, batch: usize) -> Result<Self> {
+        let (cos, sin) = Rope::new(&files.config).tables_vec(0, calib.seq_len);
+        Ok(BlockStream {
+            config: files.config.clone(),
+            seq_len: calib.seq_len,
+            windows: calib.windows(),
+            batch: batch.max(1),
+            hidden: embed_rows(files, &calib.ids)?,
+            cos,
+            sin,
+            next_block: 0,
+        })
+    }
+
+    /// Index of the block whose input `hidden` currently holds.
+    pub fn next_block(&self) -> usize {
+        self.next_block
+    }
+
+    /// The current hidden states `[windows, seq_len, hidden]`.
+    pub fn hidden(&self) -> &[f32] {
+        &self.hidden
+    }
+
+    /// Runs `block` (which must be the next one) over all windows, observing
+    /// the inputs of its linear layers with `capture`.
+    pub fn advance(
+        &mut self,
+        block: &Block,
+        mut capture: Option<&mut (dyn Capture + '_)>,
+    ) -> Result<()> {
+        assert_eq!(block.index(), self.next_block, "blocks must run in order");
+        let per_window = self.seq_len * self.config.hidden_size;
+        let mut scratch = Scratch::default();
+        let mut w = 0;
+        while w < self.windows {
+            let b = self.batch.min(self.windows - w);
+            let x = &mut self.hidden[w * per_window..(w + b) * per_window];
+            block.forward_fast(
+                x,
+                b,
+                self.seq_len,
+                &self.cos,
+                &self.sin,
+                &mut scratch,
+                capture.as_deref_mut(),
+            )?;
+            w += b;
+        }
+        if let Some(bad) = self.hidden.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "block {} produced a non-finite activation (window {}): the model overflows in f32 on this text",
+                block.index(),
+                bad / per_window
+            )));
+        }
+        self.next_block += 1;
+        Ok(())
+    }
+
+    /// Loads block `i` from the checkpoint and releases its mapped pages.
+    pub fn load_block(files: &ModelFiles, i: usize) -> Result<Block> {
+        let block = files.load_block(i, &Device::Cpu)?;
+        for name in files.weights.names() {
+            if name.starts_with(&format!("model.layers.{i}.")) {
+                files.weights.release(&name);
+            }
+        }
+        Ok(block)
+    }
+}
+
+/// Sums `H = Σ x xᵀ` per input site of one block.
+pub struct HessianCapture {
+    pub block: usize,
+    pub sites: Vec<(Site, dynapress_compress::Hessian)>,
+}
+
+impl HessianCapture {
+    /// Empty accumulators for every site of `block`.
+    pub fn new(cfg: &ModelConfig, block: usize) -> Self {
+        let sites = Site::ALL
+            .iter()
+            .map(|&s| {
+                let n = crate::model::LinearId {
+                    block,
+                    kind: s.kinds()[0],
+                }
+                .shape(cfg)
+                .1;
+                (s, dynapress_compress::Hessian::new(n))
+            })
+            .collect();
+        HessianCapture { block, sites }
+    }
+
+    /// The accumulator of a site.
+    pub fn get(&self, site: Site) -> &dynapress_compress::Hessian {
+        &self
+            .sites
+            .iter()
+            .find(|(s, _)| *s == site)
+            .expect("all sites")
+            .1
+    }
+}
+
+impl Capture for HessianCapture {
+    fn capture(&mut self, block: usize, site: Site, x: &[f32], width: usize) -> Result<()> {
+        assert_eq!(block, self.block);
+        let h = &mut self
+            .sites
+            .iter_mut()
+            .find(|(s, _)| *s == site)
+            .expect("all sites")
+            .1;
+        debug_assert_eq!(h.dim(), width);
+        h.add_batch(x)
+            .map_err(|e| Error::Invalid(format!("block {block}, {}: {e}", site.name())))
+    }
+}

@@ -1,0 +1,133 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use dynapress::calib::load_calibration;
+use dynapress::database::{BuildOptions, Manifest, Method, MethodSpec, build_database};
+use dynapress::model::{LinearKind, ModelFiles};
+
+#[derive(Args)]
+pub struct DatabaseArgs {
+    /// Hugging Face model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Calibration text (plain or JSONL); repeatable. Use held-out validation text, never test text.
+    #[arg(long, required = true)]
+    calib: Vec<PathBuf>,
+    /// Calibration tokens (split evenly across the files, in windows of --seq-len).
+    #[arg(long, default_value_t = 32768)]
+    calib_tokens: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Output database directory (created; an interrupted build in it is resumed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Compressor: gptq or rtn.
+    #[arg(long, default_value = "gptq")]
+    method: Method,
+    /// Bit widths, one level each.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
+    bits: Vec<u8>,
+    /// Weights per quantization group along the input dimension (0 = whole row).
+    #[arg(long, default_value_t = 128)]
+    group_size: usize,
+    /// GPTQ: process columns in descending Hessian-diagonal order (static groups).
+    #[arg(long)]
+    act_order: bool,
+    /// Symmetric grid (scale only, no zero point).
+    #[arg(long)]
+    sym: bool,
+    /// GPTQ dampening, relative to the mean Hessian diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// Search the MSE-optimal clipping range per group.
+    #[arg(long)]
+    clip: bool,
+    /// Also store the Hessians (needed by later sparse/low-rank compressors).
+    #[arg(long)]
+    keep_hessians: bool,
+    /// Rebuild even if --out holds a database of another model, calibration or method.
+    #[arg(long)]
+    force: bool,
+    /// Calibration windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Print the build report as JSON instead of the summary table.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, short)]
+    quiet: bool,
+    /// Testing only: abort the process after writing N new entries.
+    #[arg(long, hide = true)]
+    abort_after: Option<usize>,
+}
+
+pub fn run(a: DatabaseArgs) -> anyhow::Result<()> {
+    let files = ModelFiles::open(&a.model).context("loading the model")?;
+    let calib = load_calibration(&a.calib, &files.tokenizer, a.calib_tokens, a.seq_len)?;
+    let opts = BuildOptions {
+        spec: MethodSpec {
+            method: a.method,
+            bits: a.bits,
+            group_size: a.group_size,
+            sym: a.sym,
+            act_order: a.act_order,
+            damp: a.damp,
+            clip: a.clip,
+        },
+        batch: a.batch,
+        keep_hessians: a.keep_hessians,
+        force: a.force,
+        quiet: a.quiet,
+        abort_after: a.abort_after,
+    };
+    let report = build_database(&files, &calib, &a.out, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let m = Manifest::read(&a.out)?;
+    println!(
+        "database {}: {} entries ({} built, {} reused) in {:.1} s",
+        a.out.display(),
+        report.entries_total,
+        report.entries_built,
+        report.entries_reused,
+        report.seconds
+    );
+    print!("{}", summary_table(&m));
+    Ok(())
+}
+
+/// Per layer: bits per weight and relative output error at each level.
+pub fn summary_table(m: &Manifest) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = write!(s, "\n{:<14}", "layer");
+    for b in &m.method.bits {
+        let _ = write!(s, " {:>20}", format!("{b}-bit: bpw / error"));
+    }
+    s.push('\n');
+    let mut blocks: Vec<usize> = m.entries.iter().map(|e| e.block).collect();
+    blocks.dedup();
+    for block in blocks {
+        for kind in LinearKind::ALL {
+            let id = dynapress::model::LinearId { block, kind };
+            let es = m.layer_entries(id);
+            if es.is_empty() {
+                continue;
+            }
+            let _ = write!(s, "{:<14}", id.to_string());
+            for e in es {
+                let _ = write!(
+                    s,
+                    " {:>20}",
+                    format!("{:.3} / {:.2e}", e.bits_per_weight, e.rel_error)
+                );
+            }
+            s.push('\n');
+        }
+    }
+    s
+}

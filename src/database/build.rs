@@ -1,0 +1,400 @@
+//! Building (and resuming) a database, one transformer block at a time.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dynapress_compress::{
+    ClipSearch, FactorParams, GptqFactor, GptqQuantParams, Hessian, QuantScheme, QuantizedLinear,
+    RtnParams, relative_output_error, rtn,
+};
+use sha2::{Digest, Sha256};
+
+use super::{
+    CalibIdentity, Entry, FORMAT_VERSION, HessianEntry, Manifest, Method, MethodSpec,
+    ModelIdentity, entry_bytes, load_entry_file,
+};
+use crate::calib::{BlockStream, CalibSet, HessianCapture, hex};
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+use crate::model::{LinearId, ModelFiles, Site};
+use crate::progress;
+
+/// How to build a database.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub spec: MethodSpec,
+    /// Calibration windows per forward pass.
+    pub batch: usize,
+    /// Also store each site's Hessian.
+    pub keep_hessians: bool,
+    /// Rebuild even if the directory holds a database of another model,
+    /// calibration or method.
+    pub force: bool,
+    pub quiet: bool,
+    /// Test hook: stop the process abruptly (as a crash would) after writing
+    /// this many new entries.
+    pub abort_after: Option<usize>,
+}
+
+/// What a build did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildReport {
+    pub dir: PathBuf,
+    pub entries_total: usize,
+    pub entries_built: usize,
+    pub entries_reused: usize,
+    /// Entries whose file failed its checksum and were rebuilt.
+    pub entries_repaired: usize,
+    pub seconds: f64,
+}
+
+/// Builds the database in `dir` for `files` from `calib`, or finishes one
+/// that an earlier run of the same build left incomplete.
+pub fn build_database(
+    files: &ModelFiles,
+    calib: &CalibSet,
+    dir: &Path,
+    opts: &BuildOptions,
+) -> Result<BuildReport> {
+    let start = Instant::now();
+    let spec = &opts.spec;
+    validate_spec(spec)?;
+    let model = ModelIdentity::of(files)?;
+    let calibration = CalibIdentity {
+        sources: calib.sources.clone(),
+        seq_len: calib.seq_len,
+        windows: calib.windows(),
+        tokens: calib.tokens(),
+    };
+    let mut bits = spec.bits.clone();
+    bits.sort_unstable();
+    bits.dedup();
+    let levels: Vec<String> = bits.iter().map(|&b| spec.level_name(b)).collect();
+
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    remove_temp_files(dir)?;
+    let fresh = Manifest {
+        format: "dynapress-database".into(),
+        format_version: FORMAT_VERSION,
+        dynapress_version: env!("CARGO_PKG_VERSION").into(),
+        model: model.clone(),
+        calibration: calibration.clone(),
+        method: MethodSpec {
+            bits: bits.clone(),
+            ..spec.clone()
+        },
+        levels: levels.clone(),
+        entries: vec![],
+        hessians: vec![],
+        complete: false,
+    };
+    let mut manifest = match dir.join("manifest.json").exists() {
+        false => fresh,
+        true => {
+            let old = Manifest::read(dir)?;
+            let mismatch = if !old.model.same_model(&model) {
+                Some(format!("another model ({})", old.model.dir))
+            } else if !old.calibration.same_data(&calibration) {
+                Some("other calibration data".to_string())
+            } else if old.method != fresh.method {
+                Some("another method or other parameters".to_string())
+            } else {
+                None
+            };
+            match (mismatch, opts.force) {
+                (None, _) => Manifest {
+                    entries: old.entries,
+                    hessians: old.hessians,
+                    ..fresh
+                },
+                (Some(why), false) => {
+                    return Err(Error::data(
+                        dir,
+                        format!(
+                            "holds a database built from {why}; pass --force to rebuild it, or choose another --out"
+                        ),
+                    ));
+                }
+                (Some(_), true) => {
+                    for sub in ["entries", "hessians"] {
+                        let p = dir.join(sub);
+                        if p.exists() {
+                            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+                        }
+                    }
+                    fresh
+                }
+            }
+        }
+    };
+
+    // Keep only entries whose files verify.
+    let before = manifest.entries.len();
+    manifest
+        .entries
+        .retain(|e| levels.contains(&e.level) && load_entry_file(dir, e).is_ok());
+    manifest.hessians.retain(|h| {
+        opts.keep_hessians && file_sha(&dir.join(&h.file)).ok().as_deref() == Some(&h.sha256)
+    });
+    let repaired = before - manifest.entries.len();
+    let reused = manifest.entries.len();
+    manifest.complete = false;
+    manifest.write(dir)?;
+
+    let cfg = &files.config;
+    let ids = files.linear_ids();
+    let total = ids.len() * levels.len();
+    let pb = progress::bar(total as u64, "database", "entries", opts.quiet);
+    pb.set_position(reused as u64);
+    let mut stream = BlockStream::new(files, calib, opts.batch)?;
+    let mut built = 0usize;
+
+    for block_idx in 0..cfg.num_layers {
+        let block = BlockStream::load_block(files, block_idx)?;
+        let missing: Vec<(LinearId, u8)> = ids
+            .iter()
+            .filter(|id| id.block == block_idx)
+            .flat_map(|&id| bits.iter().map(move |&b| (id, b)))
+            .filter(|&(id, b)| manifest.entry(id, &spec.level_name(b)).is_none())
+            .collect();
+        let hessians_missing = opts.keep_hessians
+            && Site::ALL.iter().any(|&s| {
+                !manifest
+                    .hessians
+                    .iter()
+                    .any(|h| h.block == block_idx && h.site == s)
+            });
+        if missing.is_empty() && !hessians_missing {
+            stream.advance(&block, None)?;
+            continue;
+        }
+        let mut cap = HessianCapture::new(cfg, block_idx);
+        stream.advance(&block, Some(&mut cap))?;
+
+        if hessians_missing {
+            for (site, h) in &cap.sites {
+                let e = write_hessian(dir, block_idx, *site, h)?;
+                manifest
+                    .hessians
+                    .retain(|x| !(x.block == block_idx && x.site == *site));
+                manifest.hessians.push(e);
+            }
+            manifest.write(dir)?;
+        }
+
+        for site in Site::ALL {
+            let todo: Vec<(LinearId, u8)> = missing
+                .iter()
+                .copied()
+                .filter(|(id, _)| id.kind.site() == site)
+                .collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let h = cap.get(site);
+            // One factorisation per site: q/k/v (and gate/up) share it.
+            let factor = match spec.method {
+                Method::Gptq => Some(
+                    GptqFactor::new(
+                        h,
+                        &FactorParams {
+                            damp: spec.damp,
+                            act_order: spec.act_order,
+                            ..Default::default()
+                        },
+                    )
+                    .map_err(|e| {
+                        Error::Invalid(format!("block {block_idx}, {} Hessian: {e}", site.name()))
+                    })?,
+                ),
+                Method::Rtn => None,
+            };
+            if let Some(f) = &factor
+                && f.damp_retries() > 0
+                && !opts.quiet
+            {
+                pb.suspend(|| {
+                    eprintln!(
+                        "note: block {block_idx} {}: Hessian not positive definite at damp {}; used damp {} ({} retries)",
+                        site.name(),
+                        spec.damp,
+                        f.damp(),
+                        f.damp_retries()
+                    )
+                });
+            }
+            for &kind in site.kinds() {
+                let id = LinearId {
+                    block: block_idx,
+                    kind,
+                };
+                let w = block.linear_weight(kind)?.flatten_all()?.to_vec1::<f32>()?;
+                for &(_, b) in todo.iter().filter(|(i, _)| *i == id) {
+                    let level = spec.level_name(b);
+                    pb.set_message(format!("{id} {level}"));
+                    let q = compress(&w, h, factor.as_ref(), spec, b)
+                        .map_err(|e| Error::Invalid(format!("{}: {e}", id.weight_name())))?;
+                    let entry = write_entry(dir, id, &level, b, &w, h, &q)?;
+                    manifest.entries.push(entry);
+                    sort_entries(&mut manifest);
+                    manifest.write(dir)?;
+                    built += 1;
+                    pb.inc(1);
+                    if opts.abort_after == Some(built) {
+                        // Simulated crash for the resume test: no cleanup, no unwinding.
+                        std::process::abort();
+                    }
+                }
+            }
+        }
+    }
+    manifest.complete = true;
+    manifest.write(dir)?;
+    pb.finish_and_clear();
+    Ok(BuildReport {
+        dir: dir.to_path_buf(),
+        entries_total: total,
+        entries_built: built,
+        entries_reused: reused,
+        entries_repaired: repaired,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn validate_spec(spec: &MethodSpec) -> Result<()> {
+    if spec.bits.is_empty() {
+        return Err(Error::Invalid("--bits needs at least one bit width".into()));
+    }
+    if let Some(b) = spec.bits.iter().find(|&&b| !(2..=8).contains(&b)) {
+        return Err(Error::Invalid(format!(
+            "bit width {b} is not supported (2 to 8)"
+        )));
+    }
+    if !(spec.damp > 0.0 && spec.damp.is_finite()) {
+        return Err(Error::Invalid("--damp must be a positive number".into()));
+    }
+    if spec.act_order && spec.method == Method::Rtn {
+        return Err(Error::Invalid("--act-order applies to GPTQ only".into()));
+    }
+    Ok(())
+}
+
+fn compress(
+    w: &[f32],
+    h: &Hessian,
+    factor: Option<&GptqFactor>,
+    spec: &MethodSpec,
+    bits: u8,
+) -> std::result::Result<QuantizedLinear, String> {
+    let scheme = QuantScheme {
+        bits,
+        group_size: spec.group_size,
+        sym: spec.sym,
+    };
+    let clip = spec.clip.then(ClipSearch::default);
+    match factor {
+        Some(f) => f
+            .quantize(
+                w,
+                &GptqQuantParams {
+                    scheme,
+                    clip,
+                    // With act-order, groups are fitted on the original column
+                    // order so no permutation needs storing.
+                    static_groups: spec.act_order,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string()),
+        None => rtn(w, h.dim(), &RtnParams { scheme, clip }).map_err(|e| e.to_string()),
+    }
+}
+
+fn sort_entries(m: &mut Manifest) {
+    m.entries
+        .sort_by(|a, b| (a.block, a.kind, a.bits).cmp(&(b.block, b.kind, b.bits)));
+}
+
+fn file_sha(path: &Path) -> Result<String> {
+    crate::calib::sha256_file(path)
+}
+
+fn write_entry(
+    dir: &Path,
+    id: LinearId,
+    level: &str,
+    bits: u8,
+    w: &[f32],
+    h: &Hessian,
+    q: &QuantizedLinear,
+) -> Result<Entry> {
+    let layer = id.weight_name();
+    let bytes = entry_bytes(&layer, level, q);
+    let file = format!(
+        "entries/{}/{}.{level}.safetensors",
+        id.block,
+        id.kind.short_name()
+    );
+    write_atomic(&dir.join(&file), &bytes)?;
+    let rel_error = relative_output_error(w, &q.dequantize(), h);
+    Ok(Entry {
+        layer,
+        block: id.block,
+        kind: id.kind,
+        level: level.to_string(),
+        bits,
+        rows: q.rows(),
+        cols: q.cols(),
+        storage_bits: q.storage_bits(),
+        bits_per_weight: q.bits_per_weight(),
+        rel_error,
+        damp: q.damp(),
+        file,
+        sha256: hex(&Sha256::digest(&bytes)),
+    })
+}
+
+fn write_hessian(dir: &Path, block: usize, site: Site, h: &Hessian) -> Result<HessianEntry> {
+    let data: Vec<u8> = h.as_slice().iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F64,
+        vec![h.dim(), h.dim()],
+        &data,
+    )
+    .expect("sizes match");
+    let mut md = std::collections::HashMap::new();
+    md.insert("tokens".to_string(), h.tokens().to_string());
+    let bytes =
+        safetensors::serialize([("hessian".to_string(), view)], Some(md)).expect("serialise");
+    let file = format!("hessians/{block}.{}.safetensors", site.name());
+    write_atomic(&dir.join(&file), &bytes)?;
+    Ok(HessianEntry {
+        block,
+        site,
+        dim: h.dim(),
+        tokens: h.tokens(),
+        file,
+        sha256: hex(&Sha256::digest(&bytes)),
+    })
+}
+
+/// Removes temporary files a killed run left behind.
+fn remove_temp_files(dir: &Path) -> Result<()> {
+    fn walk(p: &Path) -> std::io::Result<()> {
+        for e in std::fs::read_dir(p)? {
+            let e = e?;
+            let path = e.path();
+            if e.file_type()?.is_dir() {
+                walk(&path)?;
+            } else if e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".dynapress-tmp-")
+            {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir).map_err(|e| Error::io(dir, e))
+}

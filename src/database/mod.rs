@@ -1,0 +1,433 @@
+//! The layer database: for every linear layer of a model, compressed variants
+//! ("levels") with their exact storage cost and their output error, built
+//! from calibration text.
+//!
+//! ```text
+//! DB_DIR/manifest.json                     identity, parameters, every entry
+//! DB_DIR/entries/<block>/<layer>.<level>.safetensors
+//! DB_DIR/hessians/<block>.<site>.safetensors   (with --keep-hessians)
+//! ```
+//!
+//! Every file is written to a temporary name and renamed. The manifest is
+//! rewritten after each layer, so a killed build resumes where it stopped; an
+//! entry is reused only if its file's sha256 matches the manifest.
+
+mod build;
+
+use std::path::{Path, PathBuf};
+
+use dynapress_compress::{BufferDtype, NamedBuffer, QuantMeta, QuantizedLinear};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+pub use build::{BuildOptions, BuildReport, build_database};
+
+use crate::calib::{CalibSource, sha256_file};
+use crate::error::{Error, Result};
+use crate::model::{LinearId, LinearKind, Model, ModelFiles};
+
+/// Manifest format version; bumped when the layout changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The compressor and its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodSpec {
+    /// `gptq` or `rtn`.
+    pub method: Method,
+    /// Bit widths, one level each.
+    pub bits: Vec<u8>,
+    /// Group size along the input dimension (0 = one group per row).
+    pub group_size: usize,
+    /// Symmetric grid (no zero point).
+    pub sym: bool,
+    /// GPTQ: columns in descending diag(H) order, with static groups.
+    pub act_order: bool,
+    /// GPTQ: relative dampening λ = damp · mean(diag H).
+    pub damp: f64,
+    /// MSE-optimal clipping search per group.
+    pub clip: bool,
+}
+
+impl Default for MethodSpec {
+    fn default() -> Self {
+        MethodSpec {
+            method: Method::Gptq,
+            bits: vec![2, 3, 4, 5, 6, 8],
+            group_size: 128,
+            sym: false,
+            act_order: false,
+            damp: 0.01,
+            clip: false,
+        }
+    }
+}
+
+impl MethodSpec {
+    /// The level name for a bit width, e.g. `gptq-b4-g128`.
+    pub fn level_name(&self, bits: u8) -> String {
+        let m = match self.method {
+            Method::Gptq => "gptq",
+            Method::Rtn => "rtn",
+        };
+        format!("{m}-b{bits}-g{}", self.group_size)
+    }
+}
+
+/// Which compressor built the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// GPTQ (Frantar et al. 2022) with error feedback from the Hessian.
+    Gptq,
+    /// Round to nearest on the same grid.
+    Rtn,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "gptq" => Ok(Method::Gptq),
+            "rtn" => Ok(Method::Rtn),
+            other => Err(format!("unknown method `{other}`; choose gptq or rtn")),
+        }
+    }
+}
+
+/// What identifies the model a database belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    /// Where it was loaded from (informational; not compared).
+    pub dir: String,
+    pub architecture: String,
+    pub num_layers: usize,
+    /// sha256 of config.json.
+    pub config_sha256: String,
+    /// sha256 over the safetensors files (names and bytes, in name order).
+    pub weights_sha256: String,
+}
+
+impl ModelIdentity {
+    /// Hashes a model's configuration and weights.
+    pub fn of(files: &ModelFiles) -> Result<Self> {
+        use sha2::{Digest, Sha256};
+        let config_sha256 = sha256_file(&files.dir.join("config.json"))?;
+        let mut h = Sha256::new();
+        let mut paths = files.weights.file_paths();
+        paths.sort();
+        for p in paths {
+            h.update(
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+            h.update(sha256_file(&p)?.as_bytes());
+        }
+        Ok(ModelIdentity {
+            dir: files.dir.display().to_string(),
+            architecture: files.config.arch.model_type().to_string(),
+            num_layers: files.config.num_layers,
+            config_sha256,
+            weights_sha256: crate::calib::hex(&h.finalize()),
+        })
+    }
+
+    /// Same model (the directory may have moved).
+    pub fn same_model(&self, other: &ModelIdentity) -> bool {
+        self.config_sha256 == other.config_sha256 && self.weights_sha256 == other.weights_sha256
+    }
+}
+
+/// The calibration data a database was built from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibIdentity {
+    pub sources: Vec<CalibSource>,
+    pub seq_len: usize,
+    pub windows: usize,
+    pub tokens: usize,
+}
+
+impl CalibIdentity {
+    /// Same data: file contents and windows (paths may differ).
+    pub fn same_data(&self, other: &CalibIdentity) -> bool {
+        let key = |c: &CalibIdentity| {
+            c.sources
+                .iter()
+                .map(|s| (s.sha256.clone(), s.windows))
+                .collect::<Vec<_>>()
+        };
+        self.seq_len == other.seq_len && self.tokens == other.tokens && key(self) == key(other)
+    }
+}
+
+/// One stored variant of one layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Hugging Face weight name.
+    pub layer: String,
+    pub block: usize,
+    pub kind: LinearKind,
+    /// Level name (e.g. `gptq-b4-g128`).
+    pub level: String,
+    pub bits: u8,
+    pub rows: usize,
+    pub cols: usize,
+    /// Exact stored bits: codes, scales, zeros and permutation.
+    pub storage_bits: u64,
+    /// `storage_bits / (rows · cols)`.
+    pub bits_per_weight: f64,
+    /// `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)` on the calibration activations.
+    pub rel_error: f64,
+    /// GPTQ: the relative damping finally used (larger than asked if the
+    /// Hessian needed it).
+    pub damp: Option<f64>,
+    /// File, relative to the database directory.
+    pub file: String,
+    /// sha256 of the file.
+    pub sha256: String,
+}
+
+impl Entry {
+    /// The layer id.
+    pub fn id(&self) -> LinearId {
+        LinearId {
+            block: self.block,
+            kind: self.kind,
+        }
+    }
+}
+
+/// A kept Hessian.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HessianEntry {
+    pub block: usize,
+    pub site: crate::model::Site,
+    pub dim: usize,
+    pub tokens: u64,
+    pub file: String,
+    pub sha256: String,
+}
+
+/// `DB_DIR/manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub dynapress_version: String,
+    pub model: ModelIdentity,
+    pub calibration: CalibIdentity,
+    pub method: MethodSpec,
+    /// Level names, lowest bits first.
+    pub levels: Vec<String>,
+    /// Every entry written so far, sorted by (block, kind, bits).
+    pub entries: Vec<Entry>,
+    pub hessians: Vec<HessianEntry>,
+    /// True once every entry exists.
+    pub complete: bool,
+}
+
+impl Manifest {
+    /// Reads `dir/manifest.json`.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let m: Manifest = serde_json::from_str(&text)
+            .map_err(|e| Error::data(&path, format!("not a dynapress database manifest: {e}")))?;
+        if m.format != "dynapress-database" {
+            return Err(Error::data(&path, "not a dynapress database manifest"));
+        }
+        if m.format_version > FORMAT_VERSION {
+            return Err(Error::data(
+                &path,
+                format!(
+                    "database format {} is newer than this dynapress supports ({FORMAT_VERSION}); upgrade dynapress",
+                    m.format_version
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Writes `dir/manifest.json` atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("manifest serialises");
+        crate::fsutil::write_atomic(&dir.join("manifest.json"), text.as_bytes())
+    }
+
+    /// The entry of a layer at a level, if built.
+    pub fn entry(&self, id: LinearId, level: &str) -> Option<&Entry> {
+        self.entries
+            .iter()
+            .find(|e| e.block == id.block && e.kind == id.kind && e.level == level)
+    }
+
+    /// Entries of one layer, lowest bits first.
+    pub fn layer_entries(&self, id: LinearId) -> Vec<&Entry> {
+        let mut v: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|e| e.block == id.block && e.kind == id.kind)
+            .collect();
+        v.sort_by_key(|e| e.bits);
+        v
+    }
+
+    /// The level name with `bits` bits.
+    pub fn level_for_bits(&self, bits: u8) -> Option<String> {
+        self.method
+            .bits
+            .contains(&bits)
+            .then(|| self.method.level_name(bits))
+    }
+}
+
+/// An opened database.
+pub struct Database {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Database {
+    /// Opens a complete database.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.join("manifest.json").exists() {
+            return Err(Error::data(
+                dir,
+                "no manifest.json: not a dynapress database (build one with `dynapress database`)",
+            ));
+        }
+        let manifest = Manifest::read(dir)?;
+        if !manifest.complete {
+            return Err(Error::data(
+                dir,
+                "the database is incomplete (its build was interrupted); rerun the same `dynapress database` command to finish it",
+            ));
+        }
+        Ok(Database {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// Refuses a model other than the one the database was built from.
+    pub fn check_model(&self, files: &ModelFiles) -> Result<()> {
+        let id = ModelIdentity::of(files)?;
+        if !id.same_model(&self.manifest.model) {
+            return Err(Error::data(
+                &self.dir,
+                format!(
+                    "this database was built from another model ({}); the model in {} has different config.json or weights",
+                    self.manifest.model.dir,
+                    files.dir.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads and verifies one entry.
+    pub fn load(&self, entry: &Entry) -> Result<QuantizedLinear> {
+        load_entry_file(&self.dir, entry)
+    }
+
+    /// Replaces every linear layer of `model` with its entry at the level
+    /// chosen by `choose` (dequantized to f32).
+    pub fn apply(
+        &self,
+        model: &mut Model,
+        choose: impl Fn(LinearId) -> Option<String>,
+    ) -> Result<()> {
+        for id in model.linear_ids() {
+            let Some(level) = choose(id) else { continue };
+            let entry = self.manifest.entry(id, &level).ok_or_else(|| {
+                Error::data(
+                    &self.dir,
+                    format!("no entry for {} at level {level}", id.weight_name()),
+                )
+            })?;
+            let q = self.load(entry)?;
+            let w = candle_core::Tensor::from_vec(
+                q.dequantize(),
+                (q.rows(), q.cols()),
+                model.device(),
+            )?;
+            model.set_linear(id, &w)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serialises a quantized layer to safetensors bytes (one metadata key, so
+/// the bytes are deterministic).
+pub fn entry_bytes(layer: &str, level: &str, q: &QuantizedLinear) -> Vec<u8> {
+    let buffers = q.to_buffers();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
+        .iter()
+        .map(|b| {
+            let dtype = match b.dtype {
+                BufferDtype::U8 => Dtype::U8,
+                BufferDtype::F16 => Dtype::F16,
+                BufferDtype::U16 => Dtype::U16,
+                BufferDtype::U32 => Dtype::U32,
+            };
+            (
+                b.name.clone(),
+                safetensors::tensor::TensorView::new(dtype, b.shape.clone(), &b.data)
+                    .expect("buffer sizes match their shapes"),
+            )
+        })
+        .collect();
+    let meta = serde_json::json!({ "layer": layer, "level": level, "quant": q.meta() });
+    let mut md = std::collections::HashMap::new();
+    md.insert("dynapress".to_string(), meta.to_string());
+    safetensors::serialize(views, Some(md)).expect("in-memory serialisation")
+}
+
+/// Reads an entry file, checking its sha256 and contents.
+pub fn load_entry_file(dir: &Path, entry: &Entry) -> Result<QuantizedLinear> {
+    let path = dir.join(&entry.file);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let sha = {
+        use sha2::{Digest, Sha256};
+        crate::calib::hex(&Sha256::digest(&bytes))
+    };
+    if sha != entry.sha256 {
+        return Err(Error::data(
+            &path,
+            "checksum mismatch: the entry file is corrupt; rerun `dynapress database` to rebuild it",
+        ));
+    }
+    parse_entry(&path, &bytes)
+}
+
+fn parse_entry(path: &Path, bytes: &[u8]) -> Result<QuantizedLinear> {
+    let bad = |msg: String| Error::data(path, msg);
+    let (_, md) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+    let meta_json = md
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("dynapress"))
+        .ok_or_else(|| bad("missing dynapress metadata".into()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(meta_json).map_err(|e| bad(format!("bad metadata: {e}")))?;
+    let meta: QuantMeta = serde_json::from_value(v["quant"].clone())
+        .map_err(|e| bad(format!("bad quantization metadata: {e}")))?;
+    let mut buffers = Vec::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::U8 => BufferDtype::U8,
+            Dtype::F16 => BufferDtype::F16,
+            Dtype::U16 => BufferDtype::U16,
+            Dtype::U32 => BufferDtype::U32,
+            other => return Err(bad(format!("unexpected dtype {other:?} for `{name}`"))),
+        };
+        buffers.push(NamedBuffer {
+            name,
+            dtype,
+            shape: view.shape().to_vec(),
+            data: view.data().to_vec(),
+        });
+    }
+    QuantizedLinear::from_buffers(&meta, &buffers).map_err(|e| bad(e.to_string()))
+}
