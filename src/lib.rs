@@ -18,6 +18,7 @@ pub mod calib;
 pub mod database;
 pub mod error;
 pub mod eval;
+pub mod formats;
 pub mod fsutil;
 pub mod model;
 pub mod progress;

@@ -24,3 +24,17 @@ pub fn bar(len: u64, prefix: &str, unit: &str, quiet: bool) -> ProgressBar {
     pb.set_prefix(prefix.to_string());
     pb
 }
+
+/// Peak resident set size of this process so far, in MiB (0 where unknown).
+pub fn peak_rss_mib() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage only writes the struct we pass.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            // ru_maxrss is in KiB on Linux.
+            return u.ru_maxrss as f64 / 1024.0;
+        }
+    }
+    0.0
+}

@@ -292,7 +292,7 @@ fn nan_weights_are_a_clear_error() {
 fn help_explains_every_subcommand() {
     let o = run(&["--help"]);
     let out = String::from_utf8(o.stdout).unwrap();
-    for sub in ["eval", "generate", "bench"] {
+    for sub in ["eval", "generate", "database", "bench"] {
         assert!(out.contains(sub), "{out}");
     }
     let _unused: PathBuf = common::root();

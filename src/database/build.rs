@@ -46,6 +46,8 @@ pub struct BuildReport {
     /// Entries whose file failed its checksum and were rebuilt.
     pub entries_repaired: usize,
     pub seconds: f64,
+    /// Peak resident memory of the process so far, in MiB.
+    pub peak_rss_mib: f64,
 }
 
 /// Builds the database in `dir` for `files` from `calib`, or finishes one
@@ -258,6 +260,7 @@ pub fn build_database(
         entries_reused: reused,
         entries_repaired: repaired,
         seconds: start.elapsed().as_secs_f64(),
+        peak_rss_mib: crate::progress::peak_rss_mib(),
     })
 }
 
@@ -311,8 +314,7 @@ fn compress(
 }
 
 fn sort_entries(m: &mut Manifest) {
-    m.entries
-        .sort_by(|a, b| (a.block, a.kind, a.bits).cmp(&(b.block, b.kind, b.bits)));
+    m.entries.sort_by_key(|e| (e.block, e.kind, e.bits));
 }
 
 fn file_sha(path: &Path) -> Result<String> {

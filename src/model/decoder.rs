@@ -649,7 +649,7 @@ impl Block {
         }
         let gu = self.gate_up.forward(&xn)?;
         let act = candle_nn::ops::swiglu(&gu)?;
-        if let Some(c) = capture.as_deref_mut() {
+        if let Some(c) = capture {
             c.capture(
                 self.index,
                 Site::MlpAct,

@@ -255,6 +255,7 @@ pub(crate) struct Heads {
 /// From fused `qkv [b·t, (hq+2hkv)·d]` rows, writes RoPE-rotated queries
 /// `[b·t, hq·d]` and keys `[b·t, hkv·d]` (after per-head RMSNorm when
 /// `qk_norm` is given). `cos`/`sin` are `[t, d/2]` for positions `0..t`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rope_split(
     qkv: &[f32],
     t: usize,
@@ -368,6 +369,13 @@ const QUERY_BLOCK: usize = 64;
 /// A pointer shared by rayon tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: only used for disjoint writes, see `causal_attention`.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
@@ -398,7 +406,6 @@ pub(crate) fn causal_attention(
     (0..b * hq * n_blocks).into_par_iter().for_each_init(
         || vec![0f32; QUERY_BLOCK * tk],
         |scratch, unit| {
-            let out_ptr = out_ptr;
             let bi = unit / (hq * n_blocks);
             let h = (unit / n_blocks) % hq;
             let qb = unit % n_blocks;
@@ -452,7 +459,7 @@ pub(crate) fn causal_attention(
                     rows,
                     d,
                     nk,
-                    out_ptr.0.add(o_base),
+                    out_ptr.get().add(o_base),
                     1,
                     (hq * d) as isize,
                     false,

@@ -12,6 +12,7 @@ mod decoder;
 pub mod generate;
 mod kernels;
 mod rope;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
 

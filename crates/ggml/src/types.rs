@@ -1,0 +1,208 @@
+//! The ggml type table: ids as they appear in GGUF tensor infos, block sizes and
+//! bytes per block (see ggml's `ggml.h` `enum ggml_type` and the `block_*` structs
+//! in `ggml-common.h`).
+
+/// A ggml tensor type that dynapress reads or writes.
+#[allow(missing_docs)] // the variants are ggml's type names
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    BF16,
+}
+
+impl GgmlType {
+    /// Every type this crate knows, in id order.
+    pub const ALL: [GgmlType; 13] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+        GgmlType::BF16,
+    ];
+
+    /// The numeric id stored in GGUF tensor infos.
+    pub const fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q2K => 10,
+            GgmlType::Q3K => 11,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
+            GgmlType::BF16 => 30,
+        }
+    }
+
+    /// The type with GGUF id `id`, if dynapress supports it.
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        GgmlType::ALL.into_iter().find(|t| t.id() == id)
+    }
+
+    /// ggml's name for the type (`Q4_K`, `F16`, ...), as llama-quantize spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q2K => "Q2_K",
+            GgmlType::Q3K => "Q3_K",
+            GgmlType::Q4K => "Q4_K",
+            GgmlType::Q5K => "Q5_K",
+            GgmlType::Q6K => "Q6_K",
+            GgmlType::BF16 => "BF16",
+        }
+    }
+
+    /// Parses a type name, case-insensitively (`q4_k`, `Q4_K`).
+    pub fn from_name(name: &str) -> Option<GgmlType> {
+        GgmlType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Number of weights in one block.
+    pub const fn block_size(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+                32
+            }
+            GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
+        }
+    }
+
+    /// Bytes of one block.
+    pub const fn type_size(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
+            GgmlType::Q8_0 => 34,
+            GgmlType::Q2K => 84,
+            GgmlType::Q3K => 110,
+            GgmlType::Q4K => 144,
+            GgmlType::Q5K => 176,
+            GgmlType::Q6K => 210,
+        }
+    }
+
+    /// Storage bits per weight (exact: block bytes × 8 / block size).
+    pub fn bits_per_weight(self) -> f64 {
+        (self.type_size() * 8) as f64 / self.block_size() as f64
+    }
+
+    /// Bytes needed for `n` weights, or `None` if `n` is not a multiple of the block size.
+    pub fn row_bytes(self, n: usize) -> Option<usize> {
+        if !n.is_multiple_of(self.block_size()) {
+            return None;
+        }
+        (n / self.block_size()).checked_mul(self.type_size())
+    }
+
+    /// True for the block-quantized types (everything but F32, F16, BF16).
+    pub const fn is_quantized(self) -> bool {
+        !matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+    }
+
+    /// The type llama-quantize actually writes when asked for `self` on a tensor
+    /// whose rows hold `n_per_row` values (llama.cpp `tensor_type_fallback` in
+    /// `src/llama-quant.cpp`, llama-cpp-python 0.3.36's tree).
+    ///
+    /// When `n_per_row` is a multiple of the block size this is `self`. Otherwise
+    /// the 256-value k-quants fall back to a 32-value type — Q2_K and Q3_K → Q4_0,
+    /// Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0 — and if the row is not a multiple
+    /// of 32 either (or `self` already had 32-value blocks), to F16.
+    pub const fn fallback_for_row(self, n_per_row: usize) -> GgmlType {
+        if n_per_row.is_multiple_of(self.block_size()) {
+            return self;
+        }
+        let fallback = match self {
+            GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
+            GgmlType::Q4K => GgmlType::Q5_0,
+            GgmlType::Q5K => GgmlType::Q5_1,
+            GgmlType::Q6K => GgmlType::Q8_0,
+            other => other,
+        };
+        if n_per_row.is_multiple_of(fallback.block_size()) {
+            fallback
+        } else {
+            GgmlType::F16
+        }
+    }
+}
+
+impl std::fmt::Display for GgmlType {
+    /// ggml's name (`Q4_K`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_names_round_trip() {
+        for t in GgmlType::ALL {
+            assert_eq!(GgmlType::from_id(t.id()), Some(t));
+            assert_eq!(GgmlType::from_name(t.name()), Some(t));
+        }
+        assert_eq!(GgmlType::from_id(4), None);
+    }
+
+    #[test]
+    fn fallback_follows_llama_quantize() {
+        assert_eq!(GgmlType::Q4K.fallback_for_row(512), GgmlType::Q4K);
+        assert_eq!(GgmlType::Q2K.fallback_for_row(96), GgmlType::Q4_0);
+        assert_eq!(GgmlType::Q3K.fallback_for_row(96), GgmlType::Q4_0);
+        assert_eq!(GgmlType::Q4K.fallback_for_row(96), GgmlType::Q5_0);
+        assert_eq!(GgmlType::Q5K.fallback_for_row(96), GgmlType::Q5_1);
+        assert_eq!(GgmlType::Q6K.fallback_for_row(96), GgmlType::Q8_0);
+        assert_eq!(GgmlType::Q6K.fallback_for_row(100), GgmlType::F16);
+        assert_eq!(GgmlType::Q8_0.fallback_for_row(100), GgmlType::F16);
+        assert_eq!(GgmlType::BF16.fallback_for_row(7), GgmlType::BF16);
+    }
+
+    #[test]
+    fn k_quant_bits_match_ggml() {
+        assert_eq!(GgmlType::Q4K.bits_per_weight(), 4.5);
+        assert_eq!(GgmlType::Q6K.bits_per_weight(), 6.5625);
+        assert_eq!(GgmlType::Q2K.bits_per_weight(), 2.625);
+        assert_eq!(GgmlType::Q3K.bits_per_weight(), 3.4375);
+        assert_eq!(GgmlType::Q5K.bits_per_weight(), 5.5);
+        assert_eq!(GgmlType::Q8_0.bits_per_weight(), 8.5);
+    }
+}

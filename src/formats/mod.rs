@@ -1,0 +1,3 @@
+//! File formats written and read by dynapress (bytes, not numerics).
+
+pub mod safetensors;
