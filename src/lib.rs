@@ -18,9 +18,11 @@ pub mod calib;
 pub mod database;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod formats;
 pub mod fsutil;
 pub mod model;
 pub mod progress;
+pub mod search;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@ use clap::Args;
 use dynapress::database::Database;
 use dynapress::eval::{self, EvalPlan, WindowOptions};
 use dynapress::model::{Model, ModelFiles};
+use dynapress::search::ConfigFile;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -29,13 +30,16 @@ pub struct EvalArgs {
     /// Base model to compare against: adds KL(base‖model) and top-1 agreement.
     #[arg(long)]
     base: Option<PathBuf>,
-    /// Layer database: evaluate the model with its layers replaced by database
-    /// variants (with --bits for a uniform level).
+    /// Layer database: evaluate the model with its linear layers replaced by
+    /// database variants (choose them with --bits or --config).
     #[arg(long)]
     db: Option<PathBuf>,
     /// With --db: give every linear layer the level with this many bits.
-    #[arg(long, requires = "db")]
+    #[arg(long, requires = "db", conflicts_with = "config")]
     bits: Option<u8>,
+    /// With --db: the per-layer levels of a `dynapress search` configuration.
+    #[arg(long, requires = "db")]
+    config: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -58,21 +62,26 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.db {
         let db = Database::open(dir)?;
         db.check_model(&ModelFiles::open(&a.model)?)?;
-        let Some(bits) = a.bits else {
-            anyhow::bail!("--db needs --bits B (the uniform level to evaluate)");
-        };
-        let level = db.manifest.level_for_bits(bits).with_context(|| {
-            format!(
-                "the database has no {bits}-bit level (it has {:?})",
-                db.manifest.method.bits
-            )
-        })?;
-        db.apply(&mut model, |_| Some(level.clone()))?;
-        label = Some(format!(
-            "{} with {} at {level}",
-            a.model.display(),
-            dir.display()
-        ));
+        label = Some(match (&a.config, a.bits) {
+            (Some(path), _) => {
+                let cfg = ConfigFile::read(path)?;
+                db.apply_config(&mut model, &cfg, path)?;
+                format!(
+                    "{} with {} ({}, {:.4} bits per weight)",
+                    a.model.display(),
+                    path.display(),
+                    cfg.algo,
+                    cfg.bits_per_weight
+                )
+            }
+            (None, Some(bits)) => {
+                let level = db.apply_uniform(&mut model, bits)?;
+                format!("{} with {} at {level}", a.model.display(), dir.display())
+            }
+            (None, None) => {
+                anyhow::bail!("--db needs --bits B (a uniform level) or --config CONFIG.json")
+            }
+        });
     }
     let base = match &a.base {
         Some(dir) => Some(Model::load(dir).context("loading the base model")?),

@@ -4,7 +4,9 @@
 mod bench;
 mod database;
 mod eval;
+mod export;
 mod generate;
+mod search;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +32,11 @@ enum Command {
     /// Calibrate on text and build the per-layer database of compressed variants
     /// (GPTQ or RTN at several bit widths), streaming the model block by block.
     Database(database::DatabaseArgs),
+    /// Choose a level for every layer under a bits-per-weight budget
+    /// (EvoPress, knapsack or uniform).
+    Search(search::SearchArgs),
+    /// Write a searched configuration as a Hugging Face model directory.
+    Export(export::ExportArgs),
     /// Measure forward-pass throughput (tokens/s).
     Bench(bench::BenchArgs),
 }
@@ -51,6 +58,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Database(a) => database::run(a),
+        Command::Search(a) => search::run(a),
+        Command::Export(a) => export::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

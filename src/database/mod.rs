@@ -357,6 +357,41 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Gives every linear layer the level with `bits` bits.
+    pub fn apply_uniform(&self, model: &mut Model, bits: u8) -> Result<String> {
+        let level = self.manifest.level_for_bits(bits).ok_or_else(|| {
+            Error::data(
+                &self.dir,
+                format!(
+                    "the database has no {bits}-bit level (it has {:?})",
+                    self.manifest.method.bits
+                ),
+            )
+        })?;
+        self.apply(model, |_| Some(level.clone()))?;
+        Ok(level)
+    }
+
+    /// Gives every linear layer its level from a search configuration.
+    pub fn apply_config(
+        &self,
+        model: &mut Model,
+        config: &crate::search::ConfigFile,
+        config_path: &Path,
+    ) -> Result<()> {
+        let space = crate::search::SearchSpace::from_manifest(&self.manifest)?;
+        let choice = config.choice(&space, config_path)?;
+        let levels: std::collections::HashMap<LinearId, String> = space
+            .layers
+            .iter()
+            .zip(&choice)
+            .map(|(l, &k)| (l.id, space.levels[k].clone()))
+            .collect();
+        self.apply(model, |id| levels.get(&id).cloned())
+    }
+}
+
 /// Serialises a quantized layer to safetensors bytes (one metadata key, so
 /// the bytes are deterministic).
 pub fn entry_bytes(layer: &str, level: &str, q: &QuantizedLinear) -> Vec<u8> {

@@ -161,6 +161,68 @@ fn max_of(x: &[f32]) -> f32 {
     m
 }
 
+/// Maximum, its first index, and `Σ exp(x − max)` of a row.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RowSum {
+    pub max: f32,
+    pub argmax: u32,
+    pub sum_exp: f64,
+}
+
+multiversion! {
+    /// [`RowSum`] of `row`: exponentials in f32 (2 ulp), accumulated in f64.
+    pub fn row_sum_exp(row: &[f32], out: &mut RowSum) {
+        let max = max_of(row);
+        let argmax = row.iter().position(|&x| x == max).unwrap_or(0);
+        let mut acc = [0f64; 8];
+        let chunks = row.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..8 {
+                acc[i] += exp(c[i] - max) as f64;
+            }
+        }
+        let mut s: f64 = acc.iter().sum();
+        for &x in rest {
+            s += exp(x - max) as f64;
+        }
+        *out = RowSum { max, argmax: argmax as u32, sum_exp: s };
+    }
+}
+
+multiversion! {
+    /// `Σ_v exp(b_v − lse_b) · ((b_v − lse_b) − (m_v − lse_m))`: KL(p_b ‖ p_m)
+    /// from two rows of logits and their log-sum-exps.
+    pub fn row_kl_sum(b: &[f32], lse_b: f64, m: &[f32], lse_m: f64, out: &mut f64) {
+        let (lb0, lm0) = (lse_b as f32, lse_m as f32);
+        // Residuals of the f32 rounding of the log-sum-exps, added back in f64.
+        let (rb, rm) = (lse_b - lb0 as f64, lse_m - lm0 as f64);
+        let mut acc = [0f64; 8];
+        let mut pacc = [0f64; 8];
+        let cb = b.chunks_exact(8);
+        let cm = m.chunks_exact(8);
+        let (restb, restm) = (cb.remainder(), cm.remainder());
+        for (x, y) in cb.zip(cm) {
+            for i in 0..8 {
+                let lb = x[i] - lb0;
+                let p = exp(lb) as f64;
+                acc[i] += p * ((lb - (y[i] - lm0)) as f64);
+                pacc[i] += p;
+            }
+        }
+        let mut s: f64 = acc.iter().sum();
+        let mut ps: f64 = pacc.iter().sum();
+        for (&x, &y) in restb.iter().zip(restm) {
+            let lb = x - lb0;
+            let p = exp(lb) as f64;
+            s += p * ((lb - (y - lm0)) as f64);
+            ps += p;
+        }
+        // Σ p (−rb + rm) for the residuals dropped above.
+        *out = s + ps * (rm - rb);
+    }
+}
+
 multiversion! {
     /// `out = x / sqrt(mean(x²) + eps) ⊙ w`, row by row.
     fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {

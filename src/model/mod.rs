@@ -10,7 +10,7 @@ mod attention;
 pub mod config;
 mod decoder;
 pub mod generate;
-mod kernels;
+pub(crate) mod kernels;
 mod rope;
 pub mod synthetic;
 pub mod tokenizer;

@@ -2,19 +2,19 @@
 //!
 //! A batch `X ∈ ℝ^{T×n}` (row-major, one token per row) adds `XᵀX`. With the
 //! default [`Accumulation::F32Chunked`], the batch is cut into chunks of at most
-//! `chunk_tokens` tokens; each chunk's `X_cᵀX_c` is computed by an f32 GEMM
-//! (lower triangle only, the matrix is symmetric) and added into the f64
-//! accumulator. The f32 rounding error is therefore that of a sum of at most
+//! `chunk_tokens` tokens; each chunk's `X_cᵀX_c` is computed by f32 GEMMs
+//! (upper triangle only, in row panels, the matrix is symmetric) and added into
+//! the f64 accumulator. The f32 rounding error is therefore that of a sum of at most
 //! `chunk_tokens` terms (relative ≈ `√chunk · 2⁻²⁴` typically), and the sum over
 //! chunks is in f64; `docs/gptq.md` has the measured error against a pure-f64
 //! reference. [`Accumulation::F64`] converts each chunk to f64 and uses an f64
-//! GEMM (twice the cost).
+//! GEMM (reference mode, several times slower).
 //!
 //! The raw sum is stored, with the token count; divide by
 //! [`Hessian::tokens`] for the mean (the GPTQ reference keeps `2/T · Σ x xᵀ`,
 //! which differs by a constant factor that no result here depends on).
 
-use faer::linalg::matmul::triangular::{BlockStructure, matmul};
+use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
@@ -139,74 +139,31 @@ impl Hessian {
         if t == 0 {
             return Ok(());
         }
-        // Chunks are multiplied in parallel (each product single-threaded)
-        // and added into the f64 sum in chunk order, so the result does not
-        // depend on thread scheduling: a database rebuilt after a crash must be
-        // bit-identical to one built in one go.
-        let threads = rayon::current_num_threads().max(1);
+        // Each chunk's product is split into row panels of the upper triangle,
+        // computed in parallel, each by one single-threaded GEMM, and every
+        // entry receives the chunks' contributions in chunk order: the result
+        // does not depend on the thread count or scheduling (a database rebuilt
+        // after a crash must be bit-identical to one built in one go).
         match self.accumulation {
             Accumulation::F32Chunked { chunk_tokens } => {
-                let chunks: Vec<&[f32]> = x.chunks(chunk_tokens.max(1) * n).collect();
-                for group in chunks.chunks(threads) {
-                    let parts: Vec<Vec<f32>> = group
-                        .par_iter()
-                        .map(|chunk| {
-                            let mut part = vec![0f32; n * n];
-                            let xc = MatRef::from_row_major_slice(chunk, chunk.len() / n, n);
-                            syrk_lower(
-                                MatMut::from_column_major_slice_mut(&mut part, n, n),
-                                xc,
-                                1.0,
-                            );
-                            part
-                        })
-                        .collect();
-                    for part in &parts {
-                        self.add_lower(part);
-                    }
+                for chunk in x.chunks(chunk_tokens * n) {
+                    let xc = MatRef::from_row_major_slice(chunk, chunk.len() / n, n);
+                    add_xtx_upper(&mut self.sum, n, xc, 1.0f32);
                 }
             }
             Accumulation::F64 => {
-                let chunks: Vec<&[f32]> = x.chunks(2048 * n).collect();
-                for group in chunks.chunks(threads) {
-                    let parts: Vec<Vec<f64>> = group
-                        .par_iter()
-                        .map(|chunk| {
-                            let wide: Vec<f64> = chunk.iter().map(|&v| v as f64).collect();
-                            let mut part = vec![0f64; n * n];
-                            let xc = MatRef::from_row_major_slice(&wide[..], chunk.len() / n, n);
-                            syrk_lower(
-                                MatMut::from_column_major_slice_mut(&mut part, n, n),
-                                xc,
-                                1.0,
-                            );
-                            part
-                        })
-                        .collect();
-                    for part in &parts {
-                        self.add_lower(part);
-                    }
+                let mut wide = Vec::new();
+                for chunk in x.chunks(F64_CHUNK * n) {
+                    wide.clear();
+                    wide.extend(chunk.iter().map(|&v| v as f64));
+                    let xc = MatRef::from_row_major_slice(&wide[..], chunk.len() / n, n);
+                    add_xtx_upper(&mut self.sum, n, xc, 1.0f64);
                 }
             }
         }
         self.mirror_upper();
         self.tokens += t as u64;
         Ok(())
-    }
-
-    /// Adds a partial sum whose lower triangle holds `XᵀX` (column-major)
-    /// into the upper triangle of the row-major accumulator: since the matrix
-    /// is symmetric, column `j` of the former is row `j` of the latter, so both
-    /// are read contiguously. [`Hessian::mirror_upper`] then fills the lower half.
-    fn add_lower<T: Copy + Into<f64>>(&mut self, part: &[T]) {
-        let n = self.n;
-        for j in 0..n {
-            let src = &part[j * n + j..(j + 1) * n];
-            let dst = &mut self.sum[j * n + j..(j + 1) * n];
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d += v.into();
-            }
-        }
     }
 
     /// Copies the upper triangle onto the lower one, in cache-sized tiles.
@@ -303,17 +260,40 @@ impl Hessian {
     }
 }
 
-/// `dst (lower triangle) = xᵀx` for `x` of shape `[t, n]`.
-fn syrk_lower<T: faer::traits::ComplexField + Copy>(dst: MatMut<'_, T>, x: MatRef<'_, T>, one: T) {
-    matmul(
-        dst,
-        BlockStructure::TriangularLower,
-        Accum::Replace,
-        x.transpose(),
-        BlockStructure::Rectangular,
-        x,
-        BlockStructure::Rectangular,
-        one,
-        Par::Seq,
-    );
+/// Tokens per f64 chunk in [`Accumulation::F64`] mode.
+const F64_CHUNK: usize = 2048;
+/// Rows per panel of the upper triangle.
+const PANEL: usize = 128;
+
+/// Adds the upper triangle of `xᵀx` (`x` of shape `[t, n]`) into the row-major
+/// `n × n` accumulator `sum`. Row panel `[j₀, j₁)` × columns `[j₀, n)` is one
+/// rectangular GEMM `x[:, j₀:j₁]ᵀ · x[:, j₀:]` (about half the flops of the
+/// full product overall); panels run in parallel and touch disjoint rows.
+fn add_xtx_upper<T>(sum: &mut [f64], n: usize, x: MatRef<'_, T>, one: T)
+where
+    T: faer::traits::ComplexField + Copy + Into<f64> + Send + Sync,
+{
+    sum.par_chunks_mut(PANEL * n)
+        .enumerate()
+        .for_each(|(p, rows)| {
+            let j0 = p * PANEL;
+            let bw = rows.len() / n;
+            let w = n - j0;
+            // Row-major bw × w product.
+            let mut tmp = vec![one; bw * w];
+            matmul(
+                MatMut::from_column_major_slice_mut(&mut tmp[..], w, bw).transpose_mut(),
+                Accum::Replace,
+                x.subcols(j0, bw).transpose(),
+                x.subcols(j0, w),
+                one,
+                Par::Seq,
+            );
+            for (jj, row) in rows.chunks_mut(n).enumerate() {
+                let src = &tmp[jj * w + jj..(jj + 1) * w];
+                for (d, &v) in row[j0 + jj..].iter_mut().zip(src) {
+                    *d += v.into();
+                }
+            }
+        });
 }

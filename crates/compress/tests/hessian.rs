@@ -103,3 +103,24 @@ fn output_error_matches_naive() {
     assert!((direct - num).abs() < 1e-5 * num);
     assert_eq!(relative_output_error(&w, &w, &h), 0.0);
 }
+
+#[test]
+fn accumulation_does_not_depend_on_thread_count() {
+    let n = 300; // panels of 128, 128 and 44 rows
+    let x = correlated_inputs(&mut rng(34), 1500, n);
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let mut h = Hessian::new(n);
+                h.add_batch(&x[..700 * n]).unwrap();
+                h.add_batch(&x[700 * n..]).unwrap();
+                h
+            })
+    };
+    let one = run(1);
+    assert_eq!(one.as_slice(), run(2).as_slice());
+    assert_eq!(one.as_slice(), run(3).as_slice());
+}

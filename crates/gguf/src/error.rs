@@ -131,6 +131,73 @@ pub enum GgufError {
     /// A tokenizer that cannot be expressed in llama.cpp's GGUF tokenizer metadata.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A GGUF model file that cannot be imported as a Hugging Face model
+    /// (see [`crate::import`]).
+    #[error("{path}: cannot import as a Hugging Face model: {source}")]
+    Import {
+        path: PathBuf,
+        #[source]
+        source: ImportError,
+    },
+}
+
+/// Why a GGUF model file cannot be turned into a Hugging Face model
+/// ([`crate::import`]). [`GgufError::Import`] adds the file's path.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ImportError {
+    /// `general.architecture` is not one dynapress imports.
+    #[error(
+        "architecture {arch:?} is not supported (dynapress imports {})",
+        crate::import::SUPPORTED_ARCHITECTURES.join(", ")
+    )]
+    UnsupportedArchitecture { arch: String },
+    /// A tokenizer model or pre-tokenizer that cannot be rebuilt as a
+    /// `tokenizer.json` yet.
+    #[error("tokenizer: {what} is not supported yet ({supported})")]
+    UnsupportedTokenizer {
+        what: String,
+        supported: &'static str,
+    },
+    /// The tokenizer metadata is inconsistent (duplicate tokens, merges of
+    /// unknown tokens, ids out of range, ...).
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A metadata key is missing, has the wrong type or an unsupported value.
+    #[error("metadata key {key:?}: {reason}")]
+    Metadata { key: String, reason: String },
+    /// RoPE settings that have no Hugging Face equivalent dynapress supports.
+    #[error("RoPE: {0}")]
+    Rope(String),
+    /// Tensors with no place in the Hugging Face model.
+    #[error(
+        "{} tensor(s) have no Hugging Face counterpart for this architecture: {}",
+        names.len(),
+        list(names)
+    )]
+    UnknownTensors { names: Vec<String> },
+    /// Tensors the architecture needs but the file lacks.
+    #[error("{} required tensor(s) are missing: {}", names.len(), list(names))]
+    MissingTensors { names: Vec<String> },
+    /// A tensor whose shape disagrees with the metadata.
+    #[error("tensor {tensor:?} has shape {found:?}, but the metadata implies {expected:?}")]
+    TensorShape {
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    /// A tensor whose data cannot be decoded.
+    #[error("tensor {tensor:?}: {reason}")]
+    TensorData { tensor: String, reason: String },
+}
+
+/// `"a", "b", "c"` (at most 10, then a count).
+fn list(names: &[String]) -> String {
+    let mut s: Vec<String> = names.iter().take(10).map(|n| format!("{n:?}")).collect();
+    if names.len() > 10 {
+        s.push(format!("… and {} more", names.len() - 10));
+    }
+    s.join(", ")
 }
 
 impl GgufError {
@@ -138,6 +205,21 @@ impl GgufError {
         GgufError::Io {
             path: path.to_path_buf(),
             source,
+        }
+    }
+
+    pub(crate) fn import(path: &Path, source: ImportError) -> Self {
+        GgufError::Import {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// The import error inside, if this is one.
+    pub fn import_error(&self) -> Option<&ImportError> {
+        match self {
+            GgufError::Import { source, .. } => Some(source),
+            _ => None,
         }
     }
 

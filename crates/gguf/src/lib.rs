@@ -27,6 +27,9 @@
 //! - [`tokenizer`]: [`TokenizerMetadata`] from `tokenizer.json` for byte-level
 //!   BPE tokenizers, with `tokenizer.ggml.pre` chosen from the pre-tokenizer.
 //! - [`imatrix`]: [`Imatrix`] in llama.cpp's GGUF and legacy `.dat` formats.
+//! - [`import`]: the way back — a GGUF model file (ours or llama.cpp's, any
+//!   tensor types) as a Hugging Face `config.json`, `tokenizer.json` and f32
+//!   tensors ([`HfImport`]).
 //!
 //! # Example
 //!
@@ -56,6 +59,7 @@
 mod error;
 mod fsutil;
 pub mod imatrix;
+pub mod import;
 pub mod model;
 pub mod reader;
 pub mod tokenizer;
@@ -63,8 +67,9 @@ mod value;
 pub mod writer;
 
 pub use dynapress_ggml::GgmlType;
-pub use error::{GgufError, ParseError, Result};
+pub use error::{GgufError, ImportError, ParseError, Result};
 pub use imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
+pub use import::{HfImport, ImportedTensor, import};
 pub use model::{Arch, LlamaHparams, RopeScaling};
 pub use reader::{GgufFile, Header, TensorInfo, parse_header};
 pub use tokenizer::TokenizerMetadata;

@@ -419,17 +419,43 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
     Some(format!("model.layers.{n}.{h}.{suffix}"))
 }
 
-fn check_permute(len: usize, n_rows: usize, n_head: usize) -> Result<usize> {
+fn check_permute(len: usize, n_rows: usize, n_head: usize, unit: &str) -> Result<usize> {
     if n_rows == 0
         || n_head == 0
         || !n_rows.is_multiple_of(2 * n_head)
         || !len.is_multiple_of(n_rows)
     {
         return Err(cfg_err(format!(
-            "cannot permute {n_rows} rows ({len} bytes) in {n_head} heads: rows must split into heads of even size"
+            "cannot permute {n_rows} rows ({len} {unit}) in {n_head} heads: rows must split into heads of even size"
         )));
     }
     Ok(len / n_rows)
+}
+
+/// Moves whole rows within each head: with d = n_rows/n_head, row
+/// h·d + j·d/2 + i (Hugging Face) ↔ row h·d + 2i + j (llama.cpp). `to_gguf`
+/// picks the direction.
+fn permute_rows<T: Copy + Default>(
+    data: &[T],
+    n_rows: usize,
+    n_head: usize,
+    to_gguf: bool,
+    unit: &str,
+) -> Result<Vec<T>> {
+    let row = check_permute(data.len(), n_rows, n_head, unit)?;
+    let d = n_rows / n_head;
+    let mut out = vec![T::default(); data.len()];
+    for h in 0..n_head {
+        for i in 0..d / 2 {
+            for j in 0..2 {
+                let gguf = h * d + 2 * i + j;
+                let hf = h * d + j * (d / 2) + i;
+                let (dst, src) = if to_gguf { (gguf, hf) } else { (hf, gguf) };
+                out[dst * row..(dst + 1) * row].copy_from_slice(&data[src * row..(src + 1) * row]);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The Q/K row permutation llama.cpp's converter applies for the `llama`
@@ -441,36 +467,18 @@ fn check_permute(len: usize, n_rows: usize, n_head: usize) -> Result<usize> {
 /// Works on raw bytes of whole rows, so it applies equally to F32, BF16 and to
 /// row-wise quantized data (each row is `data.len() / n_rows` bytes).
 pub fn permute_qk_rows(data: &[u8], n_rows: usize, n_head: usize) -> Result<Vec<u8>> {
-    let row = check_permute(data.len(), n_rows, n_head)?;
-    let d = n_rows / n_head;
-    let mut out = vec![0u8; data.len()];
-    for h in 0..n_head {
-        for i in 0..d / 2 {
-            for j in 0..2 {
-                let dst = h * d + 2 * i + j;
-                let src = h * d + j * (d / 2) + i;
-                out[dst * row..(dst + 1) * row].copy_from_slice(&data[src * row..(src + 1) * row]);
-            }
-        }
-    }
-    Ok(out)
+    permute_rows(data, n_rows, n_head, true, "bytes")
 }
 
 /// Undoes [`permute_qk_rows`] (GGUF `llama` layout back to Hugging Face's).
 pub fn unpermute_qk_rows(data: &[u8], n_rows: usize, n_head: usize) -> Result<Vec<u8>> {
-    let row = check_permute(data.len(), n_rows, n_head)?;
-    let d = n_rows / n_head;
-    let mut out = vec![0u8; data.len()];
-    for h in 0..n_head {
-        for i in 0..d / 2 {
-            for j in 0..2 {
-                let src = h * d + 2 * i + j;
-                let dst = h * d + j * (d / 2) + i;
-                out[dst * row..(dst + 1) * row].copy_from_slice(&data[src * row..(src + 1) * row]);
-            }
-        }
-    }
-    Ok(out)
+    permute_rows(data, n_rows, n_head, false, "bytes")
+}
+
+/// [`unpermute_qk_rows`] on decoded values (`data.len() / n_rows` per row), for
+/// tensors that had to be dequantized first.
+pub fn unpermute_qk_rows_f32(data: &[f32], n_rows: usize, n_head: usize) -> Result<Vec<f32>> {
+    permute_rows(data, n_rows, n_head, false, "values")
 }
 
 /// llama.cpp's `general.file_type` (`enum llama_ftype`) for a file whose
@@ -526,6 +534,11 @@ mod tests {
         );
         assert_eq!(unpermute_qk_rows(&p, 8, 2).unwrap(), data);
         assert!(permute_qk_rows(&data, 8, 3).is_err());
+        // The f32 version moves the same rows.
+        let vals: Vec<f32> = p.iter().map(|&b| f32::from(b)).collect();
+        let back = unpermute_qk_rows_f32(&vals, 8, 2).unwrap();
+        assert_eq!(back, data.iter().map(|&b| f32::from(b)).collect::<Vec<_>>());
+        assert!(unpermute_qk_rows_f32(&vals, 6, 2).is_err());
     }
 
     #[test]

@@ -86,6 +86,20 @@ fn measure(file: &str, threads: &[usize], reps: usize, chunk: usize) {
             chunk_size: chunk,
             progress: None,
         };
+        if std::env::var_os("BENCH_PROFILE_ENCODE").is_some() {
+            // Profiling aid: only pack.
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                let mut w = Cursor::new(Vec::with_capacity(data.len()));
+                pool.install(|| pack_files(&inputs, &mut w, "bench.dpk".as_ref(), &opts))
+                    .expect("pack");
+            }
+            eprintln!(
+                "encode-only: {:.3} ms per pack",
+                t0.elapsed().as_secs_f64() * 1e3 / reps as f64
+            );
+            continue;
+        }
         if std::env::var_os("BENCH_PROFILE_DECODE").is_some() {
             // Profiling aid: pack once, then only decode.
             let mut w = Cursor::new(Vec::new());

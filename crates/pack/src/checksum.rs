@@ -39,12 +39,142 @@ const PRIME64_5: u64 = 0x27D4_EB2F_1656_67C5;
 
 /// XXH3-64 of `bytes` with seed 0.
 pub(crate) fn xxh3_64(bytes: &[u8]) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    if bytes.len() > 240 && crate::simd::avx512() {
-        // SAFETY: the CPU supports AVX-512F.
-        return unsafe { long_avx512(bytes) };
+    Xxh3Stream::new().finish(bytes)
+}
+
+/// XXH3-64 of a buffer that is being filled front to back: [`update`]
+/// hashes the 1 KiB blocks that are ready while they are still in cache,
+/// [`finish`] the rest. The result equals [`xxh3_64`] of the whole buffer.
+///
+/// [`update`]: Xxh3Stream::update
+/// [`finish`]: Xxh3Stream::finish
+pub(crate) struct Xxh3Stream {
+    acc: [u64; 8],
+    /// Blocks hashed so far.
+    blocks: usize,
+}
+
+impl Xxh3Stream {
+    pub(crate) fn new() -> Self {
+        Self {
+            acc: [
+                PRIME32_3, PRIME64_1, PRIME64_2, PRIME64_3, PRIME64_4, PRIME32_2, PRIME64_5,
+                PRIME32_1,
+            ],
+            blocks: 0,
+        }
     }
-    xxhash_rust::xxh3::xxh3_64(bytes)
+
+    /// Hashes the blocks of `data[..ready]` not hashed yet (`data` is the
+    /// whole buffer, whose final length is already known).
+    pub(crate) fn update(&mut self, data: &[u8], ready: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if data.len() > 240 && crate::simd::avx512() {
+            // The last block always goes through `finish` (XXH3 treats a
+            // final full block like a partial one).
+            let upto = (ready / BLOCK).min((data.len() - 1) / BLOCK);
+            if upto > self.blocks {
+                // SAFETY: the CPU supports AVX-512F; blocks lie inside data.
+                unsafe { self.blocks_avx512(data, upto) };
+            }
+        }
+        let _ = (data, ready);
+    }
+
+    /// The hash of the whole of `data`.
+    pub(crate) fn finish(mut self, data: &[u8]) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        if data.len() > 240 && crate::simd::avx512() {
+            // SAFETY: the CPU supports AVX-512F.
+            return unsafe { self.finish_avx512(data) };
+        }
+        let _ = &mut self;
+        xxhash_rust::xxh3::xxh3_64(data)
+    }
+
+    /// Accumulates blocks `self.blocks..upto` (16 stripes each, then a
+    /// scramble).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn blocks_avx512(&mut self, data: &[u8], upto: usize) {
+        use std::arch::x86_64::*;
+        assert!(upto * BLOCK <= data.len());
+        let secret = SECRET.as_ptr();
+        // SAFETY (loads and stores): acc holds 64 bytes; secret windows end
+        // at most at byte 192 of SECRET; blocks lie inside data (asserted).
+        let mut acc = unsafe { _mm512_loadu_si512(self.acc.as_ptr().cast()) };
+        let last_key = unsafe { _mm512_loadu_si512(secret.add(192 - STRIPE).cast()) };
+        let p32 = _mm512_set1_epi64(PRIME32_1 as i64);
+        for b in self.blocks..upto {
+            for s in 0..16 {
+                acc = unsafe {
+                    accumulate(
+                        acc,
+                        data.as_ptr().add(b * BLOCK + s * STRIPE),
+                        secret.add(8 * s),
+                    )
+                };
+            }
+            // Scramble: acc = (acc ^ acc >> 47 ^ key) * PRIME32_1 (mod 2^64).
+            let a = _mm512_xor_si512(
+                _mm512_xor_si512(acc, _mm512_srli_epi64::<47>(acc)),
+                last_key,
+            );
+            let lo = _mm512_mul_epu32(a, p32);
+            let hi = _mm512_mul_epu32(_mm512_srli_epi64::<32>(a), p32);
+            acc = _mm512_add_epi64(lo, _mm512_slli_epi64::<32>(hi));
+        }
+        unsafe { _mm512_storeu_si512(self.acc.as_mut_ptr().cast(), acc) };
+        self.blocks = upto;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish_avx512(&mut self, data: &[u8]) -> u64 {
+        use std::arch::x86_64::*;
+        let len = data.len();
+        debug_assert!(len > 240);
+        let blocks = (len - 1) / BLOCK;
+        // SAFETY: as in blocks_avx512.
+        unsafe { self.blocks_avx512(data, blocks) };
+        let secret = SECRET.as_ptr();
+        let p = data.as_ptr();
+        // SAFETY: the remaining stripes and the last 64 bytes lie inside
+        // data; the secret windows inside SECRET; acc holds 64 bytes.
+        unsafe {
+            let mut acc = _mm512_loadu_si512(self.acc.as_ptr().cast());
+            let stripes = ((len - 1) - BLOCK * blocks) / STRIPE;
+            for s in 0..stripes {
+                acc = accumulate(acc, p.add(blocks * BLOCK + s * STRIPE), secret.add(8 * s));
+            }
+            acc = accumulate(acc, p.add(len - STRIPE), secret.add(192 - STRIPE - 7));
+            _mm512_storeu_si512(self.acc.as_mut_ptr().cast(), acc);
+        }
+        merge(&self.acc, len)
+    }
+}
+
+/// One stripe: `acc[i ^ 1] += d[i]; acc[i] += lo32(d[i] ^ k[i]) * hi32(d[i] ^ k[i])`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn accumulate(
+    acc: std::arch::x86_64::__m512i,
+    stripe: *const u8,
+    key: *const u8,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller passes 64 readable bytes at both pointers.
+    let (d, k) = unsafe {
+        (
+            _mm512_loadu_si512(stripe.cast()),
+            _mm512_loadu_si512(key.cast()),
+        )
+    };
+    let dk = _mm512_xor_si512(d, k);
+    let prod = _mm512_mul_epu32(dk, _mm512_srli_epi64::<32>(dk));
+    let swapped = _mm512_shuffle_epi32::<0x4E>(d);
+    _mm512_add_epi64(acc, _mm512_add_epi64(prod, swapped))
 }
 
 fn read64(b: &[u8], at: usize) -> u64 {
@@ -62,67 +192,6 @@ fn merge(acc: &[u64; 8], len: usize) -> u64 {
     r ^= r >> 37;
     r = r.wrapping_mul(0x1656_6791_9E37_79F9);
     r ^ (r >> 32)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn long_avx512(bytes: &[u8]) -> u64 {
-    use std::arch::x86_64::*;
-    debug_assert!(bytes.len() > 240);
-    let len = bytes.len();
-    let init = [
-        PRIME32_3, PRIME64_1, PRIME64_2, PRIME64_3, PRIME64_4, PRIME32_2, PRIME64_5, PRIME32_1,
-    ];
-    // SAFETY (all loads): `init` holds 64 bytes; secret windows are at most
-    // 128 + 64 <= 192 bytes into SECRET; stripes lie inside `bytes`.
-    let mut acc = unsafe { _mm512_loadu_si512(init.as_ptr().cast()) };
-    let p32 = _mm512_set1_epi64(PRIME32_1 as i64);
-    let accumulate = |acc: __m512i, stripe: *const u8, key: *const u8| {
-        let (d, k) = unsafe {
-            (
-                _mm512_loadu_si512(stripe.cast()),
-                _mm512_loadu_si512(key.cast()),
-            )
-        };
-        let dk = _mm512_xor_si512(d, k);
-        let prod = _mm512_mul_epu32(dk, _mm512_srli_epi64::<32>(dk));
-        let swapped = _mm512_shuffle_epi32::<0x4E>(d);
-        _mm512_add_epi64(acc, _mm512_add_epi64(prod, swapped))
-    };
-    let secret = SECRET.as_ptr();
-    let data = bytes.as_ptr();
-    let blocks = (len - 1) / BLOCK;
-    let last_key = unsafe { _mm512_loadu_si512(secret.add(192 - STRIPE).cast()) };
-    for b in 0..blocks {
-        for s in 0..16 {
-            acc = accumulate(acc, unsafe { data.add(b * BLOCK + s * STRIPE) }, unsafe {
-                secret.add(8 * s)
-            });
-        }
-        // Scramble: acc = (acc ^ acc >> 47 ^ key) * PRIME32_1 (64-bit).
-        let a = _mm512_xor_si512(
-            _mm512_xor_si512(acc, _mm512_srli_epi64::<47>(acc)),
-            last_key,
-        );
-        let lo = _mm512_mul_epu32(a, p32);
-        let hi = _mm512_mul_epu32(_mm512_srli_epi64::<32>(a), p32);
-        acc = _mm512_add_epi64(lo, _mm512_slli_epi64::<32>(hi));
-    }
-    let stripes = ((len - 1) - BLOCK * blocks) / STRIPE;
-    for s in 0..stripes {
-        acc = accumulate(
-            acc,
-            unsafe { data.add(blocks * BLOCK + s * STRIPE) },
-            unsafe { secret.add(8 * s) },
-        );
-    }
-    acc = accumulate(acc, unsafe { data.add(len - STRIPE) }, unsafe {
-        secret.add(192 - STRIPE - 7)
-    });
-    let mut out = [0u64; 8];
-    // SAFETY: `out` holds 64 bytes.
-    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), acc) };
-    merge(&out, len)
 }
 
 #[cfg(test)]

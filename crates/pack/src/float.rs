@@ -27,6 +27,7 @@
 //! stream, then the `ceil(n R / 8)`-byte tail plane.
 
 use crate::bits::read_bits;
+use crate::checksum::Xxh3Stream;
 use crate::rans::{self, DecodeTable, Encoder, FreqTable, StreamError};
 
 /// A floating-point element layout.
@@ -143,23 +144,23 @@ fn elements<const W: usize>(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
 /// Histogram of heads at `k = format.max_k()`; coarser `k` are marginals.
 pub(crate) fn head_histogram(format: FloatFormat, bytes: &[u8]) -> Vec<u64> {
     fn hist<const W: usize>(bytes: &[u8], lb: u32, hb: u32) -> Vec<u64> {
-        // Four interleaved histograms: trained weights repeat a few heads,
+        // Eight interleaved histograms: trained weights repeat a few heads,
         // and consecutive increments of one counter would serialise.
-        debug_assert!(bytes.len() / W < u32::MAX as usize);
-        let size = 1usize << hb;
-        let mut h = vec![0u32; 4 * size];
+        const SIZE: usize = 1 << MAX_HEAD_BITS;
+        assert!(hb as usize <= MAX_HEAD_BITS as usize && bytes.len() / W < u32::MAX as usize);
+        let mut h = vec![[0u32; SIZE]; 8];
         let mask = (1u32 << hb) - 1;
-        let mut it = bytes.chunks_exact(4 * W);
+        let mut it = bytes.chunks_exact(8 * W);
         for c in &mut it {
-            for (j, w) in elements::<W>(c).enumerate() {
-                h[j * size + ((w >> lb) & mask) as usize] += 1;
+            for (hj, w) in h.iter_mut().zip(elements::<W>(c)) {
+                hj[((w >> lb) & mask) as usize & (SIZE - 1)] += 1;
             }
         }
         for w in elements::<W>(it.remainder()) {
-            h[((w >> lb) & mask) as usize] += 1;
+            h[0][((w >> lb) & mask) as usize & (SIZE - 1)] += 1;
         }
-        (0..size)
-            .map(|s| (0..4).map(|j| u64::from(h[j * size + s])).sum())
+        (0..1usize << hb)
+            .map(|s| h.iter().map(|hj| u64::from(hj[s])).sum())
             .collect()
     }
     let split = Split {
@@ -208,17 +209,48 @@ pub(crate) fn choose_model(
         (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
         (a, b) => a.or(b),
     };
-    // Choose k at the default scale, then try coarser scales for that k
-    // (smaller tables pay off for small tensors).
+    // Rank every k by its ideal size (entropy, tails, about 8 bits of table
+    // per present symbol), then price the three best exactly at the default
+    // scale, and try coarser scales for the winner (smaller tables pay off
+    // for small tensors).
+    // The histogram is sparse (trained weights use a few dozen exponents):
+    // work on its nonzero bins.
+    let present: Vec<(usize, u64)> = hist_max_k
+        .iter()
+        .enumerate()
+        .filter(|&(_, &c)| c > 0)
+        .map(|(j, &c)| (j, c))
+        .collect();
+    let mut ranked: Vec<(f64, Split, Vec<u64>)> = (0..=kmax)
+        .map(|k| {
+            let shift = kmax - k;
+            let split = Split { format, k };
+            let mut counts = vec![0u64; 1 << split.head_bits()];
+            for &(j, c) in &present {
+                counts[j >> shift] += c;
+            }
+            let total = n as f64;
+            let mut ideal = 0.0;
+            let mut last = usize::MAX;
+            for &(j, _) in &present {
+                let s = j >> shift;
+                if s != last {
+                    let c = counts[s] as f64;
+                    ideal += c * (total / c).log2() + 8.0;
+                    last = s;
+                }
+            }
+            (
+                ideal + (n * u64::from(split.tail_bits())) as f64,
+                split,
+                counts,
+            )
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut best = None;
     let mut best_counts = Vec::new();
-    for k in 0..=kmax {
-        let shift = kmax - k;
-        let split = Split { format, k };
-        let mut counts = vec![0u64; 1 << split.head_bits()];
-        for (j, &c) in hist_max_k.iter().enumerate() {
-            counts[j >> shift] += c;
-        }
+    for (_, split, counts) in ranked.into_iter().take(3) {
         let cand = cost(split, &counts, rans::scale_for(&counts));
         if cand
             .as_ref()
@@ -256,20 +288,65 @@ fn encode_chunk_w<const W: usize>(
     bytes: &[u8],
 ) -> Result<Vec<u8>, StreamError> {
     let n = bytes.len() / W;
+    let tail_len = split.tail_bytes(n);
+    // Room for the stream (at most ~2 bytes per head) and the tails.
+    let mut out = Vec::with_capacity(4 + 2 * n + 2048 + tail_len + 16);
+    out.extend_from_slice(&[0; 4]);
+    HEADS.with_borrow_mut(|heads| {
+        if heads.len() < n {
+            heads.resize(n, 0);
+        }
+        let heads = &mut heads[..n];
+        extract_heads::<W>(split, bytes, heads);
+        enc.encode_u16_into(heads, rans::Layout::for_len(n), &mut out)
+    })?;
+    let slen = out.len() - 4;
+    out[..4].copy_from_slice(&(slen as u32).to_le_bytes());
+    pack_tails::<W>(split, bytes, &mut out);
+    debug_assert_eq!(out.len(), 4 + slen + tail_len);
+    Ok(out)
+}
+
+thread_local! {
+    /// Reused head buffer of the encoder.
+    static HEADS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `heads[i] = (w_i >> lb) mod 2^(E + k)`.
+fn extract_heads<const W: usize>(split: Split, bytes: &[u8], heads: &mut [u16]) {
     let lb = split.low_bits();
     let hmask = (1u32 << split.head_bits()) - 1;
-    let mut heads = vec![0u16; n];
-    for (h, w) in heads.iter_mut().zip(elements::<W>(bytes)) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if W == 2 && crate::simd::avx512_vbmi() {
+        // SAFETY: the CPU supports AVX-512BW.
+        done = unsafe { extract_heads16_avx512(bytes, lb, hmask as u16, heads) };
+    }
+    for (h, w) in heads[done..]
+        .iter_mut()
+        .zip(elements::<W>(&bytes[done * W..]))
+    {
         *h = ((w >> lb) & hmask) as u16;
     }
-    let stream = enc.encode_u16(&heads, rans::Layout::for_len(n))?;
-    let tail_len = split.tail_bytes(n);
-    let mut out = Vec::with_capacity(4 + stream.len() + tail_len + 16);
-    out.extend_from_slice(&(stream.len() as u32).to_le_bytes());
-    out.extend_from_slice(&stream);
-    pack_tails::<W>(split, bytes, &mut out);
-    debug_assert_eq!(out.len(), 4 + stream.len() + tail_len);
-    Ok(out)
+}
+
+/// 32 heads per step; returns the number written.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn extract_heads16_avx512(bytes: &[u8], lb: u32, hmask: u16, heads: &mut [u16]) -> usize {
+    use std::arch::x86_64::*;
+    let n = (bytes.len() / 2).min(heads.len()) / 32 * 32;
+    let count = _mm_cvtsi32_si128(lb as i32);
+    let mask = _mm512_set1_epi16(hmask as i16);
+    for i in (0..n).step_by(32) {
+        // SAFETY: i + 32 <= n elements of both buffers.
+        unsafe {
+            let v = _mm512_loadu_si512(bytes.as_ptr().add(2 * i).cast());
+            let h = _mm512_and_si512(_mm512_srl_epi16(v, count), mask);
+            _mm512_storeu_si512(heads.as_mut_ptr().add(i).cast(), h);
+        }
+    }
+    n
 }
 
 /// Appends the tail plane of `bytes`: per element `sign << lb | low`, `R`
@@ -312,10 +389,33 @@ unsafe fn pack_tails_pext<const W: usize>(split: Split, bytes: &[u8], out: &mut 
     let per_word = 8 / W as u32;
     let one_mask = (1u64 << (8 * W as u32 - 1)) | ((1u64 << lb) - 1);
     let mask = (0..per_word).fold(0u64, |m, i| m | one_mask << (8 * W as u32 * i));
+    let mut rest = bytes;
+    if W == 2 && tb <= 8 {
+        // Eight elements (two words) give exactly tb bytes: no carry between
+        // groups, one possibly overlapping 8-byte store per group.
+        let groups = bytes.len() / 16;
+        let start = out.len();
+        out.resize(start + groups * tb as usize + 8, 0);
+        let dst = &mut out[start..];
+        for (g, c) in bytes.chunks_exact(16).enumerate() {
+            let lo = _pext_u64(
+                u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
+                mask,
+            );
+            let hi = _pext_u64(
+                u64::from_le_bytes(c[8..].try_into().expect("8 bytes")),
+                mask,
+            );
+            let at = g * tb as usize;
+            dst[at..at + 8].copy_from_slice(&(lo | hi << (4 * tb)).to_le_bytes());
+        }
+        out.truncate(start + groups * tb as usize);
+        rest = &bytes[groups * 16..];
+    }
     let step = per_word * tb;
     let mut acc = 0u128;
     let mut nbits = 0u32;
-    let mut words = bytes.chunks_exact(8);
+    let mut words = rest.chunks_exact(8);
     for c in &mut words {
         let bits = _pext_u64(u64::from_le_bytes(c.try_into().expect("8 bytes")), mask);
         acc |= u128::from(bits) << nbits;
@@ -381,6 +481,7 @@ pub(crate) fn decode_chunk(
     dec: &FloatDecoder,
     payload: &[u8],
     out: &mut [u8],
+    hash: &mut Xxh3Stream,
 ) -> Result<(), ChunkError> {
     let width = split.format.bytes();
     let n = out.len() / width;
@@ -406,7 +507,7 @@ pub(crate) fn decode_chunk(
         FloatDecoder::Half(t) => SCRATCH16.with_borrow_mut(|heads| {
             let mut d = rans::Decoder::new(stream, t)?;
             // Whole groups with the fused kernel, the rest block by block.
-            let done = fused(&mut d, split, tail, out);
+            let done = fused_blocks(&mut d, split, tail, out, hash);
             heads.resize(BLOCK, 0);
             for (b, o) in out[done * 2..].chunks_mut(BLOCK * 2).enumerate() {
                 let h = &mut heads[..o.len() / 2];
@@ -417,7 +518,7 @@ pub(crate) fn decode_chunk(
         }),
         FloatDecoder::Single(t) => SCRATCH32.with_borrow_mut(|heads| {
             let mut d = rans::Decoder::new(stream, t)?;
-            let done = fused(&mut d, split, tail, out);
+            let done = fused_blocks(&mut d, split, tail, out, hash);
             heads.resize(BLOCK, 0);
             for (b, o) in out[done * 4..].chunks_mut(BLOCK * 4).enumerate() {
                 let h = &mut heads[..o.len() / 4];
@@ -427,6 +528,40 @@ pub(crate) fn decode_chunk(
             Ok(d.finish()?)
         }),
     }
+}
+
+/// Runs the fused kernel over `out` in L1-sized pieces, hashing each piece
+/// right after it is written; returns the elements written (a multiple of
+/// 16), stopping early where the kernel does (no AVX-512, or the end of a
+/// stream is near).
+fn fused_blocks<T: rans::SymbolValue>(
+    d: &mut rans::Decoder<'_, T>,
+    split: Split,
+    tail: &[u8],
+    out: &mut [u8],
+    hash: &mut Xxh3Stream,
+) -> usize {
+    // 8 Ki elements: 16 or 32 KiB of output, a multiple of every group.
+    const PIECE: usize = 8192;
+    let width = split.format.bytes();
+    let n = out.len() / width;
+    let tb = split.tail_bits() as usize;
+    let mut done = 0;
+    while done < n {
+        let end = (done + PIECE).min(n);
+        let got = fused(
+            d,
+            split,
+            &tail[done * tb / 8..],
+            &mut out[done * width..end * width],
+        );
+        done += got;
+        hash.update(out, done * width);
+        if done < end {
+            break;
+        }
+    }
+    done
 }
 
 /// Decodes and merges as many whole groups of elements as the fused
@@ -764,7 +899,16 @@ mod tests {
             let payload = encode_chunk(split, &Encoder::new(&table), bytes).unwrap();
             assert!(payload.len() >= 4 + split.tail_bytes(n));
             let mut out = vec![0u8; bytes.len()];
-            decode_chunk(split, &FloatDecoder::new(split, &table), &payload, &mut out).unwrap();
+            let mut h = Xxh3Stream::new();
+            decode_chunk(
+                split,
+                &FloatDecoder::new(split, &table),
+                &payload,
+                &mut out,
+                &mut h,
+            )
+            .unwrap();
+            assert_eq!(h.finish(&out), crate::checksum::xxh3_64(bytes));
             assert!(out == bytes, "{format:?} k={k} n={n}");
         }
     }
@@ -854,7 +998,8 @@ mod tests {
                 if k % 10 == 0 {
                     bad.truncate(i);
                 }
-                let ok = decode_chunk(m.split, &dec, &bad, &mut out).is_ok();
+                let ok =
+                    decode_chunk(m.split, &dec, &bad, &mut out, &mut Xxh3Stream::new()).is_ok();
                 // A flip in the tail plane decodes (to different bytes); a
                 // flip in the rANS stream almost always fails.
                 assert!(!ok || out != bytes, "flip {k} at {i} had no effect");

@@ -465,7 +465,9 @@ impl Encoder {
         symbols: &[S],
         layout: Layout,
     ) -> Result<Vec<u8>, StreamError> {
-        self.encode_impl(symbols, layout, |_, _, _, _| 0)
+        let mut out = Vec::new();
+        self.encode_impl(symbols, layout, &mut out, |_, _, _, _| 0)?;
+        Ok(out)
     }
 
     /// [`Encoder::encode`] for 16-bit symbols, with an AVX-512 kernel for
@@ -475,11 +477,32 @@ impl Encoder {
     /// If the layout is unsupported (a programming error).
     #[track_caller]
     pub fn encode_u16(&self, symbols: &[u16], layout: Layout) -> Result<Vec<u8>, StreamError> {
-        self.encode_impl(symbols, layout, |full, x, bufs, at| {
+        let mut out = Vec::new();
+        self.encode_u16_into(symbols, layout, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Encoder::encode_u16`] appending to `out`.
+    #[track_caller]
+    pub(crate) fn encode_u16_into(
+        &self,
+        symbols: &[u16],
+        layout: Layout,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
+        self.encode_impl(symbols, layout, out, |full, x, bufs, at| {
             #[cfg(target_arch = "x86_64")]
             if layout.lanes == 16 && crate::simd::avx512_encode() {
                 // SAFETY: the CPU supports the kernel's features.
-                return unsafe { self.encode_groups_avx512(full, layout.streams, x, bufs, at) };
+                return unsafe {
+                    match layout.streams {
+                        1 => self.encode_groups_avx512::<1>(full, x, bufs, at),
+                        2 => self.encode_groups_avx512::<2>(full, x, bufs, at),
+                        4 => self.encode_groups_avx512::<4>(full, x, bufs, at),
+                        8 => self.encode_groups_avx512::<8>(full, x, bufs, at),
+                        _ => 0,
+                    }
+                };
             }
             let _ = (full, x, bufs, at);
             0
@@ -494,13 +517,31 @@ impl Encoder {
         &self,
         symbols: &[S],
         layout: Layout,
+        out: &mut Vec<u8>,
         groups: impl FnOnce(
             &[S],
             &mut [u32; MAX_TOTAL_LANES],
             &mut [Vec<u16>],
             &mut [usize; MAX_STREAMS],
         ) -> usize,
-    ) -> Result<Vec<u8>, StreamError> {
+    ) -> Result<(), StreamError> {
+        ENC_BUFS.with_borrow_mut(|bufs| self.encode_with(symbols, layout, out, groups, bufs))
+    }
+
+    #[track_caller]
+    fn encode_with<S: Copy + Into<usize>>(
+        &self,
+        symbols: &[S],
+        layout: Layout,
+        out: &mut Vec<u8>,
+        groups: impl FnOnce(
+            &[S],
+            &mut [u32; MAX_TOTAL_LANES],
+            &mut [Vec<u16>],
+            &mut [usize; MAX_STREAMS],
+        ) -> usize,
+        bufs: &mut Vec<Vec<u16>>,
+    ) -> Result<(), StreamError> {
         let layout = layout.check().expect("supported layout");
         let l = self.scale_bits;
         let total = layout.total();
@@ -513,7 +554,17 @@ impl Encoder {
         // reallocate, and a word is written unconditionally and kept only
         // when needed (no unpredictable branch).
         let cap = n.div_ceil(total) * w + 2 * w + 17;
-        let mut bufs: Vec<Vec<u16>> = (0..layout.streams).map(|_| vec![0u16; cap]).collect();
+        // Word buffers are reused across calls on a thread (only growth is
+        // zero-filled).
+        if bufs.len() < layout.streams {
+            bufs.resize_with(layout.streams, Vec::new);
+        }
+        for b in bufs.iter_mut() {
+            if b.len() < cap {
+                b.resize(cap, 0);
+            }
+        }
+        let bufs = &mut bufs[..layout.streams];
         let mut at = [0usize; MAX_STREAMS];
         let syms = &self.syms[..];
         let mut absent = false;
@@ -545,7 +596,7 @@ impl Encoder {
             let s = lane / w;
             absent |= put(&mut x, lane, symbols[i].into(), &mut bufs[s], &mut at[s]);
         }
-        let done = groups(&symbols[..full], &mut x, &mut bufs, &mut at);
+        let done = groups(&symbols[..full], &mut x, bufs, &mut at);
         if done == usize::MAX {
             absent = true;
         }
@@ -579,24 +630,36 @@ impl Encoder {
         }
         let words: usize = at[..layout.streams].iter().sum();
         let head = 2 + 4 * (layout.streams - 1);
-        let mut out = vec![0u8; head + 2 * words];
-        out[0] = w.trailing_zeros() as u8;
-        out[1] = layout.streams as u8;
-        for (s, &len) in at[..layout.streams - 1].iter().enumerate() {
-            out[2 + 4 * s..6 + 4 * s].copy_from_slice(&((2 * len) as u32).to_le_bytes());
+        let start = out.len();
+        out.reserve(head + 2 * words);
+        out.push(w.trailing_zeros() as u8);
+        out.push(layout.streams as u8);
+        for &len in &at[..layout.streams - 1] {
+            out.extend_from_slice(&((2 * len) as u32).to_le_bytes());
         }
-        let mut o = head;
+        // Each stream's words, reversed, as little-endian bytes.
+        let spare = &mut out.spare_capacity_mut()[..2 * words];
+        let mut o = 0;
         for (buf, &len) in bufs.iter().zip(&at) {
-            for (dst, &v) in out[o..o + 2 * len]
+            for (dst, &v) in spare[o..o + 2 * len]
                 .chunks_exact_mut(2)
                 .zip(buf[..len].iter().rev())
             {
-                dst.copy_from_slice(&v.to_le_bytes());
+                let b = v.to_le_bytes();
+                dst[0].write(b[0]);
+                dst[1].write(b[1]);
             }
             o += 2 * len;
         }
-        Ok(out)
+        // SAFETY: the loop above initialised all 2 * words spare bytes.
+        unsafe { out.set_len(start + head + 2 * words) };
+        Ok(())
     }
+}
+
+thread_local! {
+    /// Word buffers of the encoder, reused across calls on a thread.
+    static ENC_BUFS: std::cell::RefCell<Vec<Vec<u16>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -611,10 +674,9 @@ impl Encoder {
     /// (`v` itself for `f = 1`). Returns the symbols coded, or `usize::MAX`
     /// if a symbol is absent from the table.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi2,avx512cd,popcnt")]
-    unsafe fn encode_groups_avx512(
+    unsafe fn encode_groups_avx512<const S: usize>(
         &self,
         symbols: &[u16],
-        streams: usize,
         x: &mut [u32; MAX_TOTAL_LANES],
         bufs: &mut [Vec<u16>],
         at: &mut [usize; MAX_STREAMS],
@@ -622,11 +684,11 @@ impl Encoder {
         use std::arch::x86_64::*;
         const V: usize = 16;
         let l = self.scale_bits;
+        let streams = S;
         let group = V * streams;
-        // Symbols index the table directly; out-of-range ones go scalar.
-        if symbols.iter().any(|&s| usize::from(s) >= self.wide.len()) {
-            return 0;
-        }
+        // Symbols index the table directly: a vector holding an out-of-range
+        // symbol stops the kernel, and the scalar encoder reports it.
+        let table_len = _mm512_set1_epi32(self.wide.len() as i32);
         let wide = self.wide.as_ptr().cast::<i64>();
         let k = Avx512Consts::new(l);
         let m = _mm512_set1_epi32(1 << l);
@@ -636,19 +698,27 @@ impl Encoder {
         let rev16: [i16; 16] = std::array::from_fn(|i| 15 - i as i16);
         // SAFETY: the array holds 16 i16.
         let rev16 = unsafe { _mm256_loadu_si256(rev16.as_ptr().cast()) };
-        let mut xv = [_mm512_setzero_si512(); MAX_STREAMS];
-        for (s, v) in xv.iter_mut().take(streams).enumerate() {
+        let mut xv = [_mm512_setzero_si512(); S];
+        for (s, v) in xv.iter_mut().enumerate() {
             // SAFETY: x holds MAX_STREAMS * 16 states.
             *v = unsafe { _mm512_loadu_si512(x.as_ptr().add(s * V).cast()) };
         }
         let mut bad: u16 = 0;
-        for g in symbols.chunks_exact(group).rev() {
+        let mut done = 0;
+        'groups: for g in symbols.chunks_exact(group).rev() {
+            // SAFETY: g holds 16 * streams symbols.
+            let syms: [__m512i; S] = std::array::from_fn(|s| unsafe {
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(g.as_ptr().add(s * V).cast()))
+            });
+            for sym in &syms {
+                if _mm512_cmpge_epu32_mask(*sym, table_len) != 0 {
+                    break 'groups;
+                }
+            }
             for s in (0..streams).rev() {
-                // SAFETY: g holds 16 symbols at s * 16, all < the table
-                // length (checked above).
+                let sym = syms[s];
+                // SAFETY: all symbols are < the table length (checked above).
                 let (g0, g1) = unsafe {
-                    let sym =
-                        _mm512_cvtepu16_epi32(_mm256_loadu_si256(g.as_ptr().add(s * V).cast()));
                     (
                         _mm512_i32gather_epi64::<8>(_mm512_castsi512_si256(sym), wide),
                         _mm512_i32gather_epi64::<8>(_mm512_extracti64x4_epi64::<1>(sym), wide),
@@ -684,16 +754,13 @@ impl Encoder {
                 let cmpl = _mm512_sub_epi32(m, f);
                 xv[s] = _mm512_add_epi32(_mm512_add_epi32(v, start), _mm512_mullo_epi32(q, cmpl));
             }
+            done += group;
         }
-        for (s, v) in xv.iter().take(streams).enumerate() {
+        for (s, v) in xv.iter().enumerate() {
             // SAFETY: x holds MAX_STREAMS * 16 states.
             unsafe { _mm512_storeu_si512(x.as_mut_ptr().add(s * V).cast(), *v) };
         }
-        if bad != 0 {
-            usize::MAX
-        } else {
-            symbols.len() / group * group
-        }
+        if bad != 0 { usize::MAX } else { done }
     }
 }
 

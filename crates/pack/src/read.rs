@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::checksum::Xxh3Stream;
 use crate::error::{Error, Result, io};
 use crate::float::{self, FloatDecoder, Split};
 use crate::format::{self, ChunkRec, Codec, FileKind, FileRec, Header, hash};
@@ -278,16 +279,19 @@ impl PackedReader {
         // the payload and the decoder. The payload hash is consulted when
         // something is wrong, to report a damaged file rather than a
         // decoding failure.
+        // Float chunks hash their output piece by piece as it is written.
+        let mut stream = Xxh3Stream::new();
         let decoded = match dec {
             SegDecoder::Stored => {
                 unreachable!("index validation rejects coded chunks in stored segments")
             }
             SegDecoder::Bytes(t) => rans::decode(payload, t, out).map_err(|e| e.to_string()),
             SegDecoder::Float(split, d) => {
-                float::decode_chunk(*split, d, payload, out).map_err(|e| e.to_string())
+                float::decode_chunk(*split, d, payload, out, &mut stream).map_err(|e| e.to_string())
             }
         };
-        if hash(payload) != c.payload_hash && (decoded.is_err() || hash(out) != c.raw_hash) {
+        let out_hash = decoded.as_ref().ok().map(|_| stream.finish(out));
+        if out_hash != Some(c.raw_hash) && hash(payload) != c.payload_hash {
             return Err(damaged());
         }
         if let Err(detail) = decoded {
@@ -296,7 +300,7 @@ impl PackedReader {
                 detail: format!("{}: {detail}", what("payload")),
             });
         }
-        if hash(out) != c.raw_hash {
+        if out_hash != Some(c.raw_hash) {
             return Err(Error::Checksum {
                 path: self.path.clone(),
                 what: what("decoded bytes"),

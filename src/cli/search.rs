@@ -1,0 +1,131 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use dynapress::database::Database;
+use dynapress::model::ModelFiles;
+use dynapress::search::evopress::{EvoParams, Init, parse_stages};
+use dynapress::search::{Algo, SearchOptions, run_search};
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Hugging Face model directory (the original the database was built from).
+    #[arg(long)]
+    model: PathBuf,
+    /// Layer database (`dynapress database --out`).
+    #[arg(long)]
+    db: PathBuf,
+    /// Calibration text for EvoPress's fitness (plain or JSONL; repeatable).
+    #[arg(long)]
+    calib: Vec<PathBuf>,
+    /// Budget: average storage bits per weight over the linear layers (scales and zeros included).
+    #[arg(long)]
+    target_bits: f64,
+    /// evopress (whole-model KL), knapsack (sum of per-layer errors) or uniform.
+    #[arg(long, default_value = "evopress")]
+    algo: Algo,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output configuration (JSON). A checkpoint `<out>.state` is kept next to it.
+    #[arg(long)]
+    out: PathBuf,
+    /// EvoPress generations.
+    #[arg(long, default_value_t = EvoParams::default().generations)]
+    generations: usize,
+    /// Offspring per generation.
+    #[arg(long, default_value_t = EvoParams::default().offspring)]
+    offspring: usize,
+    /// Selection stages TOKENS:SURVIVORS,... (the last keeps 1; the parent joins it).
+    #[arg(long, default_value = "2048:4,8192:2,32768:1")]
+    stages: String,
+    /// Starting point: random (or all at the target level) or knapsack.
+    #[arg(long, default_value = "random")]
+    init: Init,
+    /// Calibration tokens in the pool the stages sample from (default: the largest stage).
+    #[arg(long)]
+    calib_tokens: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Base-model top-k log-probabilities kept per position when full ones do not fit.
+    #[arg(long, default_value_t = 256)]
+    topk: usize,
+    /// Print the configuration summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, short)]
+    quiet: bool,
+    /// Testing only: abort after N generations.
+    #[arg(long, hide = true)]
+    abort_after: Option<usize>,
+}
+
+pub fn run(a: SearchArgs) -> anyhow::Result<()> {
+    let files = ModelFiles::open(&a.model).context("loading the model")?;
+    let db = Database::open(&a.db)?;
+    db.check_model(&files)?;
+    let stages = parse_stages(&a.stages).map_err(|e| anyhow::anyhow!("--stages: {e}"))?;
+    let mut state = a.out.clone().into_os_string();
+    state.push(".state");
+    let opts = SearchOptions {
+        algo: a.algo,
+        target_bits: a.target_bits,
+        evo: EvoParams {
+            generations: a.generations,
+            offspring: a.offspring,
+            stages,
+            init: a.init,
+            seed: a.seed,
+            ..Default::default()
+        },
+        calib: a.calib,
+        pool_tokens: a.calib_tokens,
+        seq_len: a.seq_len,
+        topk: a.topk,
+        checkpoint: Some(PathBuf::from(state)),
+        quiet: a.quiet,
+        abort_after: a.abort_after,
+        ..Default::default()
+    };
+    let out = run_search(&files, &db, &opts)?;
+    out.config.write(&a.out)?;
+    if a.json {
+        let v = serde_json::json!({
+            "config": a.out, "algo": out.config.algo, "target_bits": out.config.target_bits,
+            "bits_per_weight": out.config.bits_per_weight, "fitness": out.config.fitness,
+            "seconds": out.seconds, "stats": out.stats,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{}: {} at {:.4} bits per weight (target {}){} in {:.1} s",
+            a.out.display(),
+            out.config.algo,
+            out.config.bits_per_weight,
+            out.config.target_bits,
+            out.config
+                .fitness
+                .map(|f| format!(", calibration KL {f:.5}"))
+                .unwrap_or_default(),
+            out.seconds
+        );
+        if let Some(s) = out.stats {
+            let without = s.block_forwards - s.cache_forwards + s.block_forwards_saved;
+            println!(
+                "block forwards: {} run, {} without the parent cache ({:.0} % saved)",
+                s.block_forwards,
+                without,
+                100.0 * (1.0 - s.block_forwards as f64 / without.max(1) as f64)
+            );
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for l in &out.config.layers {
+            *counts.entry(l.bits).or_insert(0usize) += 1;
+        }
+        let counts: Vec<String> = counts
+            .iter()
+            .map(|(b, n)| format!("{n} layers at {b} bits"))
+            .collect();
+        println!("{}", counts.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Export of a searched configuration as a Hugging Face model directory:
+//! config and tokenizer files copied, every linear layer replaced by its
+//! chosen database variant (dequantized), other tensors unchanged, and
+//! `dynapress.json` with the configuration and the measured bits.
+//!
+//! The directory is assembled under a temporary name next to the target and
+//! renamed into place when complete.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::Dtype;
+use serde::Serialize;
+
+use crate::database::Database;
+use crate::error::{Error, Result};
+use crate::formats::safetensors::{SafetensorsWriter, TensorSpec, encode_f32};
+use crate::model::weights::to_f32;
+use crate::model::{LinearId, ModelFiles};
+use crate::search::{ConfigFile, SearchSpace};
+
+/// Element type of exported floating-point tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportDtype {
+    /// Each tensor keeps the checkpoint's dtype.
+    Original,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl std::str::FromStr for ExportDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "original" => Ok(ExportDtype::Original),
+            "f32" | "float32" => Ok(ExportDtype::F32),
+            "bf16" | "bfloat16" => Ok(ExportDtype::Bf16),
+            "f16" | "float16" => Ok(ExportDtype::F16),
+            o => Err(format!(
+                "unknown dtype `{o}`; choose original, f32, bf16 or f16"
+            )),
+        }
+    }
+}
+
+/// What was exported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    pub out: PathBuf,
+    /// Average storage bits per weight of the searched layers as compressed
+    /// (codes, scales, zeros), from the database.
+    pub searched_bits_per_weight: f64,
+    pub searched_params: u64,
+    /// Bytes of `model.safetensors` (dequantized weights: the size of a
+    /// transformers-loadable copy, not of the compressed form).
+    pub safetensors_bytes: u64,
+}
+
+/// Writes `out` from `files` with the layers of `config` taken from `db`.
+pub fn export_safetensors(
+    files: &ModelFiles,
+    db: &Database,
+    config: &ConfigFile,
+    config_path: &Path,
+    out: &Path,
+    dtype: ExportDtype,
+    force: bool,
+) -> Result<ExportReport> {
+    let space = SearchSpace::from_manifest(&db.manifest)?;
+    if !config.model.same_model(&db.manifest.model) {
+        return Err(Error::data(
+            config_path,
+            format!(
+                "this configuration was searched for another model ({}) than the database's ({})",
+                config.model.dir, db.manifest.model.dir
+            ),
+        ));
+    }
+    let choice = config.choice(&space, config_path)?;
+    if out.exists()
+        && !force
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Error::data(
+            out,
+            "exists and is not empty; pass --force to replace it",
+        ));
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".dynapress-tmp-export-")
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io(&parent, e))?;
+
+    // Side files: everything that is not a weight file.
+    for entry in std::fs::read_dir(&files.dir).map_err(|e| Error::io(&files.dir, e))? {
+        let entry = entry.map_err(|e| Error::io(&files.dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.path().is_file()
+            || name.ends_with(".safetensors")
+            || name == "model.safetensors.index.json"
+            || name.starts_with('.')
+        {
+            continue;
+        }
+        std::fs::copy(entry.path(), tmp.path().join(&name))
+            .map_err(|e| Error::io(entry.path(), e))?;
+    }
+
+    let chosen: BTreeMap<String, usize> = space
+        .layers
+        .iter()
+        .zip(&choice)
+        .map(|(l, &k)| (l.id.weight_name(), k))
+        .collect();
+    let names = files.weights.names();
+    let mut specs = Vec::with_capacity(names.len());
+    for name in &names {
+        let raw = files.weights.raw(name)?;
+        let dt = match (dtype, raw.dtype) {
+            (_, d) if !matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16) => d,
+            (ExportDtype::Original, d) => d,
+            (ExportDtype::F32, _) => Dtype::F32,
+            (ExportDtype::Bf16, _) => Dtype::BF16,
+            (ExportDtype::F16, _) => Dtype::F16,
+        };
+        specs.push(TensorSpec {
+            name: name.clone(),
+            dtype: dt,
+            shape: raw.shape.clone(),
+        });
+    }
+    let st_path = tmp.path().join("model.safetensors");
+    let mut w = SafetensorsWriter::create(
+        &st_path,
+        specs.clone(),
+        &BTreeMap::from([
+            ("format".to_string(), "pt".to_string()),
+            ("dynapress".to_string(), "dequantized export".to_string()),
+        ]),
+    )?;
+    for spec in &specs {
+        let raw = files.weights.raw(&spec.name)?;
+        match chosen.get(&spec.name) {
+            Some(&k) => {
+                let id = LinearId::parse(&spec.name).expect("searched layers are linear");
+                let l = &space.layers[space
+                    .layers
+                    .iter()
+                    .position(|l| l.id == id)
+                    .expect("in space")];
+                let entry = db
+                    .manifest
+                    .entry(id, &l.levels[k].level)
+                    .expect("validated choice");
+                let q = db.load(entry)?;
+                w.write(&spec.name, &encode_f32(&q.dequantize(), spec.dtype)?)?;
+            }
+            None if spec.dtype == raw.dtype => w.write(&spec.name, raw.data)?,
+            None => {
+                let v = to_f32(&raw, &spec.name)?;
+                w.write(&spec.name, &encode_f32(&v, spec.dtype)?)?;
+            }
+        }
+        files.weights.release(&spec.name);
+    }
+    w.finish()?;
+    let safetensors_bytes = std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0);
+    let report = ExportReport {
+        out: out.to_path_buf(),
+        searched_bits_per_weight: space.bits_per_weight(&choice),
+        searched_params: space.total_params,
+        safetensors_bytes,
+    };
+    let meta = serde_json::json!({ "config": config, "export": report });
+    crate::fsutil::write_atomic(
+        &tmp.path().join("dynapress.json"),
+        serde_json::to_string_pretty(&meta)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    let kept = tmp.keep();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io(&kept, e))?;
+    }
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(&kept, out).map_err(|e| Error::io(out, e))?;
+    Ok(report)
+}
