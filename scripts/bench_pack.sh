@@ -8,12 +8,14 @@
 # $PYTHON (default: python3), e.g.
 #   python3 -m venv /tmp/venv-pack && /tmp/venv-pack/bin/pip install zstandard zipnn
 #   PYTHON=/tmp/venv-pack/bin/python scripts/bench_pack.sh
-# Environment: REPS (default 3), THREADS (default 1,2), WORK (default
-# /tmp/dynapress-bench), CARGO_TARGET_DIR (default target).
+# Environment: REPS (runs per measurement, default 3), ROUNDS (interleaved
+# passes over all tools, best time kept, default 3), THREADS (default 1,2),
+# WORK (default /tmp/dynapress-bench), CARGO_TARGET_DIR (default target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 REPS=${REPS:-3}
+ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-1,2}
 WORK=${WORK:-/tmp/dynapress-bench}
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -28,5 +30,5 @@ if [ ! -f "$SYNTH" ]; then
 fi
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-"$PYTHON" scripts/bench_pack.py --bench-bin "$BENCH" --reps "$REPS" --threads "$THREADS" "$FIXTURE" "$SYNTH"
+"$PYTHON" scripts/bench_pack.py --bench-bin "$BENCH" --reps "$REPS" --rounds "$ROUNDS" --threads "$THREADS" "$FIXTURE" "$SYNTH"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

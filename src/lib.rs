@@ -22,7 +22,9 @@ pub mod export;
 pub mod formats;
 pub mod fsutil;
 pub mod model;
+pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod search;
 
 pub use error::{Error, Result};

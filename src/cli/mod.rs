@@ -2,6 +2,7 @@
 //! line on stderr), 2 bad arguments.
 
 mod bench;
+mod compress;
 mod database;
 mod eval;
 mod export;
@@ -24,6 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole pipeline in one command: database, search, export, evaluation
+    /// and report. Without --model it compresses the bundled demo model.
+    Compress(compress::CompressArgs),
     /// Evaluate a model: perplexity on text, KL divergence and top-1 agreement
     /// against a base model, multiple-choice accuracy.
     Eval(eval::EvalArgs),
@@ -55,6 +59,7 @@ pub fn run() -> anyhow::Result<()> {
             .build_global()?;
     }
     match cli.command {
+        Command::Compress(a) => compress::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Database(a) => database::run(a),

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
 use dynapress::model::ModelFiles;
-use dynapress::search::evopress::{EvoParams, Init, parse_stages};
+use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
 use dynapress::search::{Algo, SearchOptions, run_search};
 
 #[derive(Args)]
@@ -36,10 +36,10 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = EvoParams::default().offspring)]
     offspring: usize,
     /// Selection stages TOKENS:SURVIVORS,... (the last keeps 1; the parent joins it).
-    #[arg(long, default_value = "2048:4,8192:2,32768:1")]
+    #[arg(long, default_value = DEFAULT_STAGES_ARG)]
     stages: String,
-    /// Starting point: random (or all at the target level) or knapsack.
-    #[arg(long, default_value = "random")]
+    /// Starting point: knapsack, or random (all layers at the target if it is a level).
+    #[arg(long, default_value = "knapsack")]
     init: Init,
     /// Calibration tokens in the pool the stages sample from (default: the largest stage).
     #[arg(long)]

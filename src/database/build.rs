@@ -140,12 +140,30 @@ pub fn build_database(
     });
     let repaired = before - manifest.entries.len();
     let reused = manifest.entries.len();
+    let ids = files.linear_ids();
+    let total = ids.len() * levels.len();
+    let hessians_done =
+        !opts.keep_hessians || manifest.hessians.len() == files.config.num_layers * Site::ALL.len();
+    if reused == total && hessians_done {
+        // Nothing to build: leave the directory untouched (it may be read concurrently).
+        if !manifest.complete {
+            manifest.complete = true;
+            manifest.write(dir)?;
+        }
+        return Ok(BuildReport {
+            dir: dir.to_path_buf(),
+            entries_total: total,
+            entries_built: 0,
+            entries_reused: reused,
+            entries_repaired: repaired,
+            seconds: start.elapsed().as_secs_f64(),
+            peak_rss_mib: crate::progress::peak_rss_mib(),
+        });
+    }
     manifest.complete = false;
     manifest.write(dir)?;
 
     let cfg = &files.config;
-    let ids = files.linear_ids();
-    let total = ids.len() * levels.len();
     let pb = progress::bar(total as u64, "database", "entries", opts.quiet);
     pb.set_position(reused as u64);
     let mut stream = BlockStream::new(files, calib, opts.batch)?;

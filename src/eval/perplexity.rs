@@ -95,6 +95,22 @@ impl WindowAccumulator {
             Some(x) => Some(x.flatten_all()?.to_vec1::<f32>()?),
             None => None,
         };
+        let base_stats = bl.as_deref().map(|bl| base_row_stats(bl, b, t, v));
+        self.add_rows(ids, &lg, b, t, v, bl.as_deref().zip(base_stats.as_deref()));
+        Ok(())
+    }
+
+    /// [`WindowAccumulator::add`] on flat logits, with the base model's logits
+    /// and their per-row statistics (from [`base_row_stats`]) if any.
+    pub fn add_rows(
+        &mut self,
+        ids: &[u32],
+        lg: &[f32],
+        b: usize,
+        t: usize,
+        v: usize,
+        base: Option<(&[f32], &[RowStats])>,
+    ) {
         let rows: Vec<(usize, usize)> = (0..b)
             .flat_map(|w| (0..t - 1).map(move |p| (w, p)))
             .collect();
@@ -106,10 +122,10 @@ impl WindowAccumulator {
                 let s = row_stats(row);
                 let target = ids[r + 1] as usize;
                 let nll = s.lse - row[target] as f64;
-                match &bl {
-                    Some(bl) => {
+                match base {
+                    Some((bl, bs)) => {
                         let brow = &bl[r * v..(r + 1) * v];
-                        let bs = row_stats(brow);
+                        let bs = bs[r];
                         (nll, row_kl(brow, bs.lse, row, s.lse), bs.argmax == s.argmax)
                     }
                     None => (nll, 0.0, false),
@@ -123,7 +139,6 @@ impl WindowAccumulator {
         }
         self.positions += rows.len();
         self.windows += b;
-        Ok(())
     }
 
     /// Final scores.
@@ -141,6 +156,11 @@ impl WindowAccumulator {
     }
 }
 
+/// Row statistics of every row of flat base logits `[b·t, v]`.
+pub fn base_row_stats(bl: &[f32], b: usize, t: usize, v: usize) -> Vec<RowStats> {
+    bl[..b * t * v].par_chunks(v).map(row_stats).collect()
+}
+
 /// How many windows of `seq_len` the token stream allows (at most `wanted`).
 pub fn usable_windows(n_tokens: usize, opts: &WindowOptions) -> usize {
     (n_tokens / opts.seq_len).min(opts.windows)
@@ -153,17 +173,31 @@ pub fn score_windows(
     base: Option<&Model>,
     tokens: &[u32],
     opts: &WindowOptions,
-    mut on_batch: impl FnMut(usize),
+    on_batch: impl FnMut(usize),
 ) -> Result<WindowScores> {
+    Ok(score_windows_multi(&[model], base, tokens, opts, on_batch)?.remove(0))
+}
+
+/// Scores several models on the same windows, running the base model once
+/// per batch for all of them.
+pub fn score_windows_multi(
+    models: &[&Model],
+    base: Option<&Model>,
+    tokens: &[u32],
+    opts: &WindowOptions,
+    mut on_batch: impl FnMut(usize),
+) -> Result<Vec<WindowScores>> {
     if opts.seq_len < 2 {
         return Err(Error::Invalid("seq-len must be at least 2".into()));
     }
-    let max = model.config.max_position_embeddings;
-    if opts.seq_len > max {
-        return Err(Error::Invalid(format!(
-            "seq-len {} exceeds the model's max_position_embeddings ({max})",
-            opts.seq_len
-        )));
+    for m in models.iter().chain(base.as_ref()) {
+        let max = m.config.max_position_embeddings;
+        if opts.seq_len > max {
+            return Err(Error::Invalid(format!(
+                "seq-len {} exceeds the model's max_position_embeddings ({max})",
+                opts.seq_len
+            )));
+        }
     }
     let n = usable_windows(tokens.len(), opts);
     if n == 0 {
@@ -173,21 +207,38 @@ pub fn score_windows(
             opts.seq_len
         )));
     }
-    let mut acc = WindowAccumulator::default();
+    let t = opts.seq_len;
+    let mut accs = vec![WindowAccumulator::default(); models.len()];
     let mut w = 0;
     while w < n {
         let b = opts.batch.max(1).min(n - w);
-        let ids = &tokens[w * opts.seq_len..(w + b) * opts.seq_len];
-        let logits = model.forward(ids, b, opts.seq_len)?;
+        let ids = &tokens[w * t..(w + b) * t];
         let base_logits = match base {
-            Some(bm) => Some(bm.forward(ids, b, opts.seq_len)?),
+            Some(bm) => Some(bm.forward(ids, b, t)?.flatten_all()?.to_vec1::<f32>()?),
             None => None,
         };
-        acc.add(ids, &logits, base_logits.as_ref())?;
-        on_batch(ids.len());
+        let v = models.first().map_or(0, |m| m.config.vocab_size);
+        let stats = base_logits.as_deref().map(|bl| base_row_stats(bl, b, t, v));
+        for (m, acc) in models.iter().zip(accs.iter_mut()) {
+            if m.config.vocab_size != v {
+                return Err(Error::Invalid(
+                    "models with different vocabularies cannot be compared".into(),
+                ));
+            }
+            let lg = m.forward(ids, b, t)?.flatten_all()?.to_vec1::<f32>()?;
+            acc.add_rows(
+                ids,
+                &lg,
+                b,
+                t,
+                v,
+                base_logits.as_deref().zip(stats.as_deref()),
+            );
+            on_batch(ids.len());
+        }
         w += b;
     }
-    Ok(acc.finish(base.is_some()))
+    Ok(accs.iter().map(|a| a.finish(base.is_some())).collect())
 }
 
 #[cfg(test)]

@@ -37,6 +37,26 @@ pub struct Stage {
     pub survivors: usize,
 }
 
+/// The default selection stages (sized so the demo's search takes minutes
+/// on 2 cores; see docs/search.md for the measurements behind them).
+pub const DEFAULT_STAGES: [Stage; 3] = [
+    Stage {
+        tokens: 1024,
+        survivors: 4,
+    },
+    Stage {
+        tokens: 4096,
+        survivors: 2,
+    },
+    Stage {
+        tokens: 16384,
+        survivors: 1,
+    },
+];
+
+/// `DEFAULT_STAGES` as a command-line string.
+pub const DEFAULT_STAGES_ARG: &str = "1024:4,4096:2,16384:1";
+
 /// Parses `2048:8,16384:2,65536:1`.
 pub fn parse_stages(s: &str) -> std::result::Result<Vec<Stage>, String> {
     let stages: Vec<Stage> = s
@@ -106,23 +126,10 @@ impl Default for EvoParams {
     fn default() -> Self {
         EvoParams {
             generations: 40,
-            offspring: 32,
-            stages: vec![
-                Stage {
-                    tokens: 2048,
-                    survivors: 4,
-                },
-                Stage {
-                    tokens: 8192,
-                    survivors: 2,
-                },
-                Stage {
-                    tokens: 32768,
-                    survivors: 1,
-                },
-            ],
+            offspring: 16,
+            stages: DEFAULT_STAGES.to_vec(),
             max_mutations: 3,
-            init: Init::Random,
+            init: Init::Knapsack,
             initial_candidates: 8,
             seed: 0,
         }

@@ -132,7 +132,7 @@ pub enum GgufError {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// A GGUF model file that cannot be imported as a Hugging Face model
-    /// (see [`crate::import`]).
+    /// (see [`mod@crate::import`]).
     #[error("{path}: cannot import as a Hugging Face model: {source}")]
     Import {
         path: PathBuf,
@@ -142,7 +142,7 @@ pub enum GgufError {
 }
 
 /// Why a GGUF model file cannot be turned into a Hugging Face model
-/// ([`crate::import`]). [`GgufError::Import`] adds the file's path.
+/// ([`mod@crate::import`]). [`GgufError::Import`] adds the file's path.
 #[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ImportError {

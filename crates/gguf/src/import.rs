@@ -320,6 +320,12 @@ fn hparams(file: &GgufFile) -> Result<LlamaHparams, ImportError> {
     }
 
     let rope_freq_base = m.f32_opt(&k("rope.freq_base"))?.unwrap_or(10000.0);
+    if !(rope_freq_base.is_finite() && rope_freq_base > 0.0) {
+        return Err(md_err(
+            &k("rope.freq_base"),
+            format!("{rope_freq_base} is not a positive RoPE base"),
+        ));
+    }
     let rope_scaling = rope_scaling(file, &m, a, head_dim, rope_freq_base)?;
 
     let hp = LlamaHparams {

@@ -27,7 +27,7 @@
 //! - [`tokenizer`]: [`TokenizerMetadata`] from `tokenizer.json` for byte-level
 //!   BPE tokenizers, with `tokenizer.ggml.pre` chosen from the pre-tokenizer.
 //! - [`imatrix`]: [`Imatrix`] in llama.cpp's GGUF and legacy `.dat` formats.
-//! - [`import`]: the way back — a GGUF model file (ours or llama.cpp's, any
+//! - [`mod@import`]: the way back — a GGUF model file (ours or llama.cpp's, any
 //!   tensor types) as a Hugging Face `config.json`, `tokenizer.json` and f32
 //!   tensors ([`HfImport`]).
 //!

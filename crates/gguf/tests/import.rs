@@ -917,3 +917,194 @@ fn mutated_headers_never_panic() {
     eprintln!("header mutants: {parsed} parsed, {imported} imported");
     assert!(parsed > 100, "only {parsed} mutants parsed");
 }
+
+/// llama.cpp's own GGUF library writes a small Llama 3 model the way its
+/// converter does (`GGUFWriter` helpers, `LlamaModel.permute` on Q/K,
+/// `rope_freqs.weight` computed like `generate_extra_tensors`, Q8_0 and F16
+/// tensors quantized by gguf-py). The import must give back the Hugging Face
+/// tensors gguf-py's dequantization implies, the Llama 3 RoPE parameters, and
+/// a Llama 3 tokenizer (BOS added, merges ignored for whole-word tokens).
+const GGUF_PY_WRITER: &str = r#"
+import json, math, os, sys
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as Q
+
+out = sys.argv[1]
+rng = np.random.default_rng(7)
+n_embd, n_head, n_kv, hd, n_ff, n_layer = 64, 4, 2, 16, 96, 2
+tokens = ["a", "b", "c", "ab", "abc", "\u0120", "\u0120a", "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+vocab = len(tokens)
+
+w = gguf.GGUFWriter(os.path.join(out, "model.gguf"), "llama")
+w.add_block_count(n_layer)
+w.add_context_length(256)
+w.add_embedding_length(n_embd)
+w.add_feed_forward_length(n_ff)
+w.add_head_count(n_head)
+w.add_head_count_kv(n_kv)
+w.add_rope_freq_base(10000.0)
+w.add_layer_norm_rms_eps(1e-5)
+w.add_file_type(7)
+w.add_vocab_size(vocab)
+w.add_rope_dimension_count(hd)
+w.add_tokenizer_model("gpt2")
+w.add_tokenizer_pre("llama-bpe")
+w.add_token_list(tokens)
+w.add_token_types([1] * 7 + [3] * 3)
+w.add_token_merges(["a b", "\u0120 a"])
+w.add_bos_token_id(7)
+w.add_eos_token_id(9)
+w.add_add_bos_token(True)
+
+def permute(x, n):  # convert_hf_to_gguf.py, LlamaModel.permute
+    return x.reshape(n, 2, x.shape[0] // n // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+manifest = []
+def add(name, hf_name, x, heads=None, qtype=Q.F32):
+    g = permute(x, heads) if heads else x
+    if qtype == Q.F32:
+        data, deq = g, g
+    elif qtype == Q.F16:
+        data = g.astype(np.float16)
+        deq = data.astype(np.float32)
+    else:
+        data = gguf.quants.quantize(g, qtype)
+        deq = gguf.quants.dequantize(data, qtype).reshape(g.shape).astype(np.float32)
+    if heads:
+        # Row i of the GGUF tensor holds Hugging Face row idx[i].
+        idx = permute(np.arange(x.shape[0]), heads)
+        back = np.empty_like(deq)
+        back[idx] = deq
+        deq = back
+    w.add_tensor(name, data, raw_dtype=None if qtype in (Q.F32, Q.F16) else qtype)
+    f = os.path.join(out, f"t{len(manifest)}.f32")
+    deq.astype(np.float32).tofile(f)
+    manifest.append({"name": hf_name, "shape": list(x.shape), "file": f, "type": qtype.name})
+
+r = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)
+add("token_embd.weight", "model.embed_tokens.weight", r(vocab, n_embd))
+add("output_norm.weight", "model.norm.weight", r(n_embd) + 1)
+add("output.weight", "lm_head.weight", r(vocab, n_embd), qtype=Q.Q8_0)
+for b in range(n_layer):
+    p = f"model.layers.{b}"
+    add(f"blk.{b}.attn_norm.weight", f"{p}.input_layernorm.weight", r(n_embd) + 1)
+    add(f"blk.{b}.attn_q.weight", f"{p}.self_attn.q_proj.weight", r(n_head * hd, n_embd), heads=n_head, qtype=Q.Q8_0)
+    add(f"blk.{b}.attn_k.weight", f"{p}.self_attn.k_proj.weight", r(n_kv * hd, n_embd), heads=n_kv, qtype=Q.F16)
+    add(f"blk.{b}.attn_v.weight", f"{p}.self_attn.v_proj.weight", r(n_kv * hd, n_embd), qtype=Q.Q8_0)
+    add(f"blk.{b}.attn_output.weight", f"{p}.self_attn.o_proj.weight", r(n_embd, n_head * hd))
+    add(f"blk.{b}.ffn_norm.weight", f"{p}.post_attention_layernorm.weight", r(n_embd) + 1)
+    add(f"blk.{b}.ffn_gate.weight", f"{p}.mlp.gate_proj.weight", r(n_ff, n_embd), qtype=Q.F16)
+    add(f"blk.{b}.ffn_up.weight", f"{p}.mlp.up_proj.weight", r(n_ff, n_embd))
+    add(f"blk.{b}.ffn_down.weight", f"{p}.mlp.down_proj.weight", r(n_embd, n_ff), qtype=Q.Q8_0)
+
+# LlamaModel.generate_extra_tensors, in float32 like its torch code.
+base, factor, low, high, old = 10000.0, 8.0, 1.0, 4.0, 64
+freqs = np.float32(1.0) / (np.float32(base) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))
+lw, hw = old / low, old / high
+rf = []
+for f in freqs:
+    wl = np.float32(2 * math.pi) / f
+    if wl < hw:
+        rf.append(1)
+    elif wl > lw:
+        rf.append(factor)
+    else:
+        s = (np.float32(old) / wl - low) / (high - low)
+        rf.append(1 / ((1 - s) / factor + s))
+w.add_tensor("rope_freqs.weight", np.array(rf, dtype=np.float32))
+
+w.write_header_to_file()
+w.write_kv_data_to_file()
+w.write_tensors_to_file()
+w.close()
+json.dump(manifest, open(os.path.join(out, "manifest.json"), "w"))
+"#;
+
+#[test]
+fn gguf_py_written_llama3_model_imports() {
+    let Some(py) = common::gguf_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("write.py");
+    std::fs::write(&script, GGUF_PY_WRITER).unwrap();
+    let o = Command::new(py)
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "gguf-py writer failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let file = GgufFile::open(dir.path().join("model.gguf")).unwrap();
+    let imp = import::import(&file).unwrap();
+
+    let manifest = read_json(&dir.path().join("manifest.json"));
+    let manifest = manifest.as_array().unwrap();
+    assert_eq!(imp.tensors.len(), manifest.len());
+    for m in manifest {
+        let name = m["name"].as_str().unwrap();
+        let t = imp.tensor(name).unwrap_or_else(|| panic!("no {name}"));
+        let shape: Vec<usize> = m["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(t.shape, shape, "{name}");
+        let want: Vec<f32> = std::fs::read(m["file"].as_str().unwrap())
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert!(
+            t.data
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name} ({}) differs from gguf-py's dequantization",
+            m["type"]
+        );
+        assert_eq!(
+            imp.types[name].name(),
+            m["type"].as_str().unwrap(),
+            "{name}"
+        );
+    }
+
+    let c = &imp.config;
+    assert_eq!(c["model_type"], "llama");
+    assert_eq!(c["tie_word_embeddings"], false);
+    assert_eq!(c["head_dim"], 16);
+    assert_eq!(
+        (c["bos_token_id"].clone(), c["eos_token_id"].clone()),
+        (json!(7), json!(9))
+    );
+    let rs = &c["rope_scaling"];
+    eprintln!("rope_scaling from gguf-py's rope_freqs: {rs}");
+    assert_eq!(rs["rope_type"], "llama3");
+    assert_eq!(rs["factor"], 8.0);
+    // Only the thresholds L/low = 64 and L/high = 16 are identifiable.
+    let l = rs["original_max_position_embeddings"].as_f64().unwrap();
+    let (lo, hi) = (
+        rs["low_freq_factor"].as_f64().unwrap(),
+        rs["high_freq_factor"].as_f64().unwrap(),
+    );
+    assert!(
+        (l / lo - 64.0).abs() < 1e-3 && (l / hi - 16.0).abs() < 1e-3,
+        "{rs}"
+    );
+
+    let tok = Tokenizer::from_str(&imp.tokenizer_json).unwrap();
+    let ids = |s: &str, special: bool| tok.encode(s, special).unwrap().get_ids().to_vec();
+    assert_eq!(ids("abc", true), [7, 4]); // BOS, and "abc" whole (ignore_merges)
+    assert_eq!(ids("abc a", false), [4, 6]);
+    assert_eq!(ids("ab<|eot_id|>", false), [3, 9]);
+    assert_eq!(
+        tok.decode(&[7, 4, 6, 9], false).unwrap(),
+        "<|begin_of_text|>abc a<|eot_id|>"
+    );
+}

@@ -170,7 +170,7 @@ impl Header {
     }
 }
 
-/// What kind of file a [`FileRec`] is.
+/// What kind of file a packed file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
     /// Any file, coded as bytes.

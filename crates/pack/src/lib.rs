@@ -14,7 +14,7 @@
 //! Data is cut into independent chunks (1 MiB by default) that code and
 //! decode in parallel with rayon. Every chunk carries xxh3-64 checksums of
 //! its payload and of its original bytes; the index and header carry their
-//! own. See [`format`] for the byte layout.
+//! own. See [`format`](mod@format) for the byte layout.
 //!
 //! # Example
 //!

@@ -287,7 +287,7 @@ impl FreqTable {
             .sum()
     }
 
-    /// Size of [`FreqTable::write`]'s output in bits.
+    /// Size of the table's serialized form (see the module docs) in bits.
     pub fn serialized_bits(&self) -> u64 {
         let mut bits = 4u64;
         let first = self.freqs.iter().position(|&f| f > 0).unwrap_or(0);

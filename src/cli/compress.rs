@@ -1,0 +1,209 @@
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use dynapress::database::{Method, MethodSpec};
+use dynapress::export::ExportDtype;
+use dynapress::pipeline::{CompressOptions, compress, estimate};
+use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
+use dynapress::search::{Algo, SearchOptions};
+
+#[derive(Args)]
+pub struct CompressArgs {
+    /// Hugging Face model directory. Without it, the bundled demo model with its
+    /// bundled calibration and evaluation text.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Calibration text (repeatable; held-out validation text, never test text).
+    #[arg(long)]
+    calib: Vec<PathBuf>,
+    /// Held-out evaluation text (repeatable).
+    #[arg(long)]
+    eval: Vec<PathBuf>,
+    /// Budget: average storage bits per weight of the linear layers.
+    #[arg(long, default_value_t = 3.0)]
+    target_bits: f64,
+    /// Output directory (database/, config.json, model/, report.*). Default: out/demo for the demo.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Database directory (default <out>/database; reused if it matches).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Compressor: gptq or rtn.
+    #[arg(long, default_value = "gptq")]
+    method: Method,
+    /// Bit widths of the database levels.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
+    bits: Vec<u8>,
+    #[arg(long, default_value_t = 128)]
+    group_size: usize,
+    /// GPTQ act-order (static groups).
+    #[arg(long)]
+    act_order: bool,
+    #[arg(long, default_value_t = 32768)]
+    calib_tokens: usize,
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Allocator: evopress, knapsack or uniform.
+    #[arg(long, default_value = "evopress")]
+    algo: Algo,
+    #[arg(long, default_value_t = EvoParams::default().generations)]
+    generations: usize,
+    #[arg(long, default_value_t = EvoParams::default().offspring)]
+    offspring: usize,
+    #[arg(long, default_value = DEFAULT_STAGES_ARG)]
+    stages: String,
+    #[arg(long, default_value = "knapsack")]
+    init: Init,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluation windows per file.
+    #[arg(long, default_value_t = 64)]
+    eval_windows: usize,
+    /// Skip the uniform/knapsack comparison in the report.
+    #[arg(long)]
+    no_compare: bool,
+    /// Dtype of the exported weights.
+    #[arg(long, default_value = "original")]
+    dtype: ExportDtype,
+    /// Print the estimated time, peak memory and disk of each stage, and stop.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// The repository's `assets/` directory (found from the working directory or
+/// from where dynapress was built).
+fn assets() -> PathBuf {
+    let local = Path::new("assets");
+    if local.join("demo-model").is_dir() {
+        local.to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("assets")
+    }
+}
+
+pub fn run(a: CompressArgs) -> anyhow::Result<()> {
+    let demo = a.model.is_none();
+    let assets = assets();
+    let model = a.model.clone().unwrap_or_else(|| assets.join("demo-model"));
+    let calib = if a.calib.is_empty() && demo {
+        vec![
+            assets.join("data/docs.valid.txt"),
+            assets.join("data/code.valid.txt"),
+        ]
+    } else {
+        a.calib.clone()
+    };
+    let eval = if a.eval.is_empty() && demo {
+        vec![
+            assets.join("data/docs.test.txt"),
+            assets.join("data/code.test.txt"),
+        ]
+    } else {
+        a.eval.clone()
+    };
+    if calib.is_empty() {
+        anyhow::bail!("give calibration text with --calib FILE (held-out validation text)");
+    }
+    if eval.is_empty() {
+        anyhow::bail!("give held-out evaluation text with --eval FILE");
+    }
+    let out = match (&a.out, demo) {
+        (Some(o), _) => o.clone(),
+        (None, true) => PathBuf::from("out/demo"),
+        (None, false) => anyhow::bail!("give an output directory with --out DIR"),
+    };
+    let stages = parse_stages(&a.stages).map_err(|e| anyhow::anyhow!("--stages: {e}"))?;
+    let opts = CompressOptions {
+        model,
+        calib,
+        eval,
+        target_bits: a.target_bits,
+        out: out.clone(),
+        db_dir: a.db,
+        method: MethodSpec {
+            method: a.method,
+            bits: a.bits,
+            group_size: a.group_size,
+            act_order: a.act_order,
+            ..Default::default()
+        },
+        calib_tokens: a.calib_tokens,
+        seq_len: a.seq_len,
+        search: SearchOptions {
+            algo: a.algo,
+            evo: EvoParams {
+                generations: a.generations,
+                offspring: a.offspring,
+                stages,
+                init: a.init,
+                seed: a.seed,
+                ..Default::default()
+            },
+            quiet: a.quiet,
+            ..Default::default()
+        },
+        eval_windows: a.eval_windows,
+        compare: !a.no_compare,
+        dtype: a.dtype,
+        quiet: a.quiet,
+    };
+    if a.dry_run {
+        let e = estimate(&opts)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&e)?);
+        } else {
+            println!(
+                "estimates for {} on this machine ({} threads; GEMM {:.0} GFLOP/s, forward ≈ {:.0} tokens/s):",
+                opts.model.display(),
+                rayon::current_num_threads(),
+                e.gemm_gflops,
+                e.forward_tokens_per_second
+            );
+            println!("{:<12} {:>10} {:>14}", "stage", "time", "peak RAM");
+            let mut total = 0.0;
+            for s in &e.stages {
+                total += s.seconds;
+                println!(
+                    "{:<12} {:>9.0}s {:>10.0} MiB",
+                    s.stage, s.seconds, s.peak_ram_mib
+                );
+            }
+            println!("{:<12} {:>9.0}s", "total", total);
+            println!("database disk: {:.1} MiB", e.database_disk_mib);
+        }
+        return Ok(());
+    }
+    let r = compress(&opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let find = |kind: &str| r.rows.iter().find(|row| row.kind == kind);
+    println!(
+        "{}: {} at {:.4} bits per weight (target {})",
+        out.display(),
+        r.algo,
+        r.achieved_bits_per_weight,
+        r.target_bits
+    );
+    if let Some(row) = find("exported") {
+        for (f, d) in &row.datasets {
+            let base = find("base")
+                .and_then(|b| b.datasets.get(f))
+                .map(|b| b.perplexity);
+            println!(
+                "  {f}: perplexity {:.3} (base {}), KL to base {:.5}, top-1 agreement {:.4}",
+                d.perplexity,
+                base.map_or("-".into(), |b| format!("{b:.3}")),
+                d.kl.unwrap_or(0.0),
+                d.top1_agreement.unwrap_or(0.0)
+            );
+        }
+    }
+    println!("report: {}", out.join("report.html").display());
+    Ok(())
+}
