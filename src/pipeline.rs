@@ -260,7 +260,7 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     let wopts = WindowOptions {
         seq_len: opts.seq_len,
         windows: opts.eval_windows,
-        batch: 8,
+        ..Default::default()
     };
     let mut rows: Vec<EvalRow> = named
         .iter()

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
+use dynapress::eval::perplexity::Protocol;
 use dynapress::eval::{self, EvalPlan, WindowOptions};
 use dynapress::model::{Model, ModelFiles};
 use dynapress::search::ConfigFile;
@@ -24,6 +25,11 @@ pub struct EvalArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Scoring: `windows` (every prediction of each window; the reference
+    /// protocol) or `llama-perplexity` (second half of each chunk, BOS handled
+    /// as llama.cpp does, so numbers compare with `llama-perplexity -c SEQ_LEN`).
+    #[arg(long, default_value = "windows")]
+    protocol: Protocol,
     /// Multiple-choice task (JSONL with context, choices, label). Repeatable.
     #[arg(long)]
     tasks: Vec<PathBuf>,
@@ -94,6 +100,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             seq_len: a.seq_len,
             windows: a.windows,
             batch: a.batch,
+            protocol: a.protocol,
+            bos: None,
         },
         task_batch_tokens: 8192,
         quiet: a.quiet,

@@ -33,6 +33,7 @@ pub struct EvalReport {
     pub model: String,
     pub base: Option<String>,
     pub seq_len: usize,
+    pub protocol: perplexity::Protocol,
     pub datasets: BTreeMap<String, WindowScores>,
     pub tasks: BTreeMap<String, TaskScores>,
     /// Tokens through the evaluated model per second of wall time (base model
@@ -53,7 +54,15 @@ pub fn evaluate(model: &Model, base: Option<&Model>, plan: &EvalPlan) -> Result<
     let mut forwarded = 0usize;
     let mut datasets = BTreeMap::new();
     for path in &plan.data {
-        let tokens = data::load_tokens(path, &model.tokenizer)?;
+        let mut tokens = data::load_tokens(path, &model.tokenizer)?;
+        let mut wopts = plan.windows;
+        if wopts.protocol == perplexity::Protocol::LlamaPerplexity {
+            // llama.cpp tokenizes the file with its special tokens: BOS first.
+            wopts.bos = model.tokenizer.added_bos();
+            if let Some(bos) = wopts.bos {
+                tokens.insert(0, bos);
+            }
+        }
         if let Some(b) = base {
             // KL compares distributions over the same token stream.
             let bt = data::load_tokens(path, &b.tokenizer)?;
@@ -64,7 +73,7 @@ pub fn evaluate(model: &Model, base: Option<&Model>, plan: &EvalPlan) -> Result<
                 )));
             }
         }
-        let n = perplexity::usable_windows(tokens.len(), &plan.windows);
+        let n = perplexity::usable_windows(tokens.len(), &wopts);
         let label = file_label(path);
         if n < plan.windows.windows && !plan.quiet {
             eprintln!(
@@ -75,7 +84,7 @@ pub fn evaluate(model: &Model, base: Option<&Model>, plan: &EvalPlan) -> Result<
             );
         }
         let pb = progress::bar((n * plan.windows.seq_len) as u64, &label, "tok", plan.quiet);
-        let scores = score_windows(model, base, &tokens, &plan.windows, |k| pb.inc(k as u64))?;
+        let scores = score_windows(model, base, &tokens, &wopts, |k| pb.inc(k as u64))?;
         pb.finish_and_clear();
         forwarded += scores.windows * plan.windows.seq_len;
         datasets.insert(label, scores);
@@ -102,6 +111,7 @@ pub fn evaluate(model: &Model, base: Option<&Model>, plan: &EvalPlan) -> Result<
         model: model.dir().display().to_string(),
         base: base.map(|b| b.dir().display().to_string()),
         seq_len: plan.windows.seq_len,
+        protocol: plan.windows.protocol,
         datasets,
         tasks: task_scores,
         tokens_per_second: if secs > 0.0 {

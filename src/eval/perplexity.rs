@@ -18,6 +18,33 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
+/// How windows are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// The reference protocol: all `seq_len − 1` predictions of each window.
+    #[default]
+    Windows,
+    /// llama.cpp's `llama-perplexity`: the file tokenized with its BOS (if the
+    /// tokenizer adds one), each chunk's first token replaced by BOS (idem),
+    /// and only the predictions of the second half of each chunk scored
+    /// (positions `seq_len/2 … seq_len−2`).
+    LlamaPerplexity,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "windows" => Ok(Protocol::Windows),
+            "llama-perplexity" => Ok(Protocol::LlamaPerplexity),
+            o => Err(format!(
+                "unknown protocol `{o}`; choose windows or llama-perplexity"
+            )),
+        }
+    }
+}
+
 /// Window settings.
 #[derive(Debug, Clone, Copy)]
 pub struct WindowOptions {
@@ -25,6 +52,10 @@ pub struct WindowOptions {
     pub windows: usize,
     /// Windows per forward pass.
     pub batch: usize,
+    pub protocol: Protocol,
+    /// With [`Protocol::LlamaPerplexity`]: the BOS id written at the start of
+    /// every chunk, if the tokenizer adds BOS.
+    pub bos: Option<u32>,
 }
 
 impl Default for WindowOptions {
@@ -33,6 +64,18 @@ impl Default for WindowOptions {
             seq_len: 256,
             windows: 64,
             batch: 8,
+            protocol: Protocol::Windows,
+            bos: None,
+        }
+    }
+}
+
+impl WindowOptions {
+    /// First scored position in a window (predictions from it to the end).
+    pub fn first_scored(&self) -> usize {
+        match self.protocol {
+            Protocol::Windows => 0,
+            Protocol::LlamaPerplexity => self.seq_len / 2,
         }
     }
 }
@@ -96,12 +139,22 @@ impl WindowAccumulator {
             None => None,
         };
         let base_stats = bl.as_deref().map(|bl| base_row_stats(bl, b, t, v));
-        self.add_rows(ids, &lg, b, t, v, bl.as_deref().zip(base_stats.as_deref()));
+        self.add_rows(
+            ids,
+            &lg,
+            b,
+            t,
+            v,
+            0,
+            bl.as_deref().zip(base_stats.as_deref()),
+        );
         Ok(())
     }
 
-    /// [`WindowAccumulator::add`] on flat logits, with the base model's logits
-    /// and their per-row statistics (from [`base_row_stats`]) if any.
+    /// [`WindowAccumulator::add`] on flat logits, scoring the predictions
+    /// made at positions `first..t−1` of each window, with the base model's
+    /// logits and their per-row statistics (from [`base_row_stats`]) if any.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_rows(
         &mut self,
         ids: &[u32],
@@ -109,10 +162,11 @@ impl WindowAccumulator {
         b: usize,
         t: usize,
         v: usize,
+        first: usize,
         base: Option<(&[f32], &[RowStats])>,
     ) {
         let rows: Vec<(usize, usize)> = (0..b)
-            .flat_map(|w| (0..t - 1).map(move |p| (w, p)))
+            .flat_map(|w| (first..t - 1).map(move |p| (w, p)))
             .collect();
         let per_row: Vec<(f64, f64, bool)> = rows
             .par_iter()
@@ -207,12 +261,27 @@ pub fn score_windows_multi(
             opts.seq_len
         )));
     }
+    if opts.protocol == Protocol::LlamaPerplexity && tokens.len() < 2 * opts.seq_len {
+        return Err(Error::Invalid(format!(
+            "llama-perplexity needs at least {} tokens for a context of {} (this text has {})",
+            2 * opts.seq_len,
+            opts.seq_len,
+            tokens.len()
+        )));
+    }
     let t = opts.seq_len;
+    let first = opts.first_scored();
     let mut accs = vec![WindowAccumulator::default(); models.len()];
     let mut w = 0;
     while w < n {
         let b = opts.batch.max(1).min(n - w);
-        let ids = &tokens[w * t..(w + b) * t];
+        let mut chunk = tokens[w * t..(w + b) * t].to_vec();
+        if let (Protocol::LlamaPerplexity, Some(bos)) = (opts.protocol, opts.bos) {
+            for c in chunk.chunks_mut(t) {
+                c[0] = bos;
+            }
+        }
+        let ids = &chunk[..];
         let base_logits = match base {
             Some(bm) => Some(bm.forward(ids, b, t)?.flatten_all()?.to_vec1::<f32>()?),
             None => None,
@@ -232,6 +301,7 @@ pub fn score_windows_multi(
                 b,
                 t,
                 v,
+                first,
                 base_logits.as_deref().zip(stats.as_deref()),
             );
             on_batch(ids.len());

@@ -57,6 +57,16 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The BOS id if the tokenizer adds one when asked for special tokens
+    /// (its post-processor; what llama.cpp calls `add_bos`).
+    pub fn added_bos(&self) -> Option<u32> {
+        let with = self.inner.encode_fast("a", true).ok()?;
+        let without = self.inner.encode_fast("a", false).ok()?;
+        let (w, wo) = (with.get_ids(), without.get_ids());
+        (w.len() > wo.len() && w.ends_with(wo) || w.len() > wo.len() && w[1..].starts_with(wo))
+            .then(|| w[0])
+    }
+
     /// Text of `ids` (special tokens skipped).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| Error::Tokenizer {
