@@ -7,6 +7,7 @@ mod database;
 mod eval;
 mod export;
 mod generate;
+mod pack;
 mod search;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,11 @@ enum Command {
     Search(search::SearchArgs),
     /// Write a searched configuration as a Hugging Face model directory.
     Export(export::ExportArgs),
+    /// Pack a model directory losslessly into one file (entropy-coded float
+    /// planes; `eval` and `generate` load .dpk files directly).
+    Pack(pack::PackArgs),
+    /// Restore a packed model directory, byte for byte.
+    Unpack(pack::UnpackArgs),
     /// Measure forward-pass throughput (tokens/s).
     Bench(bench::BenchArgs),
 }
@@ -65,6 +71,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Database(a) => database::run(a),
         Command::Search(a) => search::run(a),
         Command::Export(a) => export::run(a),
+        Command::Pack(a) => pack::run_pack(a),
+        Command::Unpack(a) => pack::run_unpack(a),
         Command::Bench(a) => bench::run(a),
     }
 }

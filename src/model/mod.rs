@@ -39,9 +39,25 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// Opens `config.json`, `tokenizer.json`, `generation_config.json` (if present)
-    /// and the safetensors weights of a Hugging Face model directory.
+    /// Opens a model: a Hugging Face directory (`config.json`,
+    /// `tokenizer.json`, `generation_config.json` if present, safetensors
+    /// weights) or a GGUF file (imported into the same form in memory, every
+    /// tensor dequantized to f32).
     pub fn open(dir: &Path) -> Result<Self> {
+        if dir.is_file()
+            && dir
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Self::open_gguf(dir);
+        }
+        if dir.is_file()
+            && dir
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("dpk"))
+        {
+            return Self::open_packed(dir);
+        }
         if !dir.exists() {
             return Err(Error::config(
                 dir,
@@ -73,6 +89,105 @@ impl ModelFiles {
         let weights = WeightSource::open_dir(dir)?;
         Ok(ModelFiles {
             dir: dir.to_path_buf(),
+            config,
+            tokenizer,
+            weights,
+        })
+    }
+
+    /// Imports a GGUF model file.
+    pub fn open_gguf(path: &Path) -> Result<Self> {
+        let gerr = |e: dynapress_gguf::GgufError| Error::Data {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        };
+        let file = dynapress_gguf::GgufFile::open(path).map_err(gerr)?;
+        let imported = dynapress_gguf::import(&file).map_err(gerr)?;
+        let config = ModelConfig::from_json(&imported.config, path)?;
+        let tokenizer = Tokenizer::from_json(
+            &imported.tokenizer_json,
+            path,
+            config.eos_token_ids.first().copied(),
+        )?;
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = imported
+            .tensors
+            .iter()
+            .map(|t| {
+                let view = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    t.shape.clone(),
+                    bytemuck::cast_slice(&t.data),
+                )
+                .expect("imported shapes match their data");
+                (t.name.clone(), view)
+            })
+            .collect();
+        let bytes = safetensors::serialize(views, None).map_err(|e| Error::Data {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        let weights = WeightSource::from_buffers(path, vec![(path.to_path_buf(), bytes)])?;
+        Ok(ModelFiles {
+            dir: path.to_path_buf(),
+            config,
+            tokenizer,
+            weights,
+        })
+    }
+
+    /// Opens a model directory packed with `dynapress pack`, decoding it into memory.
+    pub fn open_packed(path: &Path) -> Result<Self> {
+        let perr = |e: dynapress_pack::Error| Error::Data {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        };
+        let reader = dynapress_pack::PackedReader::open(path).map_err(perr)?;
+        let read_text = |name: &str| -> Result<Option<String>> {
+            if !reader.contains(name) {
+                return Ok(None);
+            }
+            let bytes = reader.read_file(name).map_err(perr)?;
+            String::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| Error::data(path, format!("{name} in the pack is not UTF-8")))
+        };
+        let config_text = read_text("config.json")?.ok_or_else(|| {
+            Error::data(
+                path,
+                "the pack holds no config.json: not a packed model directory",
+            )
+        })?;
+        let value: serde_json::Value = serde_json::from_str(&config_text).map_err(|e| {
+            Error::data(
+                path,
+                format!("config.json in the pack is not valid JSON: {e}"),
+            )
+        })?;
+        let mut config = ModelConfig::from_json(&value, &path.join("config.json"))?;
+        if let Some(g) = read_text("generation_config.json")? {
+            apply_generation_config_text(&mut config, &g, &path.join("generation_config.json"))?;
+        }
+        let tok = read_text("tokenizer.json")?.ok_or_else(|| Error::Tokenizer {
+            path: path.join("tokenizer.json"),
+            msg: "the pack holds no tokenizer.json".into(),
+        })?;
+        let tokenizer = Tokenizer::from_json(
+            &tok,
+            &path.join("tokenizer.json"),
+            config.eos_token_ids.first().copied(),
+        )?;
+        let mut buffers = Vec::new();
+        for f in reader.files() {
+            if f.name.ends_with(".safetensors") {
+                buffers.push((path.join(&f.name), reader.read_file(&f.name).map_err(perr)?));
+            }
+        }
+        if buffers.is_empty() {
+            return Err(Error::data(path, "the pack holds no safetensors weights"));
+        }
+        let weights = WeightSource::from_buffers(path, buffers)?;
+        Ok(ModelFiles {
+            dir: path.to_path_buf(),
             config,
             tokenizer,
             weights,
@@ -132,7 +247,11 @@ pub fn linear_ids(cfg: &ModelConfig) -> Vec<LinearId> {
 
 fn apply_generation_config(config: &mut ModelConfig, path: &Path) -> Result<()> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
+    apply_generation_config_text(config, &text, path)
+}
+
+fn apply_generation_config_text(config: &mut ModelConfig, text: &str, path: &Path) -> Result<()> {
+    let v: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
     let ids = |key: &str| -> Vec<u32> {
         match v.get(key) {

@@ -45,6 +45,31 @@ impl Tokenizer {
         })
     }
 
+    /// A tokenizer from `tokenizer.json` contents; `origin` names it in errors.
+    pub fn from_json(json: &str, origin: &Path, eos: Option<u32>) -> Result<Self> {
+        let inner =
+            tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| Error::Tokenizer {
+                path: origin.to_path_buf(),
+                msg: e.to_string(),
+            })?;
+        let eos = eos.or_else(|| {
+            [
+                "<|endoftext|>",
+                "</s>",
+                "<|end_of_text|>",
+                "<|im_end|>",
+                "<eos>",
+            ]
+            .iter()
+            .find_map(|t| inner.token_to_id(t))
+        });
+        Ok(Tokenizer {
+            inner,
+            path: origin.to_path_buf(),
+            eos,
+        })
+    }
+
     /// Token ids of `text`, without special tokens (no BOS/EOS added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
@@ -63,8 +88,7 @@ impl Tokenizer {
         let with = self.inner.encode_fast("a", true).ok()?;
         let without = self.inner.encode_fast("a", false).ok()?;
         let (w, wo) = (with.get_ids(), without.get_ids());
-        (w.len() > wo.len() && w.ends_with(wo) || w.len() > wo.len() && w[1..].starts_with(wo))
-            .then(|| w[0])
+        (w.len() > wo.len() && w[1..].starts_with(wo)).then(|| w[0])
     }
 
     /// Text of `ids` (special tokens skipped).
