@@ -85,7 +85,7 @@ fn check_ppl(file: &str, seq_len: usize, windows: usize) {
     let opts = WindowOptions {
         seq_len,
         windows,
-        batch: 8,
+        ..Default::default()
     };
     let s = score_windows(model(), None, &tokens, &opts, |_| {}).unwrap();
     assert_eq!(s.tokens as u64, want["scored_tokens"].as_u64().unwrap());
