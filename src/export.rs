@@ -161,7 +161,7 @@ pub fn export_safetensors(
                     .entry(id, &l.levels[k].level)
                     .expect("validated choice");
                 let q = db.load(entry)?;
-                w.write(&spec.name, &encode_f32(&q.dequantize(), spec.dtype)?)?;
+                w.write(&spec.name, &encode_f32(&q.dequantize()?, spec.dtype)?)?;
             }
             None if spec.dtype == raw.dtype => w.write(&spec.name, raw.data)?,
             None => {

@@ -417,7 +417,8 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
     // Fused forward pass ≈ 75 % of raw GEMM speed (measured on the demo model).
     let tps = g * 1e9 * 0.75 / flops_token;
     let mib = |b: f64| b / (1 << 20) as f64;
-    let levels = opts.method.bits.len() as f64;
+    let level_specs = opts.method.levels()?;
+    let levels = level_specs.len() as f64;
 
     // Database: calibration forward + Hessians + GPTQ sweeps (+ fixed cost per entry).
     let ct = opts.calib_tokens as f64;
@@ -448,16 +449,18 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
     let db_disk: f64 = shapes
         .iter()
         .map(|&(r, k)| {
-            opts.method
-                .bits
+            level_specs
                 .iter()
-                .map(|&b| {
-                    let groups = if opts.method.group_size == 0 {
-                        1
-                    } else {
-                        k.div_ceil(opts.method.group_size)
-                    };
-                    (r * k * b as usize + r * groups * (16 + b as usize)) as f64 / 8.0
+                .map(|l| match l.ggml {
+                    Some(ty) => (r * k) as f64 * ty.bits_per_weight() / 8.0,
+                    None => {
+                        let groups = if opts.method.group_size == 0 {
+                            1
+                        } else {
+                            k.div_ceil(opts.method.group_size)
+                        };
+                        (r * k * l.bits as usize + r * groups * (16 + l.bits as usize)) as f64 / 8.0
+                    }
                 })
                 .sum::<f64>()
         })

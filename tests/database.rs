@@ -107,7 +107,7 @@ fn dequantized_groups_lie_on_their_grid() {
     let db = Database::open(&tmp.path().join("gptq")).unwrap();
     for e in g.entries.iter().filter(|e| e.block == 3) {
         let q = db.load(e).unwrap();
-        let w = q.dequantize();
+        let w = q.dequantize().unwrap();
         for row in 0..e.rows {
             for group in 0..e.cols / 128 {
                 let vals: BTreeSet<u32> = w

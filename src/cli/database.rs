@@ -3,7 +3,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dynapress::calib::load_calibration;
-use dynapress::database::{BuildOptions, Manifest, Method, MethodSpec, build_database};
+use dynapress::database::{
+    BuildOptions, DEFAULT_GGML_TYPES, Manifest, Method, MethodSpec, build_database,
+};
 use dynapress::model::{LinearKind, ModelFiles};
 
 #[derive(Args)]
@@ -23,12 +25,19 @@ pub struct DatabaseArgs {
     /// Output database directory (created; an interrupted build in it is resumed).
     #[arg(long)]
     out: PathBuf,
-    /// Compressor: gptq or rtn.
+    /// Compressor: gptq or rtn (grids of --bits with --group-size), kquant
+    /// (ggml's encoders) or gptq-kquant (GPTQ inside ggml's grids) for --types.
     #[arg(long, default_value = "gptq")]
     method: Method,
-    /// Bit widths, one level each.
+    /// Bit widths, one level each (gptq, rtn).
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
     bits: Vec<u8>,
+    /// ggml types, one level each (kquant, gptq-kquant).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_GGML_TYPES)]
+    types: Vec<String>,
+    /// kquant, gptq-kquant: do not weight by the calibration importance matrix.
+    #[arg(long)]
+    no_imatrix: bool,
     /// Weights per quantization group along the input dimension (0 = whole row).
     #[arg(long, default_value_t = 128)]
     group_size: usize,
@@ -70,6 +79,8 @@ pub fn run(a: DatabaseArgs) -> anyhow::Result<()> {
         spec: MethodSpec {
             method: a.method,
             bits: a.bits,
+            types: a.types,
+            imatrix: !a.no_imatrix,
             group_size: a.group_size,
             sym: a.sym,
             act_order: a.act_order,
@@ -105,8 +116,8 @@ pub fn summary_table(m: &Manifest) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = write!(s, "\n{:<14}", "layer");
-    for b in &m.method.bits {
-        let _ = write!(s, " {:>20}", format!("{b}-bit: bpw / error"));
+    for l in &m.levels {
+        let _ = write!(s, " {:>22}", format!("{l}: bpw / error"));
     }
     s.push('\n');
     let mut blocks: Vec<usize> = m.entries.iter().map(|e| e.block).collect();

@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use dynapress_compress::{
-    ClipSearch, FactorParams, GptqFactor, GptqQuantParams, Hessian, QuantScheme, QuantizedLinear,
-    RtnParams, relative_output_error, rtn,
+    ClipSearch, FactorParams, GptqFactor, GptqQuantParams, Hessian, QuantScheme, RtnParams,
+    relative_output_error, rtn,
 };
 use sha2::{Digest, Sha256};
 
 use super::{
-    CalibIdentity, Entry, FORMAT_VERSION, HessianEntry, Manifest, Method, MethodSpec,
-    ModelIdentity, entry_bytes, load_entry_file,
+    CalibIdentity, Entry, FORMAT_VERSION, GgmlBlocks, HessianEntry, LevelSpec, Manifest, Method,
+    MethodSpec, ModelIdentity, Unavailable, Variant, entry_bytes, load_entry_file,
 };
 use crate::calib::{BlockStream, CalibSet, HessianCapture, hex};
 use crate::error::{Error, Result};
@@ -68,10 +68,19 @@ pub fn build_database(
         windows: calib.windows(),
         tokens: calib.tokens(),
     };
-    let mut bits = spec.bits.clone();
-    bits.sort_unstable();
-    bits.dedup();
-    let levels: Vec<String> = bits.iter().map(|&b| spec.level_name(b)).collect();
+    let level_specs = spec.levels()?;
+    let levels: Vec<String> = level_specs.iter().map(|l| l.name.clone()).collect();
+    let mut canonical = spec.clone();
+    if spec.is_ggml() {
+        canonical.types = level_specs
+            .iter()
+            .filter_map(|l| l.ggml.map(|t| t.name().to_string()))
+            .collect();
+        canonical.bits = vec![];
+    } else {
+        canonical.bits = level_specs.iter().map(|l| l.bits).collect();
+        canonical.types = vec![];
+    }
 
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     remove_temp_files(dir)?;
@@ -81,12 +90,10 @@ pub fn build_database(
         dynapress_version: env!("CARGO_PKG_VERSION").into(),
         model: model.clone(),
         calibration: calibration.clone(),
-        method: MethodSpec {
-            bits: bits.clone(),
-            ..spec.clone()
-        },
+        method: canonical,
         levels: levels.clone(),
         entries: vec![],
+        unavailable: vec![],
         hessians: vec![],
         complete: false,
     };
@@ -106,6 +113,7 @@ pub fn build_database(
             match (mismatch, opts.force) {
                 (None, _) => Manifest {
                     entries: old.entries,
+                    unavailable: old.unavailable,
                     hessians: old.hessians,
                     ..fresh
                 },
@@ -139,7 +147,7 @@ pub fn build_database(
         opts.keep_hessians && file_sha(&dir.join(&h.file)).ok().as_deref() == Some(&h.sha256)
     });
     let repaired = before - manifest.entries.len();
-    let reused = manifest.entries.len();
+    let reused = manifest.entries.len() + manifest.unavailable.len();
     let ids = files.linear_ids();
     let total = ids.len() * levels.len();
     let hessians_done =
@@ -171,11 +179,17 @@ pub fn build_database(
 
     for block_idx in 0..cfg.num_layers {
         let block = BlockStream::load_block(files, block_idx)?;
-        let missing: Vec<(LinearId, u8)> = ids
+        let missing: Vec<(LinearId, usize)> = ids
             .iter()
             .filter(|id| id.block == block_idx)
-            .flat_map(|&id| bits.iter().map(move |&b| (id, b)))
-            .filter(|&(id, b)| manifest.entry(id, &spec.level_name(b)).is_none())
+            .flat_map(|&id| (0..level_specs.len()).map(move |k| (id, k)))
+            .filter(|&(id, k)| {
+                manifest.entry(id, &level_specs[k].name).is_none()
+                    && !manifest
+                        .unavailable
+                        .iter()
+                        .any(|u| u.layer == id.weight_name() && u.level == level_specs[k].name)
+            })
             .collect();
         let hessians_missing = opts.keep_hessians
             && Site::ALL.iter().any(|&s| {
@@ -203,7 +217,7 @@ pub fn build_database(
         }
 
         for site in Site::ALL {
-            let todo: Vec<(LinearId, u8)> = missing
+            let todo: Vec<(LinearId, usize)> = missing
                 .iter()
                 .copied()
                 .filter(|(id, _)| id.kind.site() == site)
@@ -214,7 +228,7 @@ pub fn build_database(
             let h = cap.get(site);
             // One factorisation per site: q/k/v (and gate/up) share it.
             let factor = match spec.method {
-                Method::Gptq => Some(
+                Method::Gptq | Method::GptqKquant => Some(
                     GptqFactor::new(
                         h,
                         &FactorParams {
@@ -227,8 +241,13 @@ pub fn build_database(
                         Error::Invalid(format!("block {block_idx}, {} Hessian: {e}", site.name()))
                     })?,
                 ),
-                Method::Rtn => None,
+                Method::Rtn | Method::Kquant => None,
             };
+            // llama-imatrix's importance: the mean of x² per input channel.
+            let imatrix: Option<Vec<f32>> = (spec.is_ggml() && spec.imatrix).then(|| {
+                let n = h.tokens().max(1) as f64;
+                h.diag().iter().map(|&d| (d / n) as f32).collect()
+            });
             if let Some(f) = &factor
                 && f.damp_retries() > 0
                 && !opts.quiet
@@ -249,12 +268,32 @@ pub fn build_database(
                     kind,
                 };
                 let w = block.linear_weight(kind)?.flatten_all()?.to_vec1::<f32>()?;
-                for &(_, b) in todo.iter().filter(|(i, _)| *i == id) {
-                    let level = spec.level_name(b);
-                    pb.set_message(format!("{id} {level}"));
-                    let q = compress(&w, h, factor.as_ref(), spec, b)
+                for &(_, k) in todo.iter().filter(|(i, _)| *i == id) {
+                    let level = &level_specs[k];
+                    pb.set_message(format!("{id} {}", level.name));
+                    let (rows, cols) = id.shape(cfg);
+                    if let Some(ty) = level.ggml
+                        && ty.row_bytes(cols).is_none()
+                    {
+                        // Not silently replaced by another type: the layer just
+                        // lacks this level, and the search and report know it.
+                        manifest.unavailable.push(Unavailable {
+                            layer: id.weight_name(),
+                            level: level.name.clone(),
+                            reason: format!(
+                                "rows of {cols} weights are not a multiple of {}'s block of {}",
+                                ty.name(),
+                                ty.block_size()
+                            ),
+                        });
+                        manifest.write(dir)?;
+                        pb.inc(1);
+                        continue;
+                    }
+                    let _ = rows;
+                    let q = compress(&w, h, factor.as_ref(), imatrix.as_deref(), spec, level)
                         .map_err(|e| Error::Invalid(format!("{}: {e}", id.weight_name())))?;
-                    let entry = write_entry(dir, id, &level, b, &w, h, &q)?;
+                    let entry = write_entry(dir, id, level, &w, h, &q)?;
                     manifest.entries.push(entry);
                     sort_entries(&mut manifest);
                     manifest.write(dir)?;
@@ -283,6 +322,21 @@ pub fn build_database(
 }
 
 fn validate_spec(spec: &MethodSpec) -> Result<()> {
+    if spec.is_ggml() {
+        if spec.types.is_empty() {
+            return Err(Error::Invalid(
+                "--types needs at least one ggml type".into(),
+            ));
+        }
+        if spec.act_order {
+            return Err(Error::Invalid(
+                "--act-order does not apply to ggml types (their blocks follow the column order)"
+                    .into(),
+            ));
+        }
+        spec.levels()?;
+        return Ok(());
+    }
     if spec.bits.is_empty() {
         return Err(Error::Invalid("--bits needs at least one bit width".into()));
     }
@@ -304,11 +358,26 @@ fn compress(
     w: &[f32],
     h: &Hessian,
     factor: Option<&GptqFactor>,
+    imatrix: Option<&[f32]>,
     spec: &MethodSpec,
-    bits: u8,
-) -> std::result::Result<QuantizedLinear, String> {
+    level: &LevelSpec,
+) -> std::result::Result<Variant, String> {
+    let cols = h.dim();
+    if let Some(ty) = level.ggml {
+        let rows = w.len() / cols;
+        let bytes = match (spec.method, factor) {
+            (Method::GptqKquant, Some(f)) => gptq_ggml_bytes(f, w, ty, imatrix)?,
+            _ => dynapress_ggml::quantize(ty, w, cols, imatrix).map_err(|e| e.to_string())?,
+        };
+        return Ok(Variant::Ggml(GgmlBlocks {
+            ty,
+            rows,
+            cols,
+            bytes,
+        }));
+    }
     let scheme = QuantScheme {
-        bits,
+        bits: level.bits,
         group_size: spec.group_size,
         sym: spec.sym,
     };
@@ -326,13 +395,23 @@ fn compress(
                     ..Default::default()
                 },
             )
+            .map(Variant::Grid)
             .map_err(|e| e.to_string()),
-        None => rtn(w, h.dim(), &RtnParams { scheme, clip }).map_err(|e| e.to_string()),
+        None => rtn(w, cols, &RtnParams { scheme, clip })
+            .map(Variant::Grid)
+            .map_err(|e| e.to_string()),
     }
 }
 
 fn sort_entries(m: &mut Manifest) {
-    m.entries.sort_by_key(|e| (e.block, e.kind, e.bits));
+    m.entries.sort_by(|a, b| {
+        (a.block, a.kind, a.storage_bits, &a.level).cmp(&(
+            b.block,
+            b.kind,
+            b.storage_bits,
+            &b.level,
+        ))
+    });
 }
 
 fn file_sha(path: &Path) -> Result<String> {
@@ -342,33 +421,34 @@ fn file_sha(path: &Path) -> Result<String> {
 fn write_entry(
     dir: &Path,
     id: LinearId,
-    level: &str,
-    bits: u8,
+    level: &LevelSpec,
     w: &[f32],
     h: &Hessian,
-    q: &QuantizedLinear,
+    v: &Variant,
 ) -> Result<Entry> {
     let layer = id.weight_name();
-    let bytes = entry_bytes(&layer, level, q);
+    let bytes = entry_bytes(&layer, &level.name, v);
     let file = format!(
-        "entries/{}/{}.{level}.safetensors",
+        "entries/{}/{}.{}.safetensors",
         id.block,
-        id.kind.short_name()
+        id.kind.short_name(),
+        level.name
     );
     write_atomic(&dir.join(&file), &bytes)?;
-    let rel_error = relative_output_error(w, &q.dequantize(), h);
+    let rel_error = relative_output_error(w, &v.dequantize()?, h);
+    let (rows, cols) = (v.rows(), v.cols());
     Ok(Entry {
         layer,
         block: id.block,
         kind: id.kind,
-        level: level.to_string(),
-        bits,
-        rows: q.rows(),
-        cols: q.cols(),
-        storage_bits: q.storage_bits(),
-        bits_per_weight: q.bits_per_weight(),
+        level: level.name.clone(),
+        bits: level.bits,
+        rows,
+        cols,
+        storage_bits: v.storage_bits(),
+        bits_per_weight: v.storage_bits() as f64 / (rows * cols) as f64,
         rel_error,
-        damp: q.damp(),
+        damp: v.damp(),
         file,
         sha256: hex(&Sha256::digest(&bytes)),
     })
@@ -417,4 +497,14 @@ fn remove_temp_files(dir: &Path) -> Result<()> {
         Ok(())
     }
     walk(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// GPTQ inside ggml block grids (wired to the compress crate once it lands).
+fn gptq_ggml_bytes(
+    _f: &GptqFactor,
+    _w: &[f32],
+    ty: dynapress_ggml::GgmlType,
+    _imatrix: Option<&[f32]>,
+) -> std::result::Result<Vec<u8>, String> {
+    Err(format!("gptq-kquant ({}) is not available yet", ty.name()))
 }

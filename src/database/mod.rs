@@ -17,6 +17,7 @@ mod build;
 use std::path::{Path, PathBuf};
 
 use dynapress_compress::{BufferDtype, NamedBuffer, QuantMeta, QuantizedLinear};
+use dynapress_ggml::GgmlType;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
@@ -32,10 +33,17 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The compressor and its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodSpec {
-    /// `gptq` or `rtn`.
+    /// `gptq`, `rtn`, `kquant` or `gptq-kquant`.
     pub method: Method,
-    /// Bit widths, one level each.
+    /// Grid methods (gptq, rtn): bit widths, one level each.
     pub bits: Vec<u8>,
+    /// ggml methods (kquant, gptq-kquant): ggml types, one level each.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// ggml methods: weight the encoder's scale search by the calibration
+    /// importance (mean of x² per input channel, as llama-imatrix computes).
+    #[serde(default)]
+    pub imatrix: bool,
     /// Group size along the input dimension (0 = one group per row).
     pub group_size: usize,
     /// Symmetric grid (no zero point).
@@ -53,6 +61,8 @@ impl Default for MethodSpec {
         MethodSpec {
             method: Method::Gptq,
             bits: vec![2, 3, 4, 5, 6, 8],
+            types: vec![],
+            imatrix: true,
             group_size: 128,
             sym: false,
             act_order: false,
@@ -62,25 +72,84 @@ impl Default for MethodSpec {
     }
 }
 
+/// The ggml types a ggml database uses by default.
+pub const DEFAULT_GGML_TYPES: &str = "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0";
+
+/// One level of a database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelSpec {
+    pub name: String,
+    /// Nominal bits per code (for ggml types: the integer part of its bits per weight).
+    pub bits: u8,
+    /// The ggml type, for ggml methods.
+    pub ggml: Option<GgmlType>,
+}
+
 impl MethodSpec {
-    /// The level name for a bit width, e.g. `gptq-b4-g128`.
-    pub fn level_name(&self, bits: u8) -> String {
-        let m = match self.method {
-            Method::Gptq => "gptq",
-            Method::Rtn => "rtn",
-        };
-        format!("{m}-b{bits}-g{}", self.group_size)
+    /// Whether levels are ggml types.
+    pub fn is_ggml(&self) -> bool {
+        matches!(self.method, Method::Kquant | Method::GptqKquant)
+    }
+
+    /// The levels, lowest bits per weight first.
+    pub fn levels(&self) -> Result<Vec<LevelSpec>> {
+        let mut v = Vec::new();
+        if self.is_ggml() {
+            for t in &self.types {
+                let ty = GgmlType::from_name(t).filter(|t| t.is_quantized()).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "unknown ggml type `{t}`; choose among Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"
+                    ))
+                })?;
+                let prefix = if self.method == Method::GptqKquant {
+                    "gptq-"
+                } else {
+                    ""
+                };
+                v.push(LevelSpec {
+                    name: format!("{prefix}{}", ty.name()),
+                    bits: ty.bits_per_weight().floor() as u8,
+                    ggml: Some(ty),
+                });
+            }
+            v.sort_by(|a, b| {
+                let (x, y) = (a.ggml.expect("ggml"), b.ggml.expect("ggml"));
+                x.bits_per_weight()
+                    .total_cmp(&y.bits_per_weight())
+                    .then(a.name.cmp(&b.name))
+            });
+        } else {
+            let m = if self.method == Method::Gptq {
+                "gptq"
+            } else {
+                "rtn"
+            };
+            for &b in &self.bits {
+                v.push(LevelSpec {
+                    name: format!("{m}-b{b}-g{}", self.group_size),
+                    bits: b,
+                    ggml: None,
+                });
+            }
+            v.sort_by_key(|l| l.bits);
+        }
+        v.dedup_by(|a, b| a.name == b.name);
+        Ok(v)
     }
 }
 
 /// Which compressor built the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// GPTQ (Frantar et al. 2022) with error feedback from the Hessian.
     Gptq,
     /// Round to nearest on the same grid.
     Rtn,
+    /// ggml's own encoders (llama-quantize's), optionally imatrix-weighted.
+    Kquant,
+    /// GPTQ error feedback inside ggml's block grids.
+    GptqKquant,
 }
 
 impl std::str::FromStr for Method {
@@ -89,7 +158,70 @@ impl std::str::FromStr for Method {
         match s {
             "gptq" => Ok(Method::Gptq),
             "rtn" => Ok(Method::Rtn),
-            other => Err(format!("unknown method `{other}`; choose gptq or rtn")),
+            "kquant" => Ok(Method::Kquant),
+            "gptq-kquant" => Ok(Method::GptqKquant),
+            other => Err(format!(
+                "unknown method `{other}`; choose gptq, rtn, kquant or gptq-kquant"
+            )),
+        }
+    }
+}
+
+/// A stored variant: a grid-quantized layer, or ggml blocks.
+#[derive(Debug, Clone)]
+pub enum Variant {
+    Grid(QuantizedLinear),
+    Ggml(GgmlBlocks),
+}
+
+/// A layer encoded as ggml blocks (exactly the bytes a GGUF file stores).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgmlBlocks {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: Vec<u8>,
+}
+
+impl Variant {
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        match self {
+            Variant::Grid(q) => q.rows(),
+            Variant::Ggml(g) => g.rows,
+        }
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        match self {
+            Variant::Grid(q) => q.cols(),
+            Variant::Ggml(g) => g.cols,
+        }
+    }
+
+    /// The weights as f32 `[rows, cols]`.
+    pub fn dequantize(&self) -> Result<Vec<f32>> {
+        match self {
+            Variant::Grid(q) => Ok(q.dequantize()),
+            Variant::Ggml(g) => dynapress_ggml::dequantize(g.ty, &g.bytes, g.rows * g.cols)
+                .map_err(|e| Error::Invalid(format!("{} blocks: {e}", g.ty.name()))),
+        }
+    }
+
+    /// Exact stored bits.
+    pub fn storage_bits(&self) -> u64 {
+        match self {
+            Variant::Grid(q) => q.storage_bits(),
+            Variant::Ggml(g) => 8 * g.bytes.len() as u64,
+        }
+    }
+
+    /// The damping GPTQ finally used, if any.
+    pub fn damp(&self) -> Option<f64> {
+        match self {
+            Variant::Grid(q) => q.damp(),
+            Variant::Ggml(_) => None,
         }
     }
 }
@@ -197,6 +329,14 @@ impl Entry {
     }
 }
 
+/// A level that a layer cannot have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unavailable {
+    pub layer: String,
+    pub level: String,
+    pub reason: String,
+}
+
 /// A kept Hessian.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HessianEntry {
@@ -219,8 +359,12 @@ pub struct Manifest {
     pub method: MethodSpec,
     /// Level names, lowest bits first.
     pub levels: Vec<String>,
-    /// Every entry written so far, sorted by (block, kind, bits).
+    /// Every entry written so far, sorted by (block, kind, storage).
     pub entries: Vec<Entry>,
+    /// (layer, level) pairs that cannot exist (a ggml type whose block does
+    /// not divide the layer's rows): known to the search and the report.
+    #[serde(default)]
+    pub unavailable: Vec<Unavailable>,
     pub hessians: Vec<HessianEntry>,
     /// True once every entry exists.
     pub complete: bool,
@@ -261,23 +405,25 @@ impl Manifest {
             .find(|e| e.block == id.block && e.kind == id.kind && e.level == level)
     }
 
-    /// Entries of one layer, lowest bits first.
+    /// Entries of one layer, smallest first.
     pub fn layer_entries(&self, id: LinearId) -> Vec<&Entry> {
         let mut v: Vec<&Entry> = self
             .entries
             .iter()
             .filter(|e| e.block == id.block && e.kind == id.kind)
             .collect();
-        v.sort_by_key(|e| e.bits);
+        v.sort_by_key(|e| e.storage_bits);
         v
     }
 
-    /// The level name with `bits` bits.
+    /// The level name with `bits` nominal bits.
     pub fn level_for_bits(&self, bits: u8) -> Option<String> {
         self.method
-            .bits
-            .contains(&bits)
-            .then(|| self.method.level_name(bits))
+            .levels()
+            .ok()?
+            .into_iter()
+            .find(|l| l.bits == bits)
+            .map(|l| l.name)
     }
 }
 
@@ -326,7 +472,7 @@ impl Database {
     }
 
     /// Loads and verifies one entry.
-    pub fn load(&self, entry: &Entry) -> Result<QuantizedLinear> {
+    pub fn load(&self, entry: &Entry) -> Result<Variant> {
         load_entry_file(&self.dir, entry)
     }
 
@@ -347,7 +493,7 @@ impl Database {
             })?;
             let q = self.load(entry)?;
             let w = candle_core::Tensor::from_vec(
-                q.dequantize(),
+                q.dequantize()?,
                 (q.rows(), q.cols()),
                 model.device(),
             )?;
@@ -365,7 +511,7 @@ impl Database {
                 &self.dir,
                 format!(
                     "the database has no {bits}-bit level (it has {:?})",
-                    self.manifest.method.bits
+                    self.manifest.levels
                 ),
             )
         })?;
@@ -382,20 +528,32 @@ impl Database {
     ) -> Result<()> {
         let space = crate::search::SearchSpace::from_manifest(&self.manifest)?;
         let choice = config.choice(&space, config_path)?;
-        let levels: std::collections::HashMap<LinearId, String> = space
-            .layers
-            .iter()
-            .zip(&choice)
-            .map(|(l, &k)| (l.id, space.levels[k].clone()))
-            .collect();
+        let levels = space.level_names(&choice);
         self.apply(model, |id| levels.get(&id).cloned())
     }
 }
 
-/// Serialises a quantized layer to safetensors bytes (one metadata key, so
-/// the bytes are deterministic).
-pub fn entry_bytes(layer: &str, level: &str, q: &QuantizedLinear) -> Vec<u8> {
-    let buffers = q.to_buffers();
+/// Serialises a variant to safetensors bytes (one metadata key, so the bytes
+/// are deterministic).
+pub fn entry_bytes(layer: &str, level: &str, v: &Variant) -> Vec<u8> {
+    let (buffers, meta) = match v {
+        Variant::Grid(q) => (
+            q.to_buffers(),
+            serde_json::json!({ "layer": layer, "level": level, "quant": q.meta() }),
+        ),
+        Variant::Ggml(g) => (
+            vec![NamedBuffer {
+                name: "blocks".into(),
+                dtype: BufferDtype::U8,
+                shape: vec![g.rows, g.bytes.len() / g.rows.max(1)],
+                data: g.bytes.clone(),
+            }],
+            serde_json::json!({
+                "layer": layer, "level": level,
+                "ggml": { "type": g.ty.name(), "rows": g.rows, "cols": g.cols },
+            }),
+        ),
+    };
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
         .iter()
         .map(|b| {
@@ -412,14 +570,13 @@ pub fn entry_bytes(layer: &str, level: &str, q: &QuantizedLinear) -> Vec<u8> {
             )
         })
         .collect();
-    let meta = serde_json::json!({ "layer": layer, "level": level, "quant": q.meta() });
     let mut md = std::collections::HashMap::new();
     md.insert("dynapress".to_string(), meta.to_string());
     safetensors::serialize(views, Some(md)).expect("in-memory serialisation")
 }
 
 /// Reads an entry file, checking its sha256 and contents.
-pub fn load_entry_file(dir: &Path, entry: &Entry) -> Result<QuantizedLinear> {
+pub fn load_entry_file(dir: &Path, entry: &Entry) -> Result<Variant> {
     let path = dir.join(&entry.file);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let sha = {
@@ -435,7 +592,7 @@ pub fn load_entry_file(dir: &Path, entry: &Entry) -> Result<QuantizedLinear> {
     parse_entry(&path, &bytes)
 }
 
-fn parse_entry(path: &Path, bytes: &[u8]) -> Result<QuantizedLinear> {
+fn parse_entry(path: &Path, bytes: &[u8]) -> Result<Variant> {
     let bad = |msg: String| Error::data(path, msg);
     let (_, md) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
@@ -446,6 +603,31 @@ fn parse_entry(path: &Path, bytes: &[u8]) -> Result<QuantizedLinear> {
         .ok_or_else(|| bad("missing dynapress metadata".into()))?;
     let v: serde_json::Value =
         serde_json::from_str(meta_json).map_err(|e| bad(format!("bad metadata: {e}")))?;
+    if let Some(g) = v.get("ggml") {
+        let ty = g["type"]
+            .as_str()
+            .and_then(GgmlType::from_name)
+            .ok_or_else(|| bad("bad ggml type in metadata".into()))?;
+        let (rows, cols) = (
+            g["rows"].as_u64().unwrap_or(0) as usize,
+            g["cols"].as_u64().unwrap_or(0) as usize,
+        );
+        let blocks = st.tensor("blocks").map_err(|e| bad(e.to_string()))?;
+        let want = ty.row_bytes(cols).map(|r| r * rows);
+        if want != Some(blocks.data().len()) {
+            return Err(bad(format!(
+                "{} blocks of a {rows}×{cols} layer should take {want:?} bytes, found {}",
+                ty.name(),
+                blocks.data().len()
+            )));
+        }
+        return Ok(Variant::Ggml(GgmlBlocks {
+            ty,
+            rows,
+            cols,
+            bytes: blocks.data().to_vec(),
+        }));
+    }
     let meta: QuantMeta = serde_json::from_value(v["quant"].clone())
         .map_err(|e| bad(format!("bad quantization metadata: {e}")))?;
     let mut buffers = Vec::new();
@@ -464,5 +646,7 @@ fn parse_entry(path: &Path, bytes: &[u8]) -> Result<QuantizedLinear> {
             data: view.data().to_vec(),
         });
     }
-    QuantizedLinear::from_buffers(&meta, &buffers).map_err(|e| bad(e.to_string()))
+    QuantizedLinear::from_buffers(&meta, &buffers)
+        .map(Variant::Grid)
+        .map_err(|e| bad(e.to_string()))
 }

@@ -200,7 +200,6 @@ struct Mutator<'a> {
     space: &'a SearchSpace,
     budget: u64,
     groups: Vec<Vec<usize>>,
-    top: usize,
 }
 
 impl Mutator<'_> {
@@ -214,7 +213,11 @@ impl Mutator<'_> {
         let Some(g) = eligible.get(rng.random_range(0..eligible.len().max(1))) else {
             return false;
         };
-        let ups: Vec<usize> = g.iter().copied().filter(|&i| c[i] < self.top).collect();
+        let ups: Vec<usize> = g
+            .iter()
+            .copied()
+            .filter(|&i| c[i] < self.space.top(i))
+            .collect();
         let downs: Vec<usize> = g.iter().copied().filter(|&i| c[i] > 0).collect();
         if ups.is_empty() || downs.is_empty() {
             return false;
@@ -239,7 +242,7 @@ impl Mutator<'_> {
     /// One layer up, then random layers down until back under the budget.
     fn raise_lower(&self, c: &mut Choice, rng: &mut ChaCha8Rng) -> bool {
         let n = c.len();
-        let ups: Vec<usize> = (0..n).filter(|&i| c[i] < self.top).collect();
+        let ups: Vec<usize> = (0..n).filter(|&i| c[i] < self.space.top(i)).collect();
         if ups.is_empty() {
             return false;
         }
@@ -344,12 +347,10 @@ pub fn evopress(
         return Err(Error::Invalid("--offspring must be at least 1".into()));
     }
     let budget = space.budget_bits(target_bits);
-    let top = space.levels.len() - 1;
     let mutator = Mutator {
         space,
         budget,
         groups: groups(space),
-        top,
     };
     let layer_names: Vec<String> = space.layers.iter().map(|l| l.id.weight_name()).collect();
     let n_pool = targets.windows();
@@ -397,7 +398,7 @@ pub fn evopress(
                 (Init::Random, None) => {
                     let ceil = (0..space.levels.len())
                         .find(|&k| space.bits_per_weight(&space.all_at(k)) >= target_bits)
-                        .unwrap_or(top);
+                        .unwrap_or(space.levels.len() - 1);
                     let cands: Vec<Choice> = (0..params.initial_candidates.max(1))
                         .map(|_| random_feasible(space, ceil, budget, &mut rng))
                         .collect();
@@ -507,7 +508,6 @@ mod tests {
                 space: &s,
                 budget,
                 groups: groups(&s),
-                top: s.levels.len() - 1,
             };
             let mut rng = gen_rng(1, 0, 0);
             let parent = random_feasible(&s, 3, budget, &mut rng);

@@ -250,7 +250,7 @@ impl<'a> Evaluator<'a> {
                 Error::Invalid(format!("no database entry for {}", l.id.weight_name()))
             })?;
         let q = self.db.load(entry)?;
-        let t = Tensor::from_vec(q.dequantize(), (q.rows(), q.cols()), self.model.device())?;
+        let t = Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), self.model.device())?;
         let size = q.rows() * q.cols() * 4;
         while self.cache.bytes + size > self.cache.budget {
             let Some(old) = self.cache.order.pop_front() else {

@@ -37,7 +37,6 @@ pub fn solve(space: &SearchSpace, budget: u64) -> Result<Choice> {
     }
     let width = (budget / unit) as usize + 1;
     let n = space.layers.len();
-    let n_levels = space.levels.len();
     let cost = |i: usize, k: usize| space.layers[i].levels[k].storage_bits.div_ceil(unit) as usize;
 
     // best[b] = least error of layers 0..i within b units; pick[i][b] = level of layer i.
@@ -46,7 +45,7 @@ pub fn solve(space: &SearchSpace, budget: u64) -> Result<Choice> {
     let mut pick = vec![u8::MAX; n * width];
     for i in 0..n {
         next.fill(f64::INFINITY);
-        for k in 0..n_levels {
+        for k in 0..space.layers[i].levels.len() {
             let c = cost(i, k);
             let e = space.layers[i].levels[k].rel_error;
             for b in c..width {
@@ -86,7 +85,7 @@ mod tests {
     /// Exhaustive search over a small space.
     fn brute(space: &SearchSpace, budget: u64) -> f64 {
         let n = space.layers.len();
-        let m = space.levels.len();
+        let m = space.levels.len(); // the toy space has every level everywhere
         let mut best = f64::INFINITY;
         let mut c = vec![0usize; n];
         loop {

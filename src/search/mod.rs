@@ -29,12 +29,14 @@ use crate::model::LinearId;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LevelOption {
     pub level: String,
+    /// Index of the level in [`SearchSpace::levels`].
+    pub global: usize,
     pub bits: u8,
     pub storage_bits: u64,
     pub rel_error: f64,
 }
 
-/// A searched layer and its levels (lowest bits first).
+/// A searched layer and the levels it can take (smallest first).
 #[derive(Debug, Clone)]
 pub struct SpaceLayer {
     pub id: LinearId,
@@ -42,50 +44,61 @@ pub struct SpaceLayer {
     pub levels: Vec<LevelOption>,
 }
 
-/// A level index per layer (indices into [`SearchSpace::levels`]).
+/// A level per layer: indices into each layer's own [`SpaceLayer::levels`].
 pub type Choice = Vec<usize>;
 
 /// The layers, their levels and costs.
 #[derive(Debug, Clone)]
 pub struct SearchSpace {
     pub layers: Vec<SpaceLayer>,
-    /// Level names, lowest bits first; every layer has all of them.
+    /// Every level name of the database, smallest first. A layer may lack
+    /// some (a ggml type whose block does not divide its rows).
     pub levels: Vec<String>,
     pub total_params: u64,
 }
 
 impl SearchSpace {
-    /// Every layer of a complete database with all its levels.
+    /// Every layer of a complete database with the levels it has.
     pub fn from_manifest(m: &Manifest) -> Result<Self> {
         let mut ids: Vec<LinearId> = m.entries.iter().map(|e| e.id()).collect();
         ids.sort();
         ids.dedup();
-        let mut levels: Vec<(u8, String)> = m
-            .method
-            .bits
-            .iter()
-            .map(|&b| (b, m.method.level_name(b)))
-            .collect();
-        levels.sort();
+        let levels: Vec<String> = m.levels.clone();
         let mut layers = Vec::with_capacity(ids.len());
         for id in ids {
             let mut opts = Vec::with_capacity(levels.len());
             let mut params = 0;
-            for (b, name) in &levels {
-                let e = m.entry(id, name).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "the database has no {name} entry for {}",
-                        id.weight_name()
-                    ))
-                })?;
-                params = (e.rows * e.cols) as u64;
-                opts.push(LevelOption {
-                    level: name.clone(),
-                    bits: *b,
-                    storage_bits: e.storage_bits,
-                    rel_error: e.rel_error,
-                });
+            for (g, name) in levels.iter().enumerate() {
+                match m.entry(id, name) {
+                    Some(e) => {
+                        params = (e.rows * e.cols) as u64;
+                        opts.push(LevelOption {
+                            level: name.clone(),
+                            global: g,
+                            bits: e.bits,
+                            storage_bits: e.storage_bits,
+                            rel_error: e.rel_error,
+                        });
+                    }
+                    None => {
+                        let known = m
+                            .unavailable
+                            .iter()
+                            .any(|u| u.layer == id.weight_name() && u.level == *name);
+                        if !known {
+                            return Err(Error::Invalid(format!(
+                                "the database has no {name} entry for {}",
+                                id.weight_name()
+                            )));
+                        }
+                    }
+                }
             }
+            opts.sort_by(|a, b| {
+                a.storage_bits
+                    .cmp(&b.storage_bits)
+                    .then(a.global.cmp(&b.global))
+            });
             layers.push(SpaceLayer {
                 id,
                 params,
@@ -98,7 +111,7 @@ impl SearchSpace {
         let total_params = layers.iter().map(|l| l.params).sum();
         Ok(SearchSpace {
             layers,
-            levels: levels.into_iter().map(|(_, n)| n).collect(),
+            levels,
             total_params,
         })
     }
@@ -122,15 +135,34 @@ impl SearchSpace {
         (target * self.total_params as f64).floor() as u64
     }
 
-    /// Every layer at level `k`.
-    pub fn all_at(&self, k: usize) -> Choice {
-        vec![k; self.layers.len()]
+    /// The highest level index of layer `i`.
+    pub fn top(&self, i: usize) -> usize {
+        self.layers[i].levels.len() - 1
+    }
+
+    /// Every layer at global level `g`, or, for a layer without it, the
+    /// largest level it has below (its smallest if none).
+    pub fn all_at(&self, g: usize) -> Choice {
+        self.layers
+            .iter()
+            .map(|l| l.levels.iter().rposition(|o| o.global <= g).unwrap_or(0))
+            .collect()
+    }
+
+    /// Every layer at its smallest level.
+    pub fn lowest(&self) -> Choice {
+        vec![0; self.layers.len()]
+    }
+
+    /// Every layer at its largest level.
+    pub fn highest(&self) -> Choice {
+        (0..self.layers.len()).map(|i| self.top(i)).collect()
     }
 
     /// Checks that a target lies between the lowest and highest levels.
     pub fn check_target(&self, target: f64) -> Result<()> {
-        let lo = self.bits_per_weight(&self.all_at(0));
-        let hi = self.bits_per_weight(&self.all_at(self.levels.len() - 1));
+        let lo = self.bits_per_weight(&self.lowest());
+        let hi = self.bits_per_weight(&self.highest());
         if !target.is_finite() || target < lo {
             return Err(Error::Invalid(format!(
                 "target {target} bits per weight is below the lowest level: every layer at {} takes {lo:.4}",
@@ -154,17 +186,26 @@ impl SearchSpace {
             .map(|(l, &k)| l.levels[k].rel_error)
             .sum()
     }
+
+    /// The level name each layer gets under `c`.
+    pub fn level_names(&self, c: &[usize]) -> std::collections::HashMap<LinearId, String> {
+        self.layers
+            .iter()
+            .zip(c)
+            .map(|(l, &k)| (l.id, l.levels[k].level.clone()))
+            .collect()
+    }
 }
 
 /// The highest level at which every layer fits the budget.
 pub fn uniform(space: &SearchSpace, target: f64) -> Result<Choice> {
     space.check_target(target)?;
     let budget = space.budget_bits(target);
-    let k = (0..space.levels.len())
+    let g = (0..space.levels.len())
         .rev()
-        .find(|&k| space.storage_bits(&space.all_at(k)) <= budget)
-        .expect("the lowest level fits (checked)");
-    Ok(space.all_at(k))
+        .find(|&g| space.storage_bits(&space.all_at(g)) <= budget)
+        .unwrap_or(0);
+    Ok(space.all_at(g))
 }
 
 /// Which allocator produced a configuration.
@@ -299,16 +340,18 @@ impl ConfigFile {
                         format!("unknown layer `{}`: not in the database", lc.layer),
                     )
                 })?;
-            let k = space
+            let k = space.layers[i]
                 .levels
                 .iter()
-                .position(|n| *n == lc.level)
+                .position(|o| o.level == lc.level)
                 .ok_or_else(|| {
                     Error::data(
                         path,
                         format!(
-                            "layer `{}`: unknown level `{}` (the database has {:?})",
-                            lc.layer, lc.level, space.levels
+                            "layer `{}`: level `{}` is not in the database for this layer (it has {:?})",
+                            lc.layer,
+                            lc.level,
+                            space.layers[i].levels.iter().map(|o| &o.level).collect::<Vec<_>>()
                         ),
                     )
                 })?;
@@ -346,8 +389,10 @@ pub(crate) mod tests {
                     params,
                     levels: bits
                         .iter()
-                        .map(|&b| LevelOption {
+                        .enumerate()
+                        .map(|(g, &b)| LevelOption {
                             level: format!("b{b}"),
+                            global: g,
                             bits: b,
                             storage_bits: b as u64 * params + 64,
                             rel_error: (1.0 + (i * 37 % 11) as f64) * 4f64.powi(-(b as i32)),

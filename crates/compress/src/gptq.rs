@@ -353,6 +353,14 @@ impl GptqFactor {
         self.order.as_deref()
     }
 
+    /// The upper Cholesky factor `U` of the damped `H⁻¹` (`H⁻¹ = UᵀU`), f32,
+    /// row-major `dim × dim` in processing order (see [`GptqFactor::order`]);
+    /// the strict lower triangle is zero. For sweeps written outside this
+    /// module (GPTQ in ggml's grids).
+    pub fn upper_factor(&self) -> &[f32] {
+        &self.u
+    }
+
     #[inline]
     fn col(&self, k: usize) -> usize {
         match &self.order {

@@ -55,6 +55,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod ggml_gptq;
 pub mod gptq;
 pub mod grid;
 pub mod hessian;
@@ -63,6 +64,7 @@ pub mod pack;
 pub mod quantized;
 pub mod rtn;
 
+pub use ggml_gptq::{GgmlGptqError, GgmlQuantized, gptq_ggml, imatrix_from_hessian};
 pub use gptq::{FactorParams, GptqFactor, GptqParams, GptqQuantParams, gptq};
 pub use grid::{ClipSearch, GroupGrid, QuantScheme};
 pub use hessian::{Accumulation, Hessian};
