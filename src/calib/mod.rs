@@ -274,6 +274,27 @@ impl BlockStream {
         Ok(())
     }
 
+    /// Σx² per channel of the LM head's input (the final RMSNorm of the
+    /// current hidden states, which must have passed every block).
+    pub fn head_sum_sq(&self, files: &ModelFiles) -> Result<(Vec<f64>, u64)> {
+        assert_eq!(
+            self.next_block, self.config.num_layers,
+            "run every block first"
+        );
+        let h = self.config.hidden_size;
+        let norm = files.weights.load_f32("model.norm.weight", &[h])?;
+        let mut normed = vec![0f32; self.hidden.len()];
+        crate::model::kernels::rms_norm(
+            &self.hidden,
+            &norm,
+            self.config.rms_norm_eps as f32,
+            &mut normed,
+        );
+        let mut acc = vec![0f64; h];
+        add_sum_sq(&mut acc, &normed, h);
+        Ok((acc, (self.hidden.len() / h) as u64))
+    }
+
     /// Loads block `i` from the checkpoint and releases its mapped pages.
     pub fn load_block(files: &ModelFiles, i: usize) -> Result<Block> {
         let block = files.load_block(i, &Device::Cpu)?;
@@ -286,52 +307,111 @@ impl BlockStream {
     }
 }
 
-/// Sums `H = Σ x xᵀ` per input site of one block.
+/// Per input site of one block: `H = Σ x xᵀ` (when Hessians are wanted) and
+/// the per-channel `Σ x²` that llama.cpp calls the importance matrix.
 pub struct HessianCapture {
     pub block: usize,
+    /// Hessian accumulators (empty for a statistics-only capture).
     pub sites: Vec<(Site, dynapress_compress::Hessian)>,
+    /// `Σ x²` per input channel, summed in f64 token by token.
+    pub sum_sq: Vec<(Site, Vec<f64>)>,
+    /// Tokens seen per site.
+    pub tokens: u64,
+}
+
+fn site_dim(cfg: &ModelConfig, block: usize, s: Site) -> usize {
+    crate::model::LinearId {
+        block,
+        kind: s.kinds()[0],
+    }
+    .shape(cfg)
+    .1
 }
 
 impl HessianCapture {
-    /// Empty accumulators for every site of `block`.
+    /// Empty accumulators (Hessians and Σx²) for every site of `block`.
     pub fn new(cfg: &ModelConfig, block: usize) -> Self {
-        let sites = Site::ALL
+        let mut c = Self::stats_only(cfg, block);
+        c.sites = Site::ALL
             .iter()
-            .map(|&s| {
-                let n = crate::model::LinearId {
-                    block,
-                    kind: s.kinds()[0],
-                }
-                .shape(cfg)
-                .1;
-                (s, dynapress_compress::Hessian::new(n))
-            })
+            .map(|&s| (s, dynapress_compress::Hessian::new(site_dim(cfg, block, s))))
             .collect();
-        HessianCapture { block, sites }
+        c
     }
 
-    /// The accumulator of a site.
+    /// Only the Σx² statistics (cheap: one pass over the activations).
+    pub fn stats_only(cfg: &ModelConfig, block: usize) -> Self {
+        HessianCapture {
+            block,
+            sites: vec![],
+            sum_sq: Site::ALL
+                .iter()
+                .map(|&s| (s, vec![0f64; site_dim(cfg, block, s)]))
+                .collect(),
+            tokens: 0,
+        }
+    }
+
+    /// The Hessian accumulator of a site.
     pub fn get(&self, site: Site) -> &dynapress_compress::Hessian {
         &self
             .sites
             .iter()
             .find(|(s, _)| *s == site)
+            .expect("a capture with Hessians")
+            .1
+    }
+
+    /// Σx² of a site.
+    pub fn sums(&self, site: Site) -> &[f64] {
+        &self
+            .sum_sq
+            .iter()
+            .find(|(s, _)| *s == site)
             .expect("all sites")
             .1
+    }
+
+    /// The importance vector llama-quantize would read from an imatrix file
+    /// holding these statistics: `(Σx² as f32) / (tokens as f32)`.
+    pub fn importance(&self, site: Site) -> Vec<f32> {
+        importance(self.sums(site), self.tokens)
+    }
+}
+
+/// `(Σx² as f32) / (tokens as f32)`, the division llama-quantize does.
+pub fn importance(sums: &[f64], tokens: u64) -> Vec<f32> {
+    let n = tokens as f32;
+    sums.iter().map(|&v| v as f32 / n).collect()
+}
+
+/// Adds the per-column squares of row-major `x [tokens, width]` into `acc`.
+pub fn add_sum_sq(acc: &mut [f64], x: &[f32], width: usize) {
+    for row in x.chunks_exact(width) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += (v as f64) * (v as f64);
+        }
     }
 }
 
 impl Capture for HessianCapture {
     fn capture(&mut self, block: usize, site: Site, x: &[f32], width: usize) -> Result<()> {
         assert_eq!(block, self.block);
-        let h = &mut self
-            .sites
+        if site == Site::AttnIn {
+            self.tokens += (x.len() / width) as u64;
+        }
+        let acc = &mut self
+            .sum_sq
             .iter_mut()
             .find(|(s, _)| *s == site)
             .expect("all sites")
             .1;
-        debug_assert_eq!(h.dim(), width);
-        h.add_batch(x)
-            .map_err(|e| Error::Invalid(format!("block {block}, {}: {e}", site.name())))
+        add_sum_sq(acc, x, width);
+        if let Some((_, h)) = self.sites.iter_mut().find(|(s, _)| *s == site) {
+            debug_assert_eq!(h.dim(), width);
+            h.add_batch(x)
+                .map_err(|e| Error::Invalid(format!("block {block}, {}: {e}", site.name())))?;
+        }
+        Ok(())
     }
 }

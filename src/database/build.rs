@@ -10,14 +10,16 @@ use dynapress_compress::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    CalibIdentity, Entry, FORMAT_VERSION, GgmlBlocks, HessianEntry, LevelSpec, Manifest, Method,
-    MethodSpec, ModelIdentity, Unavailable, Variant, entry_bytes, load_entry_file,
+    CalibIdentity, Entry, FORMAT_VERSION, GgmlBlocks, HessianEntry, IMATRIX_FILE, LevelSpec,
+    Manifest, Method, MethodSpec, ModelIdentity, Unavailable, Variant, entry_bytes,
+    load_entry_file,
 };
 use crate::calib::{BlockStream, CalibSet, HessianCapture, hex};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::model::{LinearId, ModelFiles, Site};
 use crate::progress;
+use dynapress_gguf::{Imatrix, ImatrixEntry};
 
 /// How to build a database.
 #[derive(Debug, Clone)]
@@ -176,6 +178,21 @@ pub fn build_database(
     pb.set_position(reused as u64);
     let mut stream = BlockStream::new(files, calib, opts.batch)?;
     let mut built = 0usize;
+    let mut imatrix = Imatrix {
+        datasets: calib
+            .sources
+            .iter()
+            .map(|s| {
+                s.path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect(),
+        chunk_count: calib.windows() as u32,
+        chunk_size: calib.seq_len as u32,
+        ..Default::default()
+    };
 
     for block_idx in 0..cfg.num_layers {
         let block = BlockStream::load_block(files, block_idx)?;
@@ -198,12 +215,28 @@ pub fn build_database(
                     .iter()
                     .any(|h| h.block == block_idx && h.site == s)
             });
+        // Σx² statistics are gathered for every block (they make the
+        // importance matrix); Hessians only where something is to be built.
+        let mut cap = if missing.is_empty() && !hessians_missing {
+            HessianCapture::stats_only(cfg, block_idx)
+        } else {
+            HessianCapture::new(cfg, block_idx)
+        };
+        stream.advance(&block, Some(&mut cap))?;
+        for id in ids.iter().filter(|id| id.block == block_idx) {
+            if let Some(name) = dynapress_gguf::model::gguf_tensor_name(&id.weight_name())
+                .ok()
+                .flatten()
+            {
+                let sums = cap.sums(id.kind.site()).iter().map(|&v| v as f32).collect();
+                imatrix
+                    .entries
+                    .insert(name, ImatrixEntry::new(sums, cap.tokens as f32));
+            }
+        }
         if missing.is_empty() && !hessians_missing {
-            stream.advance(&block, None)?;
             continue;
         }
-        let mut cap = HessianCapture::new(cfg, block_idx);
-        stream.advance(&block, Some(&mut cap))?;
 
         if hessians_missing {
             for (site, h) in &cap.sites {
@@ -243,11 +276,10 @@ pub fn build_database(
                 ),
                 Method::Rtn | Method::Kquant => None,
             };
-            // llama-imatrix's importance: the mean of x² per input channel.
-            let imatrix: Option<Vec<f32>> = (spec.is_ggml() && spec.imatrix).then(|| {
-                let n = h.tokens().max(1) as f64;
-                h.diag().iter().map(|&d| (d / n) as f32).collect()
-            });
+            // llama-imatrix's importance: the mean of x² per input channel,
+            // computed exactly as llama-quantize computes it from imatrix.gguf.
+            let importance: Option<Vec<f32>> =
+                (spec.is_ggml() && spec.imatrix).then(|| cap.importance(site));
             if let Some(f) = &factor
                 && f.damp_retries() > 0
                 && !opts.quiet
@@ -291,7 +323,7 @@ pub fn build_database(
                         continue;
                     }
                     let _ = rows;
-                    let q = compress(&w, h, factor.as_ref(), imatrix.as_deref(), spec, level)
+                    let q = compress(&w, h, factor.as_ref(), importance.as_deref(), spec, level)
                         .map_err(|e| Error::Invalid(format!("{}: {e}", id.weight_name())))?;
                     let entry = write_entry(dir, id, level, &w, h, &q)?;
                     manifest.entries.push(entry);
@@ -307,6 +339,17 @@ pub fn build_database(
             }
         }
     }
+    let (head, tokens) = stream.head_sum_sq(files)?;
+    imatrix.entries.insert(
+        "output.weight".into(),
+        ImatrixEntry::new(head.iter().map(|&v| v as f32).collect(), tokens as f32),
+    );
+    imatrix
+        .write_gguf(dir.join(IMATRIX_FILE))
+        .map_err(|e| Error::Data {
+            path: dir.join(IMATRIX_FILE),
+            msg: e.to_string(),
+        })?;
     manifest.complete = true;
     manifest.write(dir)?;
     pb.finish_and_clear();

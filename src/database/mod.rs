@@ -6,6 +6,7 @@
 //! DB_DIR/manifest.json                     identity, parameters, every entry
 //! DB_DIR/entries/<block>/<layer>.<level>.safetensors
 //! DB_DIR/hessians/<block>.<site>.safetensors   (with --keep-hessians)
+//! DB_DIR/imatrix.gguf                      Σx² per input channel (llama.cpp's format)
 //! ```
 //!
 //! Every file is written to a temporary name and renamed. The manifest is
@@ -26,6 +27,10 @@ pub use build::{BuildOptions, BuildReport, build_database};
 use crate::calib::{CalibSource, sha256_file};
 use crate::error::{Error, Result};
 use crate::model::{LinearId, LinearKind, Model, ModelFiles};
+
+/// The importance matrix of the calibration data (llama.cpp's GGUF imatrix
+/// format, names as in GGUF files), written when a build completes.
+pub const IMATRIX_FILE: &str = "imatrix.gguf";
 
 /// Manifest format version; bumped when the layout changes.
 pub const FORMAT_VERSION: u32 = 1;

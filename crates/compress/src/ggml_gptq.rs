@@ -469,11 +469,17 @@ impl Sweep<'_> {
                 }
             }
             if i2 < n {
-                // Lazy batch update: W[:, i₂:] -= E · U[i₁:i₂, i₂:].
+                // Lazy batch update: W[:, i₂:] -= E · U[i₁:i₂, i₂:], written
+                // transposed over the same memory (W[:, i₂:]ᵀ is a column-major
+                // view with column stride n): faer 0.24.4's f32 matmul corrupts
+                // memory when the destination is a row-major view with a row
+                // stride larger than its width.
                 let rest = n - i2;
-                let dst = MatMut::from_row_major_slice_with_stride_mut(&mut wt[i2..], rr, rest, n);
-                let lhs = MatRef::from_row_major_slice_with_stride(&err[..], rr, cnt, lazy);
-                let rhs = MatRef::from_row_major_slice_with_stride(&u[i1 * n + i2..], cnt, rest, n);
+                let dst =
+                    MatMut::from_column_major_slice_with_stride_mut(&mut wt[i2..], rest, rr, n);
+                let lhs =
+                    MatRef::from_column_major_slice_with_stride(&u[i1 * n + i2..], rest, cnt, n);
+                let rhs = MatRef::from_column_major_slice_with_stride(&err[..], cnt, rr, lazy);
                 matmul(dst, Accum::Add, lhs, rhs, -1.0f32, Par::Seq);
             }
             i1 = i2;

@@ -4,6 +4,9 @@
 //! demo model, validity of every block, thread-count independence, dead
 //! inputs, errors.
 
+// The reference GPTQ is written with explicit indices, like the math.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use std::path::Path;
@@ -264,19 +267,10 @@ fn gptq_beats_plain_quantize_on_real_layers() {
     );
 }
 
-/// The GPTQ of the module docs written as plainly as possible: f64 working
-/// weights, no lazy blocks (every later column updated at once), `U` from
-/// Cholesky → inverse → Cholesky of the damped H. Grids from `BlockGrid::new`
-/// on the current weights (rounded to f32), whole rows for the legacy types
-/// with an importance vector. Returns the ggml bytes.
-fn reference(
-    w: &[f32],
-    n: usize,
-    h: &Hessian,
-    lambda: f64,
-    ty: GgmlType,
-    imatrix: Option<&[f32]>,
-) -> Vec<u8> {
+/// `U` of the damped `H` (row-major, upper), the way the GPTQ reference
+/// computes it: Cholesky → inverse → Cholesky, in f64.
+fn reference_u(h: &Hessian, lambda: f64) -> Vec<f64> {
+    let n = h.dim();
     let mut hd = h.as_slice().to_vec();
     assert!(
         (0..n).all(|i| hd[i * n + i] > 0.0),
@@ -286,7 +280,24 @@ fn reference(
         hd[i * n + i] += lambda;
     }
     let l = naive_cholesky(&naive_spd_inverse(&hd, n), n);
-    let u = |i: usize, j: usize| l[j * n + i];
+    (0..n * n).map(|k| l[(k % n) * n + k / n]).collect()
+}
+
+/// The GPTQ of the module docs written as plainly as possible: no lazy
+/// blocks (every later column updated at once), `U` from Cholesky → inverse →
+/// Cholesky of the damped H, working weights in f64 (or, with `single`,
+/// rounded to f32 after every update). Grids from `BlockGrid::new` on the
+/// current weights (as f32), whole rows for the legacy types with an
+/// importance vector. Returns the ggml bytes.
+fn reference(
+    w: &[f32],
+    n: usize,
+    u: &[f64],
+    ty: GgmlType,
+    imatrix: Option<&[f32]>,
+    single: bool,
+) -> Vec<u8> {
+    let u = |i: usize, j: usize| u[i * n + j];
     let bs = ty.block_size();
     let whole_row = bs == 32 && ty != GgmlType::Q8_0 && imatrix.is_some();
     let mut out = Vec::new();
@@ -306,7 +317,11 @@ fn reference(
                 codes[j - b0] = c;
                 let e = (x[j] - q as f64) / u(j, j);
                 for k in j + 1..n {
-                    x[k] -= e * u(j, k);
+                    x[k] = if single {
+                        (x[k] as f32 - e as f32 * u(j, k) as f32) as f64
+                    } else {
+                        x[k] - e * u(j, k)
+                    };
                 }
             }
             out.extend(grid.to_bytes(&codes));
@@ -315,48 +330,79 @@ fn reference(
     out
 }
 
-/// The blocked, parallel f32 sweep against the straightforward f64 one. f32
-/// and f64 working values round differently, so a row may leave the
-/// reference's path at a near-tie (a level decision, or the k-quant scale
-/// search choosing between two nearly equal candidates) and then differ from
-/// there on; the test requires almost every row to be byte-identical, and the
-/// diverging rows to be no worse in output error than the reference's.
-/// Every block must also pass ggml's validation.
+/// The blocked, parallel f32 sweep against the straightforward f64 one.
+///
+/// Working values rounded differently can make a row leave the reference's
+/// path at a near-tie (a level decision, or a scale search choosing between
+/// two nearly equal candidates), and it then differs from there on. How often
+/// depends on the type: all k-quant rows of the 256-column layer agree, but
+/// the importance-weighted searches of Q4_0/Q5_0 are chaotic on GPTQ-updated
+/// weights (the straightforward algorithm in f32 and in f64 agree on about
+/// 40% of the rows). So the test requires our rows to agree with the f64
+/// reference (almost) as often as the f32 version of the same straightforward
+/// algorithm does — divergence at the level of rounding noise, not of a
+/// different algorithm — and the output error to equal the reference's
+/// within 1%. Every block must pass ggml's validation.
 #[test]
 fn matches_straightforward_gptq() {
     let inp = inputs();
-    let w = weight("model.layers.3.self_attn.q_proj.weight");
-    let h = hessian_of(&inp.attn, 256);
-    let n = w.cols;
-    let f = factor(&h);
-    let imx = imatrix_from_hessian(&h);
-    for ty in ALL_GRIDS {
-        for im in [Some(&imx[..]), None] {
-            let got = gptq_ggml(&f, &w.data, ty, im).unwrap();
-            validate_row_data(ty, got.bytes()).unwrap();
-            let want = reference(&w.data, n, &h, f.damp_abs(), ty, im);
-            let rb = ty.row_bytes(n).unwrap();
-            let same = (0..w.rows)
-                .filter(|&r| got.bytes()[r * rb..(r + 1) * rb] == want[r * rb..(r + 1) * rb])
-                .count();
-            let got_w = got.dequantize();
-            let want_w = dynapress_ggml::dequantize(ty, &want, w.data.len()).unwrap();
-            let e_got = relative_output_error(&w.data, &got_w, &h);
-            let e_want = relative_output_error(&w.data, &want_w, &h);
-            println!(
-                "{ty:4} imatrix {:5}: {same}/{} rows identical; error {e_got:.5e} vs reference {e_want:.5e}",
-                im.is_some(),
-                w.rows
-            );
-            assert!(
-                same * 100 >= w.rows * 95,
-                "{ty}: only {same}/{} rows match the straightforward GPTQ",
-                w.rows
-            );
-            assert!(
-                (e_got - e_want).abs() <= 0.01 * e_want,
-                "{ty}: output error {e_got:e} vs reference {e_want:e}"
-            );
+    let layers = [
+        (
+            weight("model.layers.3.self_attn.q_proj.weight"),
+            hessian_of(&inp.attn, 256),
+            &ALL_GRIDS[..],
+        ),
+        // 768 columns: three k-quant lazy blocks, so the batched updates are
+        // exercised for the k-quants too.
+        (
+            weight("model.layers.3.mlp.down_proj.weight"),
+            hessian_of(&inp.down, 768),
+            &ALL_GRIDS[..6],
+        ),
+    ];
+    for (w, h, types) in layers {
+        let n = w.cols;
+        let f = factor(&h);
+        let imx = imatrix_from_hessian(&h);
+        let u = reference_u(&h, f.damp_abs());
+        let rows = w.rows;
+        for &ty in types {
+            for im in [Some(&imx[..]), None] {
+                let got = gptq_ggml(&f, &w.data, ty, im).unwrap();
+                validate_row_data(ty, got.bytes()).unwrap();
+                let want = reference(&w.data, n, &u, ty, im, false);
+                let single = reference(&w.data, n, &u, ty, im, true);
+                let rb = ty.row_bytes(n).unwrap();
+                let agree = |a: &[u8]| {
+                    (0..rows)
+                        .filter(|&r| a[r * rb..(r + 1) * rb] == want[r * rb..(r + 1) * rb])
+                        .count()
+                };
+                let (ours, f32_ref) = (agree(got.bytes()), agree(&single));
+                let want_w = dynapress_ggml::dequantize(ty, &want, w.data.len()).unwrap();
+                let e_got = relative_output_error(&w.data, &got.dequantize(), &h);
+                let e_want = relative_output_error(&w.data, &want_w, &h);
+                println!(
+                    "{n} cols, {ty:4}, imatrix {:5}: rows equal to the f64 reference: ours {ours}/{rows}, \
+                     f32 reference {f32_ref}/{rows}; error {e_got:.5e} vs {e_want:.5e}",
+                    im.is_some(),
+                );
+                assert!(
+                    ours + rows / 20 >= f32_ref,
+                    "{n} cols, {ty}: {ours}/{rows} rows match the straightforward GPTQ \
+                     ({f32_ref} for its f32 version)"
+                );
+                if n == 256 && ty.block_size() == 256 {
+                    assert_eq!(
+                        ours, rows,
+                        "{ty}: k-quants on 256 columns agree on every row"
+                    );
+                }
+                assert!(
+                    (e_got - e_want).abs() <= 0.01 * e_want,
+                    "{ty}: output error {e_got:e} vs reference {e_want:e}"
+                );
+            }
         }
     }
 }

@@ -74,7 +74,7 @@ pub use model::{Arch, LlamaHparams, RopeScaling};
 pub use reader::{GgufFile, Header, TensorInfo, parse_header};
 pub use tokenizer::TokenizerMetadata;
 pub use value::{Array, Metadata, Value, ValueType};
-pub use writer::{GgufWriter, TensorSpec, write_gguf};
+pub use writer::{GgufWriter, TensorSpec, planned_size, write_gguf};
 
 /// The metadata of a complete llama.cpp model file: `general.*`, the
 /// architecture keys and the tokenizer. `file_type` is

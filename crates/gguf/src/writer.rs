@@ -280,6 +280,44 @@ impl GgufWriter {
     }
 }
 
+/// The exact size in bytes of the file [`GgufWriter`] would write for this
+/// metadata and these tensors (header, infos and data, with alignment
+/// padding), without writing anything.
+pub fn planned_size(metadata: &Metadata, tensors: &[TensorSpec]) -> Result<u64> {
+    let dir = std::env::temp_dir();
+    let alignment = match metadata.get(ALIGNMENT_KEY) {
+        Some(Value::U32(a)) if a.is_power_of_two() => *a as u64,
+        _ => DEFAULT_ALIGNMENT as u64,
+    };
+    let mut header = Vec::with_capacity(1 << 16);
+    header.extend_from_slice(&GGUF_MAGIC);
+    header.extend_from_slice(&GGUF_VERSION.to_le_bytes());
+    header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata.iter() {
+        put_str(&mut header, k);
+        header.extend_from_slice(&v.value_type().id().to_le_bytes());
+        put_value(&mut header, v);
+    }
+    let mut data = 0u64;
+    for t in tensors {
+        put_str(&mut header, &t.name);
+        header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            header.extend_from_slice(&d.to_le_bytes());
+        }
+        header.extend_from_slice(&t.ggml_type.id().to_le_bytes());
+        header.extend_from_slice(&0u64.to_le_bytes());
+        let n = t.n_bytes().map_err(|reason| GgufError::Write {
+            path: dir.clone(),
+            tensor: t.name.clone(),
+            reason,
+        })?;
+        data += n.next_multiple_of(alignment);
+    }
+    Ok((header.len() as u64).next_multiple_of(alignment) + data)
+}
+
 /// Writes a whole file from tensors held in memory.
 pub fn write_gguf<'a>(
     path: impl AsRef<Path>,

@@ -38,7 +38,13 @@ use std::path::Path;
 
 use dynapress_compress::pack::{packed_len, unpack_bits};
 use dynapress_ggml::GgmlType;
+use std::io::Cursor;
+use std::time::Instant;
+
+use dynapress_compress::pack::pack_bits as pack_codes;
+use dynapress_pack::quant::{Groups, decode_codes, encode_codes};
 use dynapress_pack::rans::{FreqTable, compress_symbols, decompress_symbols, scale_for};
+use dynapress_pack::{InputFile, PackOptions, pack_files};
 use safetensors::{Dtype, SafeTensors};
 
 fn main() {
@@ -144,6 +150,7 @@ struct CodeStats {
     given_z: Cost,
     minus_z: Cost,
     given_prev: Cost,
+    minus_z_given_mag: Cost,
     /// Actual `compress_symbols` bytes of the codes and of `c - z + maxq`.
     rans_plain: u64,
     rans_minus_z: u64,
@@ -157,6 +164,7 @@ impl CodeStats {
         self.given_z.add(o.given_z);
         self.minus_z.add(o.minus_z);
         self.given_prev.add(o.given_prev);
+        self.minus_z_given_mag.add(o.minus_z_given_mag);
         self.rans_plain += o.rans_plain;
         self.rans_minus_z += o.rans_minus_z;
     }
@@ -174,6 +182,8 @@ fn analyze_codes(codes: &[u8], bits: u32, cols: usize, unit: usize, zeros: &[u8]
     let mut by_z = vec![vec![0u64; a]; a];
     let mut minus = vec![0u64; 2 * a];
     let mut by_prev = vec![vec![0u64; a]; a + 1];
+    // Context: bit length of |prev - z_prev| (0..=bits), or bits + 1 at a row start.
+    let mut by_mag = vec![vec![0u64; 2 * a]; bits as usize + 2];
     let mut rows = Vec::new();
     let mut centered = Vec::with_capacity(codes.len());
     for row in codes.chunks(cols) {
@@ -189,12 +199,18 @@ fn analyze_codes(codes: &[u8], bits: u32, cols: usize, unit: usize, zeros: &[u8]
         }
         rows.push(h);
     }
+    let mut mag = bits as usize + 1;
     for (i, &c) in codes.iter().enumerate() {
         let z = zeros[i / unit] as usize;
         assert!(z <= maxq);
         by_z[z][c as usize] += 1;
         let m = c as usize + maxq - z;
         minus[m] += 1;
+        if i % cols == 0 {
+            mag = bits as usize + 1;
+        }
+        by_mag[mag][m] += 1;
+        mag = (usize::BITS - (c as isize - z as isize).unsigned_abs().leading_zeros()) as usize;
         centered.push(m as u16);
     }
     let plain: Vec<u16> = codes.iter().map(|&c| u16::from(c)).collect();
@@ -205,6 +221,7 @@ fn analyze_codes(codes: &[u8], bits: u32, cols: usize, unit: usize, zeros: &[u8]
         given_z: Cost::of(&by_z),
         minus_z: Cost::of(std::slice::from_ref(&minus)),
         given_prev: Cost::of(&by_prev),
+        minus_z_given_mag: Cost::of(&by_mag),
         rans_plain: rans_bytes(&plain, a as u32) as u64,
         rans_minus_z: rans_bytes(&centered, 2 * a as u32) as u64,
     }
@@ -311,6 +328,64 @@ struct LevelStats {
     /// Pooled 16-bit histogram of the f16 fields over the level.
     pooled_halves: BTreeMap<u16, u64>,
     stored_bytes: f64,
+    /// Bytes of `quant::encode_codes` on the codes (with the zero points as
+    /// groups) and on the stored zero points.
+    offered_codes: u64,
+    offered_zeros: u64,
+    /// Order-0 byte-wise `compress_symbols` of every stored stream.
+    bytes_order0: u64,
+    /// The level's entry files (GPTQ) for the container measurement.
+    files: Vec<(String, Vec<u8>)>,
+    /// Coded code streams for the speed measurement.
+    coded: Vec<CodedStream>,
+}
+
+/// One coded code stream and what decoding it needs.
+struct CodedStream {
+    blob: Vec<u8>,
+    packed_len: usize,
+    bits: u8,
+    n: usize,
+    zeros: Vec<u8>,
+    cols: usize,
+    group_len: usize,
+}
+
+impl CodedStream {
+    fn groups(&self) -> Groups<'_> {
+        Groups {
+            zeros: &self.zeros,
+            cols: self.cols,
+            group_len: self.group_len,
+        }
+    }
+}
+
+/// Codes `packed` with the offered codec, checks the round trip, and keeps
+/// the stream for timing.
+fn offer(packed: &[u8], bits: u8, n: usize, zeros: Vec<u8>, cols: usize, gl: usize) -> CodedStream {
+    let groups = Groups {
+        zeros: &zeros,
+        cols,
+        group_len: gl,
+    };
+    let blob = encode_codes(packed, bits, n, Some(&groups)).expect("encode_codes");
+    let back = decode_codes(&blob, bits, n, Some(&groups)).expect("decode_codes");
+    assert!(back == packed, "encode_codes round trip");
+    CodedStream {
+        blob,
+        packed_len: packed.len(),
+        bits,
+        n,
+        zeros,
+        cols,
+        group_len: gl,
+    }
+}
+
+fn bytes_rans(data: &[u8]) -> u64 {
+    let syms: Vec<u16> = data.iter().map(|&b| u16::from(b)).collect();
+    rans_bytes(&syms, 256) as u64
 }
 
 impl LevelStats {
@@ -343,14 +418,14 @@ fn pct(part: f64, whole: f64) -> String {
 fn print_tables(what: &str, levels: &BTreeMap<String, LevelStats>) {
     println!("\n### {what}: codes, bits per code\n");
     println!(
-        "| {what} | tensors | codes | nominal | H0 level | H0 | row | c\\|z | c-z | c\\|prev | rANS c | rANS c-z |"
+        "| {what} | tensors | codes | nominal | H0 level | H0 | row | c\\|z | c-z | c\\|prev | c-z\\|mag prev | rANS c | rANS c-z |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, l) in levels {
         let c = &l.codes;
         let pair = |k: Cost| format!("{} ({})", bpc(k.ideal, c.n), bpc(k.coded, c.n));
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             l.tensors,
             c.n,
             l.bits,
@@ -360,6 +435,7 @@ fn print_tables(what: &str, levels: &BTreeMap<String, LevelStats>) {
             pair(c.given_z),
             pair(c.minus_z),
             pair(c.given_prev),
+            pair(c.minus_z_given_mag),
             bpc(8.0 * c.rans_plain as f64, c.n),
             bpc(8.0 * c.rans_minus_z as f64, c.n),
         );
@@ -400,17 +476,24 @@ fn print_tables(what: &str, levels: &BTreeMap<String, LevelStats>) {
     }
     println!("\n### {what}: actual coded size, % of the stored bytes\n");
     println!(
-        "| {what} | stored bytes | codes share | best code rANS / codes | side streams rANS / side | total rANS (best per stream) | total, codes only coded | saving |"
+        "| {what} | stored bytes | codes share | codes: encode_codes / codes | side streams rANS / side | total (best per stream) | total, codes only coded | saving | for comparison: order-0 bytes per stream |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, l) in levels {
         let code_stored = (l.codes.n * u64::from(l.bits)) as f64 / 8.0;
-        let code_best = (l.codes.rans_plain.min(l.codes.rans_minus_z) as f64).min(code_stored);
+        // The offered codec includes its mode byte and picks raw, plain or
+        // centered itself.
+        let code_best = l.offered_codes as f64;
         let mut small = l.zeros;
         small.add(l.sub_mins);
         let side_stored =
             (small.stored_bits + l.sub_scales.stored_bits) as f64 / 8.0 + l.halves.stored_bytes();
-        let side_best = small.best_bytes() + l.sub_scales.best_bytes() + l.halves.best_bytes();
+        let zeros_best = if l.zeros.n > 0 {
+            l.offered_zeros as f64 + l.sub_mins.best_bytes()
+        } else {
+            small.best_bytes()
+        };
+        let side_best = zeros_best + l.sub_scales.best_bytes() + l.halves.best_bytes();
         let total = code_best + side_best;
         assert!(
             (code_stored + side_stored - l.stored_bytes).abs() < 1.0,
@@ -420,7 +503,7 @@ fn print_tables(what: &str, levels: &BTreeMap<String, LevelStats>) {
             l.stored_bytes
         );
         println!(
-            "| {name} | {:.0} | {} | {} | {} | {} | {} | **{}** |",
+            "| {name} | {:.0} | {} | {} | {} | {} | {} | **{}** | {} |",
             l.stored_bytes,
             pct(code_stored, l.stored_bytes),
             pct(code_best, code_stored),
@@ -428,6 +511,53 @@ fn print_tables(what: &str, levels: &BTreeMap<String, LevelStats>) {
             pct(total, l.stored_bytes),
             pct(code_best + side_stored, l.stored_bytes),
             pct(l.stored_bytes - total, l.stored_bytes),
+            pct(l.bytes_order0 as f64, l.stored_bytes),
+        );
+    }
+    print_speed(what, levels);
+}
+
+/// Best-of-5 wall time of decoding every coded code stream of each level
+/// (one thread), and of encoding them.
+fn print_speed(what: &str, levels: &BTreeMap<String, LevelStats>) {
+    println!("\n### {what}: encode_codes / decode_codes speed, 1 thread, best of 5\n");
+    println!("| {what} | codes | packed MB | encode MB/s | decode MB/s | decode Mcodes/s |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, l) in levels {
+        let packed: Vec<Vec<u8>> = l
+            .coded
+            .iter()
+            .map(|c| decode_codes(&c.blob, c.bits, c.n, Some(&c.groups())).expect("decode"))
+            .collect();
+        let best = |f: &dyn Fn()| {
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let dec = best(&|| {
+            for c in &l.coded {
+                let out = decode_codes(&c.blob, c.bits, c.n, Some(&c.groups())).expect("decode");
+                std::hint::black_box(out);
+            }
+        });
+        let enc = best(&|| {
+            for (c, p) in l.coded.iter().zip(&packed) {
+                let out = encode_codes(p, c.bits, c.n, Some(&c.groups())).expect("encode");
+                std::hint::black_box(out);
+            }
+        });
+        let bytes: usize = l.coded.iter().map(|c| c.packed_len).sum();
+        let n: usize = l.coded.iter().map(|c| c.n).sum();
+        println!(
+            "| {name} | {n} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            bytes as f64 / 1e6,
+            bytes as f64 / 1e6 / enc,
+            bytes as f64 / 1e6 / dec,
+            n as f64 / 1e6 / dec,
         );
     }
 }
@@ -499,15 +629,61 @@ fn gptq(db: &Path) {
         l.bits = u32::from(bits);
         let s = analyze_codes(&codes, u32::from(bits), cols, g, &zeros);
         l.add_codes(&codes, &s);
+        let coded = offer(codes_t.data(), bits, rows * cols, zeros.clone(), cols, g);
+        l.offered_codes += coded.blob.len() as u64;
+        l.coded.push(coded);
+        l.bytes_order0 += bytes_rans(codes_t.data()) + bytes_rans(scales_t.data());
         if !sym {
             l.zeros.add(SmallStats::of(&zeros, u32::from(bits)));
+            let z = st.tensor("zeros").expect("zeros").data();
+            let blob = encode_codes(z, bits, groups, None).expect("encode zeros");
+            assert_eq!(decode_codes(&blob, bits, groups, None).expect("decode"), z);
+            l.offered_zeros += blob.len() as u64;
+            l.bytes_order0 += bytes_rans(z);
         }
         l.add_halves(&scales);
+        l.files
+            .push((e["file"].as_str().expect("file").to_string(), bytes.clone()));
         // Packed bits vs the sum of the stream sizes (byte padding per
         // stream is part of storage_bits only through whole groups).
         l.stored_bytes += storage;
     }
     print_tables("level", &levels);
+    println!("\n### level: the entry files in a `.dpk` container (format 1)\n");
+    println!(
+        "| level | entry files, bytes | of which stored streams | `.dpk` today, % of the files | `.dpk` with codes and zeros through encode_codes (estimate), % |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (name, l) in &levels {
+        let inputs: Vec<InputFile<'_>> = l
+            .files
+            .iter()
+            .map(|(n, d)| InputFile { name: n, data: d })
+            .collect();
+        let mut buf = Cursor::new(Vec::new());
+        let report = pack_files(
+            &inputs,
+            &mut buf,
+            "level.dpk".as_ref(),
+            &PackOptions::default(),
+        )
+        .expect("pack");
+        let files: u64 = report.input_bytes;
+        // Today integer tensors are stored: swap their bytes for the coded ones.
+        let code_and_zero_stored = (l.codes.n * u64::from(l.bits) + l.zeros.stored_bits) / 8;
+        assert!(
+            report.stored_bytes >= code_and_zero_stored,
+            "integer tensors are stored"
+        );
+        let with_codec = report.output_bytes as f64 - code_and_zero_stored as f64
+            + (l.offered_codes + l.offered_zeros) as f64;
+        println!(
+            "| {name} | {files} | {:.0} | {} | {} |",
+            l.stored_bytes,
+            pct(report.output_bytes as f64, files as f64),
+            pct(with_codec, files as f64),
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -554,6 +730,9 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// Splits one block into its fields, appending to `s`, and writes the
 /// values it decodes to (ggml's formulas, in ggml's f32 order) to `out`.
+// Positions index several arrays at once (codes, bit planes, outputs), as in
+// ggml's layouts; index loops read closest to them.
+#[allow(clippy::needless_range_loop)]
 fn split_block(ty: GgmlType, y: &[u8], s: &mut Split, out: &mut [f32]) {
     let nib = |qs: &[u8], p: usize| {
         if p < 16 { qs[p] & 0xf } else { qs[p - 16] >> 4 }
@@ -769,6 +948,20 @@ fn ggml(model: &Path, types: &[GgmlType]) {
             l.tensors += 1;
             let st = analyze_codes(&s.codes, cbits, *cols, sub, &s.zeros);
             l.add_codes(&s.codes, &st);
+            // The offered codec on the codes, with the zero points a decoder
+            // would derive from the sub-block scales and mins.
+            let packed = pack_codes(&s.codes, cbits as u8);
+            let coded = offer(
+                &packed,
+                cbits as u8,
+                s.codes.len(),
+                s.zeros.clone(),
+                *cols,
+                sub,
+            );
+            l.offered_codes += coded.blob.len() as u64;
+            l.coded.push(coded);
+            l.bytes_order0 += bytes_rans(&data);
             if sbits > 0 {
                 l.sub_scales.add(SmallStats::of(&s.sub_scales, sbits));
             }

@@ -11,6 +11,10 @@
 //! (safetensors headers, JSON, unknown files) get an order-0 byte code, and
 //! integer tensors pass through.
 //!
+//! [`quant`] entropy-codes bit-packed quantized codes (GPTQ / RTN codes and
+//! zero points) bit-exactly, for dynapress's own storage of quantized
+//! layers; it is not (yet) a codec of the container format.
+//!
 //! Data is cut into independent chunks (1 MiB by default) that code and
 //! decode in parallel with rayon. Every chunk carries xxh3-64 checksums of
 //! its payload and of its original bytes; the index and header carry their
@@ -38,6 +42,7 @@ mod error;
 pub mod float;
 pub mod format;
 mod pack;
+pub mod quant;
 pub mod rans;
 mod read;
 mod simd;

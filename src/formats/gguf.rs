@@ -1,0 +1,343 @@
+//! GGUF export of a searched configuration: every linear layer is written
+//! with the exact ggml blocks its database entry holds (Q/K rows permuted as
+//! llama.cpp expects for the `llama` architecture), embeddings and output at
+//! chosen types (encoded with our ggml codecs, bit-exact with llama-quantize),
+//! norms in F32, and the tokenizer and hyper-parameters as metadata.
+//!
+//! The same search result can also be written as a recipe for llama-quantize
+//! (`--tensor-type` overrides), so the mix can be reproduced with llama.cpp
+//! alone (with the database's `imatrix.gguf`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use dynapress_ggml::GgmlType;
+use dynapress_gguf::model::{gguf_tensor_name, permute_qk_rows};
+use dynapress_gguf::{
+    GgufWriter, LlamaHparams, Metadata, TensorSpec, TokenizerMetadata, model_metadata, planned_size,
+};
+
+use crate::database::{Database, IMATRIX_FILE, Variant};
+use crate::error::{Error, Result};
+use crate::model::weights::to_f32;
+use crate::model::{LinearId, ModelFiles};
+use crate::search::{Choice, ConfigFile, SearchSpace};
+
+/// Types of the tensors the search does not choose.
+#[derive(Debug, Clone, Copy)]
+pub struct GgufTypes {
+    /// `token_embd.weight`.
+    pub embed: GgmlType,
+    /// `output.weight` (when the embeddings are not tied).
+    pub output: GgmlType,
+}
+
+impl Default for GgufTypes {
+    fn default() -> Self {
+        GgufTypes {
+            embed: GgmlType::Q6K,
+            output: GgmlType::Q6K,
+        }
+    }
+}
+
+fn gerr(path: &Path) -> impl Fn(dynapress_gguf::GgufError) -> Error + '_ {
+    move |e| Error::Data {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    }
+}
+
+/// What goes into the file: metadata, and for every tensor its GGUF spec and
+/// where its bytes come from.
+struct Plan {
+    metadata: Metadata,
+    hparams: LlamaHparams,
+    tensors: Vec<(TensorSpec, Source)>,
+}
+
+enum Source {
+    /// A linear layer from the database (layer index in the search space).
+    Linear(usize),
+    /// A checkpoint tensor encoded to the spec's type.
+    Checkpoint(String),
+    /// Llama 3 RoPE frequency factors.
+    RopeFreqs(Vec<f32>),
+}
+
+fn plan(
+    files: &ModelFiles,
+    db: &Database,
+    space: &SearchSpace,
+    choice: &Choice,
+    types: GgufTypes,
+) -> Result<Plan> {
+    let dir = &files.dir;
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| Error::io(dir.join("config.json"), e))?,
+    )
+    .map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
+    let hparams = LlamaHparams::from_hf_config(&config).map_err(gerr(dir))?;
+    let tok = TokenizerMetadata::from_hf_dir(dir, Some(hparams.vocab_size as usize))
+        .map_err(gerr(dir))?;
+    // The file type is the most common linear type.
+    let mut counts: BTreeMap<GgmlType, usize> = BTreeMap::new();
+    let mut linear_types = Vec::with_capacity(space.layers.len());
+    for (l, &k) in space.layers.iter().zip(choice) {
+        let e = db.manifest.entry(l.id, &l.levels[k].level).ok_or_else(|| {
+            Error::Invalid(format!(
+                "no database entry for {} at {}",
+                l.id.weight_name(),
+                l.levels[k].level
+            ))
+        })?;
+        let ty = ggml_type_of(&db.manifest, &e.level).ok_or_else(|| {
+            Error::data(
+                &db.dir,
+                "GGUF export needs a database of ggml types: build it with --method kquant or gptq-kquant",
+            )
+        })?;
+        *counts.entry(ty).or_default() += 1;
+        linear_types.push(ty);
+    }
+    let main = counts
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(t, _)| *t)
+        .unwrap_or(GgmlType::Q4K);
+    let name = files
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let mut metadata = model_metadata(
+        &name,
+        &hparams,
+        &tok,
+        dynapress_gguf::model::file_type_for(main),
+    );
+    // The same provenance keys llama-quantize writes when given an imatrix.
+    if db.manifest.method.imatrix && db.manifest.method.is_ggml() {
+        let im = db.dir.join(IMATRIX_FILE);
+        if let Ok(m) = dynapress_gguf::Imatrix::read_gguf(&im) {
+            metadata.set("quantize.imatrix.file", im.display().to_string());
+            metadata.set("quantize.imatrix.dataset", m.datasets.join(", "));
+            metadata.set("quantize.imatrix.entries_count", m.entries.len() as u32);
+            metadata.set("quantize.imatrix.chunks_count", m.chunk_count);
+        }
+    }
+
+    let index: BTreeMap<LinearId, usize> = space
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.id, i))
+        .collect();
+    let mut tensors = Vec::new();
+    for hf in files.weights.names() {
+        let Some(gname) = gguf_tensor_name(&hf).map_err(gerr(dir))? else {
+            continue;
+        };
+        let shape = files.weights.shape(&hf)?;
+        let (ty, src) = match LinearId::parse(&hf).and_then(|id| index.get(&id)) {
+            Some(&i) if hf.ends_with(".weight") => (linear_types[i], Source::Linear(i)),
+            _ => {
+                let ty = if shape.len() == 1 {
+                    GgmlType::F32
+                } else if gname == "token_embd.weight" {
+                    types.embed
+                } else if gname == "output.weight" {
+                    types.output
+                } else {
+                    GgmlType::F32
+                };
+                let cols = *shape.last().unwrap_or(&1);
+                let ty = if ty.row_bytes(cols).is_some() {
+                    ty
+                } else {
+                    GgmlType::F32
+                };
+                (ty, Source::Checkpoint(hf.clone()))
+            }
+        };
+        tensors.push((TensorSpec::from_shape(gname, ty, &shape), src));
+    }
+    if let Some(freqs) = hparams.rope_freqs() {
+        let n = freqs.len();
+        tensors.push((
+            TensorSpec::from_shape(
+                dynapress_gguf::model::ROPE_FREQS_TENSOR,
+                GgmlType::F32,
+                &[n],
+            ),
+            Source::RopeFreqs(freqs),
+        ));
+    }
+    tensors.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    Ok(Plan {
+        metadata,
+        hparams,
+        tensors,
+    })
+}
+
+/// The ggml type of a database level, if it is one.
+pub fn ggml_type_of(manifest: &crate::database::Manifest, level: &str) -> Option<GgmlType> {
+    manifest
+        .method
+        .levels()
+        .ok()?
+        .into_iter()
+        .find(|l| l.name == level)
+        .and_then(|l| l.ggml)
+}
+
+/// Bytes of the file outside the searched linear layers' data (header,
+/// metadata, embeddings, output, norms, alignment), for converting a file-size
+/// budget into a bits-per-weight budget.
+pub fn fixed_bytes(
+    files: &ModelFiles,
+    db: &Database,
+    space: &SearchSpace,
+    types: GgufTypes,
+) -> Result<u64> {
+    let low = space.lowest();
+    let p = plan(files, db, space, &low, types)?;
+    let specs: Vec<TensorSpec> = p.tensors.iter().map(|(s, _)| s.clone()).collect();
+    let total = planned_size(&p.metadata, &specs).map_err(gerr(&files.dir))?;
+    let linear: u64 = space.storage_bits(&low) / 8;
+    Ok(total - linear)
+}
+
+/// What was written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GgufReport {
+    pub path: String,
+    pub bytes: u64,
+    pub tensor_types: BTreeMap<String, String>,
+}
+
+/// Writes the GGUF model file of `config`.
+pub fn export_gguf(
+    files: &ModelFiles,
+    db: &Database,
+    config: &ConfigFile,
+    config_path: &Path,
+    out: &Path,
+    types: GgufTypes,
+) -> Result<GgufReport> {
+    let space = SearchSpace::from_manifest(&db.manifest)?;
+    let choice = config.choice(&space, config_path)?;
+    let p = plan(files, db, &space, &choice, types)?;
+    let head_importance = read_head_importance(db);
+    let specs: Vec<TensorSpec> = p.tensors.iter().map(|(s, _)| s.clone()).collect();
+    let mut w = GgufWriter::create(out, &p.metadata, specs).map_err(gerr(out))?;
+    let mut tensor_types = BTreeMap::new();
+    for (spec, src) in &p.tensors {
+        let bytes = match src {
+            Source::Linear(i) => {
+                let l = &space.layers[*i];
+                let e = db
+                    .manifest
+                    .entry(l.id, &l.levels[choice[*i]].level)
+                    .expect("planned");
+                let Variant::Ggml(g) = db.load(e)? else {
+                    return Err(Error::data(&db.dir, "not a ggml entry"));
+                };
+                g.bytes
+            }
+            Source::Checkpoint(hf) => {
+                let raw = files.weights.raw(hf)?;
+                let values = to_f32(&raw, hf)?;
+                let cols = *raw.shape.last().unwrap_or(&1);
+                let imatrix = (spec.name == "output.weight")
+                    .then_some(head_importance.as_deref())
+                    .flatten();
+                encode(spec.ggml_type, &values, cols, imatrix)
+                    .map_err(|e| Error::Invalid(format!("{hf}: {e}")))?
+            }
+            Source::RopeFreqs(f) => f.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        let bytes = match p.hparams.qk_permute_heads(&spec.name) {
+            Some(n_head) => {
+                let rows = spec.dims.get(1).copied().unwrap_or(1) as usize;
+                permute_qk_rows(&bytes, rows, n_head).map_err(gerr(out))?
+            }
+            None => bytes,
+        };
+        w.write_tensor(&spec.name, &bytes).map_err(gerr(out))?;
+        tensor_types.insert(spec.name.clone(), spec.ggml_type.name().to_string());
+    }
+    w.finish().map_err(gerr(out))?;
+    let bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
+    Ok(GgufReport {
+        path: out.display().to_string(),
+        bytes,
+        tensor_types,
+    })
+}
+
+/// The output layer's importance from the database's imatrix, if present.
+fn read_head_importance(db: &Database) -> Option<Vec<f32>> {
+    let im = dynapress_gguf::Imatrix::read_gguf(db.dir.join(IMATRIX_FILE)).ok()?;
+    im.entries.get("output.weight").map(|e| e.mean_squares())
+}
+
+fn encode(
+    ty: GgmlType,
+    values: &[f32],
+    cols: usize,
+    imatrix: Option<&[f32]>,
+) -> std::result::Result<Vec<u8>, String> {
+    match ty {
+        GgmlType::F32 => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        _ => dynapress_ggml::quantize(ty, values, cols, imatrix).map_err(|e| e.to_string()),
+    }
+}
+
+/// A `--tensor-type-file` for llama-quantize that reproduces the
+/// configuration's linear types (one `^name$=type` per line; llama-quantize
+/// reads the file as whitespace-separated overrides, so it holds nothing else).
+pub fn llama_quantize_recipe(
+    db: &Database,
+    config: &ConfigFile,
+    config_path: &Path,
+) -> Result<String> {
+    let space = SearchSpace::from_manifest(&db.manifest)?;
+    let choice = config.choice(&space, config_path)?;
+    let mut lines = Vec::new();
+    for (l, &k) in space.layers.iter().zip(&choice) {
+        let ty = ggml_type_of(&db.manifest, &l.levels[k].level).ok_or_else(|| {
+            Error::data(
+                &db.dir,
+                "a llama-quantize recipe needs a database of ggml types",
+            )
+        })?;
+        let name = gguf_tensor_name(&l.id.weight_name())
+            .ok()
+            .flatten()
+            .ok_or_else(|| Error::Invalid(format!("no GGUF name for {}", l.id.weight_name())))?;
+        lines.push(format!(
+            "^{}$={}",
+            regex_escape(&name),
+            ty.name().to_lowercase()
+        ));
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+/// The llama-quantize command line that applies a recipe file.
+pub fn llama_quantize_command(db: &Database, recipe: &Path, types: GgufTypes) -> String {
+    format!(
+        "llama-quantize --imatrix {} --token-embedding-type {} --output-tensor-type {} --tensor-type-file {} MODEL-F32-OR-BF16.gguf OUT.gguf Q4_K_M",
+        db.dir.join(IMATRIX_FILE).display(),
+        types.embed.name().to_lowercase(),
+        types.output.name().to_lowercase(),
+        recipe.display()
+    )
+}
+
+fn regex_escape(s: &str) -> String {
+    s.replace('.', "\\.")
+}
