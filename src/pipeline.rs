@@ -17,6 +17,7 @@ use crate::eval::data::load_tokens;
 use crate::eval::file_label;
 use crate::eval::perplexity::{WindowOptions, WindowScores, score_windows_multi};
 use crate::export::{ExportDtype, export_safetensors};
+use crate::formats::gguf::{GgufTypes, bits_for_file_size, export_gguf, llama_quantize_recipe};
 use crate::model::{Model, ModelFiles};
 use crate::progress;
 use crate::search::evopress::GenerationLog;
@@ -30,6 +31,11 @@ pub struct CompressOptions {
     pub calib: Vec<PathBuf>,
     pub eval: Vec<PathBuf>,
     pub target_bits: f64,
+    /// Instead of `target_bits`: the size in bytes of the exported GGUF file.
+    pub target_size: Option<u64>,
+    /// Export a GGUF file with these embedding/output types instead of a
+    /// safetensors directory (needs a ggml-type method).
+    pub gguf: Option<GgufTypes>,
     pub out: PathBuf,
     /// Database directory (default `<out>/database`).
     pub db_dir: Option<PathBuf>,
@@ -78,13 +84,16 @@ pub struct CompressReport {
     pub architecture: String,
     pub linear_params: u64,
     pub target_bits: f64,
+    /// The GGUF file-size target the bits budget was derived from, if any.
+    pub target_size: Option<u64>,
     pub achieved_bits_per_weight: f64,
     pub algo: Algo,
     pub database: String,
     pub levels: Vec<String>,
     pub config: String,
     pub exported: String,
-    pub exported_safetensors_bytes: u64,
+    /// Bytes of the exported model (the GGUF file, or the dequantized safetensors).
+    pub exported_bytes: u64,
     pub search_fitness: Option<f64>,
     pub search_history: Vec<GenerationLog>,
     pub search_stats: Option<EvalStats>,
@@ -158,12 +167,24 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     )?;
     let db = Database::open(&db_dir)?;
     seconds.insert("database".into(), t.elapsed().as_secs_f64());
+    let space = SearchSpace::from_manifest(&db.manifest)?;
+    let target_bits = match (opts.target_size, opts.gguf) {
+        (Some(bytes), Some(types)) => {
+            let b = bits_for_file_size(&files, &db, &space, types, bytes)?;
+            say(format!("      a {bytes}-byte GGUF leaves {b:.4} bits per weight for the linear layers"));
+            b
+        }
+        (Some(_), None) => {
+            return Err(Error::Invalid("a file-size target needs the GGUF format (--format gguf)".into()));
+        }
+        (None, _) => opts.target_bits,
+    };
 
     // 2. Search.
     let t = Instant::now();
     let config_path = opts.out.join("config.json");
     let mut search = opts.search.clone();
-    search.target_bits = opts.target_bits;
+    search.target_bits = target_bits;
     let mut state = config_path.clone().into_os_string();
     state.push(".state");
     search.checkpoint = Some(PathBuf::from(state));
@@ -180,17 +201,22 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
 
     // 3. Export.
     let t = Instant::now();
-    let export_dir = opts.out.join("model");
-    say(format!("[3/4] export {}", export_dir.display()));
-    let exported = export_safetensors(
-        &files,
-        &db,
-        &found.config,
-        &config_path,
-        &export_dir,
-        opts.dtype,
-        true,
-    )?;
+    let (export_path, exported_bytes) = match opts.gguf {
+        None => {
+            let dir = opts.out.join("model");
+            say(format!("[3/4] export {}", dir.display()));
+            let r = export_safetensors(&files, &db, &found.config, &config_path, &dir, opts.dtype, true)?;
+            (dir, r.safetensors_bytes)
+        }
+        Some(types) => {
+            let file = opts.out.join("model.gguf");
+            say(format!("[3/4] export {}", file.display()));
+            let r = export_gguf(&files, &db, &found.config, &config_path, &file, types)?;
+            let recipe = opts.out.join("llama-quantize-tensor-types.txt");
+            crate::fsutil::write_atomic(&recipe, llama_quantize_recipe(&db, &found.config, &config_path)?.as_bytes())?;
+            (file, r.bytes)
+        }
+    };
     seconds.insert("export".into(), t.elapsed().as_secs_f64());
 
     // 4. Evaluation on held-out text.
@@ -203,7 +229,6 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let space = SearchSpace::from_manifest(&db.manifest)?;
     let base = Model::from_files(&files, &Device::Cpu)?;
     let mut named: Vec<(String, String, f64, Model)> = Vec::new();
     if opts.compare {
@@ -244,15 +269,18 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         let mut m = base.clone();
         db.apply_config(&mut m, &found.config, &config_path)?;
         named.push((
-            format!("{} @ {}", found.config.algo, opts.target_bits),
+            format!("{} @ {target_bits:.4}", found.config.algo),
             found.config.algo.to_string(),
             found.config.bits_per_weight,
             m,
         ));
     }
-    let exported_model = Model::load(&export_dir)?;
+    let exported_model = Model::load(&export_path)?;
     named.push((
-        format!("exported ({:?} weights)", opts.dtype).to_lowercase(),
+        match opts.gguf {
+            None => format!("exported ({:?} weights)", opts.dtype).to_lowercase(),
+            Some(_) => "exported GGUF".to_string(),
+        },
         "exported".into(),
         found.config.bits_per_weight,
         exported_model,
@@ -304,7 +332,7 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     rows.push(base_row);
     seconds.insert("evaluation".into(), t.elapsed().as_secs_f64());
 
-    let uniform_interpolated_kl = interpolate_uniform(&rows, opts.target_bits);
+    let uniform_interpolated_kl = interpolate_uniform(&rows, target_bits);
     let report = CompressReport {
         dynapress_version: env!("CARGO_PKG_VERSION").into(),
         machine: machine(),
@@ -312,14 +340,15 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         model: opts.model.display().to_string(),
         architecture: files.config.arch.model_type().into(),
         linear_params: space.total_params,
-        target_bits: opts.target_bits,
+        target_bits,
+        target_size: opts.target_size,
         achieved_bits_per_weight: found.config.bits_per_weight,
         algo: found.config.algo,
         database: db_dir.display().to_string(),
         levels: space.levels.clone(),
         config: config_path.display().to_string(),
-        exported: export_dir.display().to_string(),
-        exported_safetensors_bytes: exported.safetensors_bytes,
+        exported: export_path.display().to_string(),
+        exported_bytes,
         search_fitness: found.config.fitness,
         search_history: found.history.clone(),
         search_stats: found.stats,

@@ -88,11 +88,11 @@ pub fn markdown(r: &CompressReport) -> String {
     );
     let _ = writeln!(
         s,
-        "Outputs: database `{}`, configuration `{}`, exported model `{}` ({:.1} MB of dequantized safetensors).\n",
+        "Outputs: database `{}`, configuration `{}`, exported model `{}` ({} bytes).\n",
         r.database,
         r.config,
         r.exported,
-        r.exported_safetensors_bytes as f64 / 1e6
+        r.exported_bytes
     );
     let _ = writeln!(
         s,

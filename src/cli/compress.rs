@@ -1,7 +1,8 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use dynapress::database::{Method, MethodSpec};
+use dynapress::database::{DEFAULT_GGML_TYPES, Method, MethodSpec};
+use dynapress::formats::gguf::GgufTypes;
 use dynapress::export::ExportDtype;
 use dynapress::pipeline::{CompressOptions, compress, estimate};
 use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
@@ -22,15 +23,32 @@ pub struct CompressArgs {
     /// Budget: average storage bits per weight of the linear layers.
     #[arg(long, default_value_t = 3.0)]
     target_bits: f64,
+    /// Budget instead: size in bytes of the exported GGUF file (--format gguf).
+    #[arg(long)]
+    target_size: Option<u64>,
+    /// Export format: safetensors (a Hugging Face directory) or gguf (a file
+    /// llama.cpp runs; the database then uses ggml types).
+    #[arg(long, default_value = "safetensors")]
+    format: String,
+    /// gguf: type of token_embd.weight.
+    #[arg(long, default_value = "Q6_K")]
+    embed_type: String,
+    /// gguf: type of output.weight.
+    #[arg(long, default_value = "Q6_K")]
+    output_type: String,
     /// Output directory (database/, config.json, model/, report.*). Default: out/demo for the demo.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Database directory (default <out>/database; reused if it matches).
     #[arg(long)]
     db: Option<PathBuf>,
-    /// Compressor: gptq or rtn.
-    #[arg(long, default_value = "gptq")]
-    method: Method,
+    /// Compressor: gptq or rtn (grids of --bits), kquant or gptq-kquant
+    /// (ggml --types). Default: gptq, or gptq-kquant with --format gguf.
+    #[arg(long)]
+    method: Option<Method>,
+    /// ggml types of the database levels (kquant, gptq-kquant).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_GGML_TYPES)]
+    types: Vec<String>,
     /// Bit widths of the database levels.
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
     bits: Vec<u8>,
@@ -117,16 +135,28 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         (None, false) => anyhow::bail!("give an output directory with --out DIR"),
     };
     let stages = parse_stages(&a.stages).map_err(|e| anyhow::anyhow!("--stages: {e}"))?;
+    let gguf = match a.format.as_str() {
+        "safetensors" => None,
+        "gguf" => Some(GgufTypes {
+            embed: super::export::parse_type(&a.embed_type)?,
+            output: super::export::parse_type(&a.output_type)?,
+        }),
+        other => anyhow::bail!("unknown --format `{other}`: choose safetensors or gguf"),
+    };
+    let method = a.method.unwrap_or(if gguf.is_some() { Method::GptqKquant } else { Method::Gptq });
     let opts = CompressOptions {
         model,
         calib,
         eval,
         target_bits: a.target_bits,
+        target_size: a.target_size,
+        gguf,
         out: out.clone(),
         db_dir: a.db,
         method: MethodSpec {
-            method: a.method,
+            method,
             bits: a.bits,
+            types: a.types,
             group_size: a.group_size,
             act_order: a.act_order,
             ..Default::default()

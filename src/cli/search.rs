@@ -5,7 +5,8 @@ use clap::Args;
 use dynapress::database::Database;
 use dynapress::model::ModelFiles;
 use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
-use dynapress::search::{Algo, SearchOptions, run_search};
+use dynapress::formats::gguf::{GgufTypes, bits_for_file_size};
+use dynapress::search::{Algo, SearchOptions, SearchSpace, run_search};
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -19,8 +20,18 @@ pub struct SearchArgs {
     #[arg(long)]
     calib: Vec<PathBuf>,
     /// Budget: average storage bits per weight over the linear layers (scales and zeros included).
+    #[arg(long, required_unless_present = "target_size", conflicts_with = "target_size")]
+    target_bits: Option<f64>,
+    /// Budget: size in bytes of the GGUF file `export --format gguf` writes
+    /// (needs a database of ggml types; embeddings/output at --embed-type/--output-type).
     #[arg(long)]
-    target_bits: f64,
+    target_size: Option<u64>,
+    /// With --target-size: type of token_embd.weight.
+    #[arg(long, default_value = "Q6_K")]
+    embed_type: String,
+    /// With --target-size: type of output.weight.
+    #[arg(long, default_value = "Q6_K")]
+    output_type: String,
     /// evopress (whole-model KL), knapsack (sum of per-layer errors) or uniform.
     #[arg(long, default_value = "evopress")]
     algo: Algo,
@@ -64,11 +75,27 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let db = Database::open(&a.db)?;
     db.check_model(&files)?;
     let stages = parse_stages(&a.stages).map_err(|e| anyhow::anyhow!("--stages: {e}"))?;
+    let target_bits = match (a.target_bits, a.target_size) {
+        (Some(b), _) => b,
+        (None, Some(bytes)) => {
+            let types = GgufTypes {
+                embed: super::export::parse_type(&a.embed_type)?,
+                output: super::export::parse_type(&a.output_type)?,
+            };
+            let space = SearchSpace::from_manifest(&db.manifest)?;
+            let b = bits_for_file_size(&files, &db, &space, types, bytes)?;
+            if !a.quiet {
+                eprintln!("a {bytes}-byte GGUF leaves {b:.4} bits per weight for the linear layers");
+            }
+            b
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
     let mut state = a.out.clone().into_os_string();
     state.push(".state");
     let opts = SearchOptions {
         algo: a.algo,
-        target_bits: a.target_bits,
+        target_bits,
         evo: EvoParams {
             generations: a.generations,
             offspring: a.offspring,

@@ -210,6 +210,26 @@ pub fn fixed_bytes(
     Ok(total - linear)
 }
 
+/// The bits-per-weight budget of the searched layers that makes the GGUF
+/// file at most `bytes` long.
+pub fn bits_for_file_size(
+    files: &ModelFiles,
+    db: &Database,
+    space: &SearchSpace,
+    types: GgufTypes,
+    bytes: u64,
+) -> Result<f64> {
+    let fixed = fixed_bytes(files, db, space, types)?;
+    if bytes <= fixed {
+        return Err(Error::Invalid(format!(
+            "a {bytes}-byte file cannot hold this model: metadata, embeddings ({}), output ({}) and norms alone take {fixed} bytes",
+            types.embed.name(),
+            types.output.name()
+        )));
+    }
+    Ok((bytes - fixed) as f64 * 8.0 / space.total_params as f64)
+}
+
 /// What was written.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GgufReport {

@@ -14,6 +14,10 @@
 //!     block into its fields (codes, sub-block scales and mins, f16 scales),
 //!     checks the split by decoding it and comparing bit for bit with
 //!     `dynapress_ggml::dequantize`, and prints the same measurements.
+//! quant_entropy ggml-db DB_DIR
+//!     The same for the ggml-type entries of a database built with
+//!     `dynapress database --method kquant` (ggml's encoders weighted by the
+//!     calibration importance matrix).
 //! ```
 //!
 //! Models of the codes (all per tensor unless said otherwise):
@@ -51,6 +55,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("gptq") => gptq(Path::new(args.get(1).expect("DB_DIR"))),
+        Some("ggml-db") => ggml_db(Path::new(args.get(1).expect("DB_DIR"))),
         Some("ggml") => {
             let types = args
                 .iter()
@@ -79,7 +84,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: quant_entropy gptq DB_DIR\n       quant_entropy ggml MODEL.safetensors [--types q2_k,q4_k,...]"
+                "usage: quant_entropy gptq DB_DIR\n       quant_entropy ggml-db DB_DIR\n       quant_entropy ggml MODEL.safetensors [--types q2_k,q4_k,...]"
             );
             std::process::exit(2);
         }
@@ -920,58 +925,94 @@ fn ggml(model: &Path, types: &[GgmlType]) {
         .collect();
     let mut levels: BTreeMap<String, LevelStats> = BTreeMap::new();
     for &ty in types {
-        let (cbits, sbits, mbits, sub) = fields(ty);
         let mut l = LevelStats {
-            bits: cbits,
+            bits: fields(ty).0,
             ..Default::default()
         };
         for (name, cols, w) in &tensors {
             let data = dynapress_ggml::quantize(ty, w, *cols, None).expect("quantize");
-            let reference = dynapress_ggml::dequantize(ty, &data, w.len()).expect("dequantize");
-            let mut s = Split::default();
-            let mut mine = vec![0f32; w.len()];
-            for (y, o) in data
-                .chunks_exact(ty.type_size())
-                .zip(mine.chunks_exact_mut(ty.block_size()))
-            {
-                split_block(ty, y, &mut s, o);
-            }
-            let same = mine
-                .iter()
-                .zip(&reference)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(
-                same,
-                "{name} {ty}: the field split does not decode like ggml"
-            );
-            assert_eq!(s.codes.len(), w.len());
-            l.tensors += 1;
-            let st = analyze_codes(&s.codes, cbits, *cols, sub, &s.zeros);
-            l.add_codes(&s.codes, &st);
-            // The offered codec on the codes, with the zero points a decoder
-            // would derive from the sub-block scales and mins.
-            let packed = pack_codes(&s.codes, cbits as u8);
-            let coded = offer(
-                &packed,
-                cbits as u8,
-                s.codes.len(),
-                s.zeros.clone(),
-                *cols,
-                sub,
-            );
-            l.offered_codes += coded.blob.len() as u64;
-            l.coded.push(coded);
-            l.bytes_order0 += bytes_rans(&data);
-            if sbits > 0 {
-                l.sub_scales.add(SmallStats::of(&s.sub_scales, sbits));
-            }
-            if mbits > 0 {
-                l.sub_mins.add(SmallStats::of(&s.sub_mins, mbits));
-            }
-            l.add_halves(&s.halves);
-            l.stored_bytes += data.len() as f64;
+            ggml_tensor(&mut l, ty, *cols, &data, name);
         }
         levels.insert(format!("{ty}"), l);
+    }
+    print_tables("type", &levels);
+}
+
+/// Splits one ggml tensor (`data`, rows of `cols` weights) into its fields,
+/// checks the split against `dequantize`, and adds its measurements to `l`.
+fn ggml_tensor(l: &mut LevelStats, ty: GgmlType, cols: usize, data: &[u8], name: &str) {
+    let (cbits, sbits, mbits, sub) = fields(ty);
+    let n = data.len() / ty.type_size() * ty.block_size();
+    let reference = dynapress_ggml::dequantize(ty, data, n).expect("dequantize");
+    let mut s = Split::default();
+    let mut mine = vec![0f32; n];
+    for (y, o) in data
+        .chunks_exact(ty.type_size())
+        .zip(mine.chunks_exact_mut(ty.block_size()))
+    {
+        split_block(ty, y, &mut s, o);
+    }
+    let same = mine
+        .iter()
+        .zip(&reference)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(
+        same,
+        "{name} {ty}: the field split does not decode like ggml"
+    );
+    assert_eq!(s.codes.len(), n);
+    l.tensors += 1;
+    let st = analyze_codes(&s.codes, cbits, cols, sub, &s.zeros);
+    l.add_codes(&s.codes, &st);
+    // The offered codec on the codes, with the zero points a decoder would
+    // derive from the sub-block scales and mins.
+    let packed = pack_codes(&s.codes, cbits as u8);
+    let coded = offer(&packed, cbits as u8, n, s.zeros.clone(), cols, sub);
+    l.offered_codes += coded.blob.len() as u64;
+    l.coded.push(coded);
+    l.bytes_order0 += bytes_rans(data);
+    if sbits > 0 {
+        l.sub_scales.add(SmallStats::of(&s.sub_scales, sbits));
+    }
+    if mbits > 0 {
+        l.sub_mins.add(SmallStats::of(&s.sub_mins, mbits));
+    }
+    l.add_halves(&s.halves);
+    l.stored_bytes += data.len() as f64;
+}
+
+/// The ggml-type entries of a dynapress database (`--method kquant`): one
+/// `blocks` tensor per entry, type and shape in the metadata.
+fn ggml_db(db: &Path) {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(db.join("manifest.json")).expect("manifest.json"))
+            .expect("manifest JSON");
+    let mut levels: BTreeMap<String, LevelStats> = BTreeMap::new();
+    for e in manifest["entries"].as_array().expect("entries") {
+        let file = db.join(e["file"].as_str().expect("file"));
+        let bytes = std::fs::read(&file).expect("entry file");
+        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("safetensors");
+        let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+        let info: serde_json::Value = serde_json::from_str(
+            meta.metadata()
+                .as_ref()
+                .and_then(|m| m.get("dynapress"))
+                .expect("dynapress metadata"),
+        )
+        .expect("metadata JSON");
+        let g = &info["ggml"];
+        let ty = GgmlType::from_name(g["type"].as_str().expect("type")).expect("ggml type");
+        let cols = g["cols"].as_u64().expect("cols") as usize;
+        let blocks = st.tensor("blocks").expect("blocks");
+        assert_eq!(
+            blocks.data().len() as u64 * 8,
+            e["storage_bits"].as_u64().expect("storage_bits")
+        );
+        let l = levels.entry(format!("{ty}")).or_insert_with(|| LevelStats {
+            bits: fields(ty).0,
+            ..Default::default()
+        });
+        ggml_tensor(l, ty, cols, blocks.data(), &file.display().to_string());
     }
     print_tables("type", &levels);
 }
