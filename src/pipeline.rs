@@ -171,11 +171,15 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     let target_bits = match (opts.target_size, opts.gguf) {
         (Some(bytes), Some(types)) => {
             let b = bits_for_file_size(&files, &db, &space, types, bytes)?;
-            say(format!("      a {bytes}-byte GGUF leaves {b:.4} bits per weight for the linear layers"));
+            say(format!(
+                "      a {bytes}-byte GGUF leaves {b:.4} bits per weight for the linear layers"
+            ));
             b
         }
         (Some(_), None) => {
-            return Err(Error::Invalid("a file-size target needs the GGUF format (--format gguf)".into()));
+            return Err(Error::Invalid(
+                "a file-size target needs the GGUF format (--format gguf)".into(),
+            ));
         }
         (None, _) => opts.target_bits,
     };
@@ -205,7 +209,15 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         None => {
             let dir = opts.out.join("model");
             say(format!("[3/4] export {}", dir.display()));
-            let r = export_safetensors(&files, &db, &found.config, &config_path, &dir, opts.dtype, true)?;
+            let r = export_safetensors(
+                &files,
+                &db,
+                &found.config,
+                &config_path,
+                &dir,
+                opts.dtype,
+                true,
+            )?;
             (dir, r.safetensors_bytes)
         }
         Some(types) => {
@@ -213,7 +225,10 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
             say(format!("[3/4] export {}", file.display()));
             let r = export_gguf(&files, &db, &found.config, &config_path, &file, types)?;
             let recipe = opts.out.join("llama-quantize-tensor-types.txt");
-            crate::fsutil::write_atomic(&recipe, llama_quantize_recipe(&db, &found.config, &config_path)?.as_bytes())?;
+            crate::fsutil::write_atomic(
+                &recipe,
+                llama_quantize_recipe(&db, &found.config, &config_path)?.as_bytes(),
+            )?;
             (file, r.bytes)
         }
     };

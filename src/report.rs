@@ -89,10 +89,7 @@ pub fn markdown(r: &CompressReport) -> String {
     let _ = writeln!(
         s,
         "Outputs: database `{}`, configuration `{}`, exported model `{}` ({} bytes).\n",
-        r.database,
-        r.config,
-        r.exported,
-        r.exported_bytes
+        r.database, r.config, r.exported, r.exported_bytes
     );
     let _ = writeln!(
         s,

@@ -2,8 +2,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use dynapress::database::{DEFAULT_GGML_TYPES, Method, MethodSpec};
-use dynapress::formats::gguf::GgufTypes;
 use dynapress::export::ExportDtype;
+use dynapress::formats::gguf::GgufTypes;
 use dynapress::pipeline::{CompressOptions, compress, estimate};
 use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
 use dynapress::search::{Algo, SearchOptions};
@@ -143,7 +143,11 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         }),
         other => anyhow::bail!("unknown --format `{other}`: choose safetensors or gguf"),
     };
-    let method = a.method.unwrap_or(if gguf.is_some() { Method::GptqKquant } else { Method::Gptq });
+    let method = a.method.unwrap_or(if gguf.is_some() {
+        Method::GptqKquant
+    } else {
+        Method::Gptq
+    });
     let opts = CompressOptions {
         model,
         calib,

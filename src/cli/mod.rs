@@ -3,6 +3,7 @@
 
 mod bench;
 mod compress;
+mod convert;
 mod database;
 mod eval;
 mod export;
@@ -40,8 +41,11 @@ enum Command {
     /// Choose a level for every layer under a bits-per-weight budget
     /// (EvoPress, knapsack or uniform).
     Search(search::SearchArgs),
-    /// Write a searched configuration as a Hugging Face model directory.
+    /// Write a searched configuration as a Hugging Face directory or a GGUF file.
     Export(export::ExportArgs),
+    /// Write a checkpoint as GGUF with one type for every matrix (F32, F16,
+    /// BF16, or a ggml quant type): the input llama.cpp's tools start from.
+    Convert(convert::ConvertArgs),
     /// Pack a model directory losslessly into one file (entropy-coded float
     /// planes; `eval` and `generate` load .dpk files directly).
     Pack(pack::PackArgs),
@@ -71,6 +75,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Database(a) => database::run(a),
         Command::Search(a) => search::run(a),
         Command::Export(a) => export::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Pack(a) => pack::run_pack(a),
         Command::Unpack(a) => pack::run_unpack(a),
         Command::Bench(a) => bench::run(a),

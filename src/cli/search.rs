@@ -3,9 +3,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
+use dynapress::formats::gguf::{GgufTypes, bits_for_file_size};
 use dynapress::model::ModelFiles;
 use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
-use dynapress::formats::gguf::{GgufTypes, bits_for_file_size};
 use dynapress::search::{Algo, SearchOptions, SearchSpace, run_search};
 
 #[derive(Args)]
@@ -20,7 +20,11 @@ pub struct SearchArgs {
     #[arg(long)]
     calib: Vec<PathBuf>,
     /// Budget: average storage bits per weight over the linear layers (scales and zeros included).
-    #[arg(long, required_unless_present = "target_size", conflicts_with = "target_size")]
+    #[arg(
+        long,
+        required_unless_present = "target_size",
+        conflicts_with = "target_size"
+    )]
     target_bits: Option<f64>,
     /// Budget: size in bytes of the GGUF file `export --format gguf` writes
     /// (needs a database of ggml types; embeddings/output at --embed-type/--output-type).
@@ -85,7 +89,9 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
             let space = SearchSpace::from_manifest(&db.manifest)?;
             let b = bits_for_file_size(&files, &db, &space, types, bytes)?;
             if !a.quiet {
-                eprintln!("a {bytes}-byte GGUF leaves {b:.4} bits per weight for the linear layers");
+                eprintln!(
+                    "a {bytes}-byte GGUF leaves {b:.4} bits per weight for the linear layers"
+                );
             }
             b
         }

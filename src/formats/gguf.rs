@@ -361,3 +361,98 @@ pub fn llama_quantize_command(db: &Database, recipe: &Path, types: GgufTypes) ->
 fn regex_escape(s: &str) -> String {
     s.replace('.', "\\.")
 }
+
+/// Writes the checkpoint as a GGUF file with every matrix at `ty` (F32, F16,
+/// BF16 or a quantized type, encoded as llama-quantize would with
+/// `imatrix`), norms in F32: the input llama.cpp's tools start from.
+pub fn convert_gguf(
+    files: &ModelFiles,
+    out: &Path,
+    ty: GgmlType,
+    imatrix: Option<&dynapress_gguf::Imatrix>,
+) -> Result<GgufReport> {
+    let dir = &files.dir;
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| Error::io(dir.join("config.json"), e))?,
+    )
+    .map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
+    let hparams = LlamaHparams::from_hf_config(&config).map_err(gerr(dir))?;
+    let tok = TokenizerMetadata::from_hf_dir(dir, Some(hparams.vocab_size as usize))
+        .map_err(gerr(dir))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let metadata = model_metadata(
+        &name,
+        &hparams,
+        &tok,
+        dynapress_gguf::model::file_type_for(ty),
+    );
+    let mut items: Vec<(TensorSpec, Option<String>)> = Vec::new();
+    for hf in files.weights.names() {
+        let Some(gname) = gguf_tensor_name(&hf).map_err(gerr(dir))? else {
+            continue;
+        };
+        let shape = files.weights.shape(&hf)?;
+        let cols = *shape.last().unwrap_or(&1);
+        let t = if shape.len() == 1 || ty.row_bytes(cols).is_none() {
+            GgmlType::F32
+        } else {
+            ty
+        };
+        items.push((TensorSpec::from_shape(gname, t, &shape), Some(hf)));
+    }
+    if let Some(freqs) = hparams.rope_freqs() {
+        let n = freqs.len();
+        items.push((
+            TensorSpec::from_shape(
+                dynapress_gguf::model::ROPE_FREQS_TENSOR,
+                GgmlType::F32,
+                &[n],
+            ),
+            None,
+        ));
+    }
+    items.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let specs: Vec<TensorSpec> = items.iter().map(|(s, _)| s.clone()).collect();
+    let mut w = GgufWriter::create(out, &metadata, specs).map_err(gerr(out))?;
+    let mut tensor_types = BTreeMap::new();
+    for (spec, hf) in &items {
+        let bytes = match hf {
+            Some(hf) => {
+                let raw = files.weights.raw(hf)?;
+                let values = to_f32(&raw, hf)?;
+                let cols = *raw.shape.last().unwrap_or(&1);
+                let im = imatrix
+                    .and_then(|m| m.entries.get(&spec.name))
+                    .map(|e| e.mean_squares());
+                encode(spec.ggml_type, &values, cols, im.as_deref())
+                    .map_err(|e| Error::Invalid(format!("{hf}: {e}")))?
+            }
+            None => hparams
+                .rope_freqs()
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        };
+        let bytes = match hparams.qk_permute_heads(&spec.name) {
+            Some(n_head) => {
+                let rows = spec.dims.get(1).copied().unwrap_or(1) as usize;
+                permute_qk_rows(&bytes, rows, n_head).map_err(gerr(out))?
+            }
+            None => bytes,
+        };
+        w.write_tensor(&spec.name, &bytes).map_err(gerr(out))?;
+        tensor_types.insert(spec.name.clone(), spec.ggml_type.name().to_string());
+    }
+    w.finish().map_err(gerr(out))?;
+    let bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
+    Ok(GgufReport {
+        path: out.display().to_string(),
+        bytes,
+        tensor_types,
+    })
+}

@@ -522,10 +522,10 @@ fn print_tables(what: &str, levels: &BTreeMap<String, LevelStats>) {
     print_speed(what, levels);
 }
 
-/// Best-of-5 wall time of decoding every coded code stream of each level
+/// Best-of-20 wall time of decoding every coded code stream of each level
 /// (one thread), and of encoding them.
 fn print_speed(what: &str, levels: &BTreeMap<String, LevelStats>) {
-    println!("\n### {what}: encode_codes / decode_codes speed, 1 thread, best of 5\n");
+    println!("\n### {what}: encode_codes / decode_codes speed, 1 thread, best of 20\n");
     println!("| {what} | codes | packed MB | encode MB/s | decode MB/s | decode Mcodes/s |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (name, l) in levels {
@@ -535,7 +535,7 @@ fn print_speed(what: &str, levels: &BTreeMap<String, LevelStats>) {
             .map(|c| decode_codes(&c.blob, c.bits, c.n, Some(&c.groups())).expect("decode"))
             .collect();
         let best = |f: &dyn Fn()| {
-            (0..5)
+            (0..20)
                 .map(|_| {
                     let t = Instant::now();
                     f();

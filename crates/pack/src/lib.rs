@@ -13,7 +13,7 @@
 //!
 //! [`quant`] entropy-codes bit-packed quantized codes (GPTQ / RTN codes and
 //! zero points) bit-exactly, for dynapress's own storage of quantized
-//! layers; it is not (yet) a codec of the container format.
+//! layers; the container format does not use it yet.
 //!
 //! Data is cut into independent chunks (1 MiB by default) that code and
 //! decode in parallel with rayon. Every chunk carries xxh3-64 checksums of

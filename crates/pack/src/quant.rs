@@ -177,24 +177,22 @@ pub fn encode_codes(
             + layout.min_bytes() as f64;
         (t, bytes)
     };
-    let mut best = (
-        MODE_PLAIN,
-        None,
-        estimate(&rans::histogram(&codes, maxq + 1)),
-    );
-    if let Some(g) = groups {
-        let centered = center(&codes, g, maxq);
-        let est = estimate(&rans::histogram(&centered, 2 * maxq + 1));
-        if est.1 < best.2.1 {
-            best = (MODE_CENTERED, Some(centered), est);
+    let (plain, centered) = histograms(&codes, groups, maxq);
+    let mut best = (MODE_PLAIN, estimate(&plain));
+    if let Some(h) = centered {
+        let est = estimate(&h);
+        if est.1 < best.1.1 {
+            best = (MODE_CENTERED, est);
         }
     }
-    let (mode, symbols, (table, est)) = best;
-    let symbols =
-        symbols.unwrap_or_else(|| codes.iter().map(|&c| u16::from(c)).collect::<Vec<u16>>());
+    let (mode, (table, est)) = best;
     if est >= packed.len() as f64 + 1.0 {
         return Ok(raw());
     }
+    let symbols = match groups {
+        Some(g) if mode == MODE_CENTERED => center(&codes, g, maxq),
+        _ => codes.iter().map(|&c| u16::from(c)).collect(),
+    };
     let mut w = BitWriter::default();
     table.write(&mut w);
     let tbytes = w.finish();
@@ -359,6 +357,67 @@ fn for_each_run(
     }
 }
 
+/// Histograms of the plain codes and, with `groups`, of the centered
+/// symbols, in one pass. Four interleaved sub-histograms keep increments of
+/// the same bin (frequent with 4-16 symbols) from waiting on each other.
+fn histograms(
+    codes: &[u8],
+    groups: Option<&Groups<'_>>,
+    maxq: usize,
+) -> (Vec<u64>, Option<Vec<u64>>) {
+    let mut plain = [[0u32; 256]; 4];
+    let mut cent = [[0u32; 512]; 4];
+    // Counts are u32: flush before any bin could overflow.
+    let mut flush_plain = vec![0u64; maxq + 1];
+    let mut flush_cent = vec![0u64; 2 * maxq + 1];
+    let mut flush = |plain: &mut [[u32; 256]; 4], cent: &mut [[u32; 512]; 4]| {
+        for h in plain.iter_mut() {
+            for (t, c) in flush_plain.iter_mut().zip(h.iter_mut()) {
+                *t += u64::from(std::mem::take(c));
+            }
+        }
+        for h in cent.iter_mut() {
+            for (t, c) in flush_cent.iter_mut().zip(h.iter_mut()) {
+                *t += u64::from(std::mem::take(c));
+            }
+        }
+    };
+    const SPAN: usize = 1 << 30;
+    for (k, part) in codes.chunks(SPAN).enumerate() {
+        match groups {
+            None => {
+                let mut quads = part.chunks_exact(4);
+                for q in &mut quads {
+                    for j in 0..4 {
+                        plain[j][usize::from(q[j])] += 1;
+                    }
+                }
+                for &c in quads.remainder() {
+                    plain[0][usize::from(c)] += 1;
+                }
+            }
+            Some(g) => for_each_run(k * SPAN, part.len(), g, |r, z| {
+                let off = maxq - usize::from(z);
+                let run = &part[r];
+                let mut quads = run.chunks_exact(4);
+                for q in &mut quads {
+                    for j in 0..4 {
+                        let c = usize::from(q[j]);
+                        plain[j][c] += 1;
+                        cent[j][c + off] += 1;
+                    }
+                }
+                for &c in quads.remainder() {
+                    plain[0][usize::from(c)] += 1;
+                    cent[0][usize::from(c) + off] += 1;
+                }
+            }),
+        }
+        flush(&mut plain, &mut cent);
+    }
+    (flush_plain, groups.map(|_| flush_cent))
+}
+
 /// `c - z + maxq` for every code.
 fn center(codes: &[u8], g: &Groups<'_>, maxq: usize) -> Vec<u16> {
     let mut out = vec![0u16; codes.len()];
@@ -407,23 +466,35 @@ fn unpack(packed: &[u8], bits: u8, count: usize) -> Option<Vec<u8>> {
     if !used.is_multiple_of(8) && packed[packed.len() - 1] >> (used % 8) != 0 {
         return None;
     }
-    let mask = (1u64 << bits) - 1;
-    let mut out = Vec::with_capacity(count);
-    // Eight codes are `bits` whole bytes.
-    let full = count / 8;
-    let b = usize::from(bits);
-    for chunk in packed[..full * b].chunks_exact(b) {
-        let mut word = [0u8; 8];
-        word[..b].copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
-        for k in 0..8 {
-            out.push(((w >> (k * b)) & mask) as u8);
-        }
-    }
-    for i in full * 8..count {
-        out.push(crate::bits::read_bits(packed, i * b, u32::from(bits)) as u8);
+    let mut out = vec![0u8; count];
+    match bits {
+        1 => unpack_fixed::<1>(packed, &mut out),
+        2 => unpack_fixed::<2>(packed, &mut out),
+        3 => unpack_fixed::<3>(packed, &mut out),
+        4 => unpack_fixed::<4>(packed, &mut out),
+        5 => unpack_fixed::<5>(packed, &mut out),
+        6 => unpack_fixed::<6>(packed, &mut out),
+        7 => unpack_fixed::<7>(packed, &mut out),
+        _ => unpack_fixed::<8>(packed, &mut out),
     }
     Some(out)
+}
+
+/// [`unpack`] for a width known at compile time: `B` bytes hold eight codes.
+fn unpack_fixed<const B: usize>(packed: &[u8], out: &mut [u8]) {
+    let mask = (1u64 << B) - 1;
+    let full = out.len() / 8;
+    for (dst, chunk) in out.chunks_exact_mut(8).zip(packed.chunks_exact(B)) {
+        let mut word = [0u8; 8];
+        word[..B].copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        for (k, d) in dst.iter_mut().enumerate() {
+            *d = ((w >> (k * B)) & mask) as u8;
+        }
+    }
+    for (i, d) in out.iter_mut().enumerate().skip(full * 8) {
+        *d = crate::bits::read_bits(packed, i * B, B as u32) as u8;
+    }
 }
 
 /// Appends `codes` packed at `bits` bits; every call but the last must

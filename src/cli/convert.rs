@@ -1,0 +1,49 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use dynapress::formats::gguf::convert_gguf;
+use dynapress::model::ModelFiles;
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// Hugging Face model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output GGUF file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Type of every matrix: F32, F16, BF16, or a ggml quant type (uniform).
+    #[arg(long, default_value = "F32")]
+    r#type: String,
+    /// llama.cpp importance matrix (for quant types), e.g. a database's imatrix.gguf.
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
+    if a.out.exists() && !a.force {
+        anyhow::bail!("{}: exists; pass --force to replace it", a.out.display());
+    }
+    let files = ModelFiles::open(&a.model).context("loading the model")?;
+    let ty = super::export::parse_type(&a.r#type)?;
+    let imatrix = match &a.imatrix {
+        Some(p) => Some(
+            dynapress_gguf::Imatrix::read(p)
+                .map(|(m, _)| m)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let r = convert_gguf(&files, &a.out, ty, imatrix.as_ref())?;
+    println!(
+        "{}: {} bytes, {} tensors",
+        r.path,
+        r.bytes,
+        r.tensor_types.len()
+    );
+    Ok(())
+}
