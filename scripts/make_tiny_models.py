@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 from safetensors.torch import save_file
@@ -230,6 +232,7 @@ def finish(
         metadata={"producer": f"scripts/make_tiny_models.py, transformers {transformers.__version__}"},
     )
     gen = greedy(model, input_ids[:1, :PROMPT_LEN])
+    independent = numpy_check(path, input_ids, logits, gen)
     ref = {
         "name": name,
         "description": description,
@@ -251,9 +254,121 @@ def finish(
         },
         "greedy_generation": gen,
         "checks": checks,
+        "independent_check": independent,
     }
     write_json(path / "reference.json", ref)
     return ref
+
+
+# --------------------------------------------------------------------------------------------
+# independent check: a float64 numpy forward written from the architecture papers / configs,
+# not from transformers, reading config.json with the rules a loader must follow.
+
+
+def _np_rms(x: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * g
+
+
+def _np_inv_freq(cfg: dict, hd: int) -> np.ndarray:
+    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    inv = 1.0 / theta ** (np.arange(0, hd, 2) / hd)
+    if rp.get("rope_type", rp.get("type", "default")) == "llama3":
+        f, lo, hi = rp["factor"], rp["low_freq_factor"], rp["high_freq_factor"]
+        old = rp["original_max_position_embeddings"]
+        out = []
+        for fr in inv:
+            wl = 2 * math.pi / fr
+            if wl < old / hi:
+                out.append(fr)
+            elif wl > old / lo:
+                out.append(fr / f)
+            else:
+                sm = (old / wl - lo) / (hi - lo)
+                out.append((1 - sm) * fr / f + sm * fr)
+        inv = np.array(out)
+    elif rp.get("rope_type", rp.get("type", "default")) != "default":
+        raise SystemExit(f"numpy check: RoPE type {rp} not implemented")
+    return inv
+
+
+def _np_rope(x: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """Rotate-half RoPE on x [T, heads, hd] at positions 0..T-1."""
+    ang = np.arange(x.shape[0], dtype=np.float64)[:, None] * inv[None]
+    c = np.concatenate([np.cos(ang)] * 2, -1)[:, None]
+    s = np.concatenate([np.sin(ang)] * 2, -1)[:, None]
+    h = x.shape[-1] // 2
+    return x * c + np.concatenate([-x[..., h:], x[..., :h]], -1) * s
+
+
+def numpy_forward(path: Path, ids: np.ndarray) -> np.ndarray:
+    """Logits [T, vocab] in float64 for one sequence, from the files in `path` alone."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((path / "config.json").read_text())
+    w = {}
+    for f in sorted(path.glob("model*.safetensors")):
+        w.update({k: v.double().numpy() for k, v in load_file(str(f)).items()})
+    nh, nkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
+    hd = cfg.get("head_dim") or d // nh
+    eps = cfg["rms_norm_eps"]
+    # Qwen2 only applies its window when use_sliding_window is true; Mistral always does.
+    window = cfg.get("sliding_window") if cfg.get("use_sliding_window", cfg["model_type"] == "mistral") else None
+    inv = _np_inv_freq(cfg, hd)
+    t = len(ids)
+    i, j = np.meshgrid(np.arange(t), np.arange(t), indexing="ij")
+    mask = j <= i
+    if window:
+        mask &= j > i - window
+    x = w["model.embed_tokens.weight"][ids]
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+
+        def lin(n: str, v: np.ndarray, p: str = p) -> np.ndarray:
+            y = v @ w[p + n + ".weight"].T
+            return y + w[p + n + ".bias"] if p + n + ".bias" in w else y
+
+        h = _np_rms(x, w[p + "input_layernorm.weight"], eps)
+        q = lin("self_attn.q_proj", h).reshape(t, nh, hd)
+        k = lin("self_attn.k_proj", h).reshape(t, nkv, hd)
+        v = lin("self_attn.v_proj", h).reshape(t, nkv, hd)
+        if p + "self_attn.q_norm.weight" in w:
+            q = _np_rms(q, w[p + "self_attn.q_norm.weight"], eps)
+            k = _np_rms(k, w[p + "self_attn.k_norm.weight"], eps)
+        q, k = _np_rope(q, inv), _np_rope(k, inv)
+        att = np.zeros((t, nh, hd))
+        for head in range(nh):
+            kv = head // (nh // nkv)
+            sc = np.where(mask, q[:, head] @ k[:, kv].T / math.sqrt(hd), -np.inf)
+            sc = np.exp(sc - sc.max(-1, keepdims=True))
+            att[:, head] = (sc / sc.sum(-1, keepdims=True)) @ v[:, kv]
+        x = x + lin("self_attn.o_proj", att.reshape(t, nh * hd))
+        h = _np_rms(x, w[p + "post_attention_layernorm.weight"], eps)
+        g = lin("mlp.gate_proj", h)
+        x = x + lin("mlp.down_proj", g / (1 + np.exp(-g)) * lin("mlp.up_proj", h))
+    x = _np_rms(x, w["model.norm.weight"], eps)
+    return x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T
+
+
+def numpy_check(path: Path, input_ids: torch.Tensor, logits: torch.Tensor, greedy_ref: dict) -> dict:
+    """Compare transformers' f32 logits and greedy ids with the independent f64 forward."""
+    err = max(
+        float(np.abs(numpy_forward(path, input_ids[b].numpy()) - logits[b].double().numpy()).max())
+        for b in range(input_ids.shape[0])
+    )
+    if err > 1e-4:
+        raise SystemExit(f"{path}: transformers and the numpy forward differ by {err}")
+    seq = list(greedy_ref["prompt_ids"])
+    for _ in range(NEW_TOKENS):
+        seq.append(int(numpy_forward(path, np.array(seq))[-1].argmax()))
+    if seq[PROMPT_LEN:] != greedy_ref["generated_ids"]:
+        raise SystemExit(f"{path}: numpy greedy {seq[PROMPT_LEN:]} != transformers {greedy_ref['generated_ids']}")
+    return {
+        "max_abs_logit_diff_vs_numpy_f64": err,
+        "greedy_ids_equal": True,
+        "what": "scripts/make_tiny_models.py numpy_forward: float64 forward from config.json + safetensors "
+        "alone (Qwen2 window only if use_sliding_window; head_dim default hidden/heads; tied head = embeddings)",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,6 +666,7 @@ def main() -> int:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # reductions in a fixed order: reproducible logits
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only or FIXTURES:
         final = args.out / name

@@ -57,7 +57,8 @@ pub struct ExportReport {
     pub safetensors_bytes: u64,
 }
 
-/// Writes `out` from `files` with the layers of `config` taken from `db`.
+/// Writes `out` from `files` with the layers of `config` taken from `db`,
+/// dequantized (a directory transformers loads).
 pub fn export_safetensors(
     files: &ModelFiles,
     db: &Database,
@@ -67,6 +68,36 @@ pub fn export_safetensors(
     dtype: ExportDtype,
     force: bool,
 ) -> Result<ExportReport> {
+    export_dir(files, db, config, config_path, out, Some(dtype), force)
+}
+
+/// Writes `out` with every searched layer stored in its compressed form
+/// (`NAME.codes`, `.scales`, `.zeros`, `.perm`, or `NAME.ggml` blocks, listed
+/// in the `dynapress.quant` metadata): a directory `dynapress eval`/`generate`
+/// load directly, about `bits/16` the size of the original, and which
+/// `dynapress pack` entropy-codes further.
+pub fn export_native(
+    files: &ModelFiles,
+    db: &Database,
+    config: &ConfigFile,
+    config_path: &Path,
+    out: &Path,
+    force: bool,
+) -> Result<ExportReport> {
+    export_dir(files, db, config, config_path, out, None, force)
+}
+
+fn export_dir(
+    files: &ModelFiles,
+    db: &Database,
+    config: &ConfigFile,
+    config_path: &Path,
+    out: &Path,
+    dtype: Option<ExportDtype>,
+    force: bool,
+) -> Result<ExportReport> {
+    let native = dtype.is_none();
+    let dtype = dtype.unwrap_or(ExportDtype::Original);
     let space = SearchSpace::from_manifest(&db.manifest)?;
     if !config.model.same_model(&db.manifest.model) {
         return Err(Error::data(
@@ -121,8 +152,60 @@ pub fn export_safetensors(
         .map(|(l, &k)| (l.id.weight_name(), k))
         .collect();
     let names = files.weights.names();
+    // Native export: the chosen entries, loaded once (their buffers become tensors).
+    let mut variants: BTreeMap<String, crate::database::Variant> = BTreeMap::new();
+    if native {
+        for (name, &k) in &chosen {
+            let id = LinearId::parse(name).expect("searched layers are linear");
+            let l = &space.layers[space
+                .layers
+                .iter()
+                .position(|l| l.id == id)
+                .expect("in space")];
+            let entry = db
+                .manifest
+                .entry(id, &l.levels[k].level)
+                .expect("validated choice");
+            variants.insert(name.clone(), db.load(entry)?);
+        }
+    }
     let mut specs = Vec::with_capacity(names.len());
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let mut quant_meta = serde_json::Map::new();
     for name in &names {
+        if let Some(v) = variants.get(name) {
+            match v {
+                crate::database::Variant::Grid(q) => {
+                    quant_meta.insert(name.clone(), serde_json::to_value(q.meta()).expect("meta"));
+                    for b in q.to_buffers() {
+                        specs.push(TensorSpec {
+                            name: format!("{name}.{}", b.name),
+                            dtype: match b.dtype {
+                                dynapress_compress::BufferDtype::U8 => Dtype::U8,
+                                dynapress_compress::BufferDtype::F16 => Dtype::F16,
+                                dynapress_compress::BufferDtype::U16 => Dtype::U16,
+                                dynapress_compress::BufferDtype::U32 => Dtype::U32,
+                            },
+                            shape: b.shape.clone(),
+                        });
+                        parts.push(b.data);
+                    }
+                }
+                crate::database::Variant::Ggml(g) => {
+                    quant_meta.insert(
+                        name.clone(),
+                        serde_json::json!({"ggml": {"type": g.ty.name(), "rows": g.rows, "cols": g.cols}}),
+                    );
+                    specs.push(TensorSpec {
+                        name: format!("{name}.ggml"),
+                        dtype: Dtype::U8,
+                        shape: vec![g.rows, g.bytes.len() / g.rows.max(1)],
+                    });
+                    parts.push(g.bytes.clone());
+                }
+            }
+            continue;
+        }
         let raw = files.weights.raw(name)?;
         let dt = match (dtype, raw.dtype) {
             (_, d) if !matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16) => d,
@@ -136,17 +219,24 @@ pub fn export_safetensors(
             dtype: dt,
             shape: raw.shape.clone(),
         });
+        parts.push(Vec::new());
     }
     let st_path = tmp.path().join("model.safetensors");
-    let mut w = SafetensorsWriter::create(
-        &st_path,
-        specs.clone(),
-        &BTreeMap::from([
-            ("format".to_string(), "pt".to_string()),
-            ("dynapress".to_string(), "dequantized export".to_string()),
-        ]),
-    )?;
-    for spec in &specs {
+    let mut md = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    if native {
+        md.insert(
+            crate::model::weights::QUANT_METADATA_KEY.to_string(),
+            serde_json::Value::Object(quant_meta).to_string(),
+        );
+    } else {
+        md.insert("dynapress".to_string(), "dequantized export".to_string());
+    }
+    let mut w = SafetensorsWriter::create(&st_path, specs.clone(), &md)?;
+    for (spec, part) in specs.iter().zip(&parts) {
+        if !part.is_empty() || spec.nbytes() == 0 {
+            w.write(&spec.name, part)?;
+            continue;
+        }
         let raw = files.weights.raw(&spec.name)?;
         match chosen.get(&spec.name) {
             Some(&k) => {

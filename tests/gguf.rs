@@ -242,29 +242,7 @@ fn searched_gguf_runs_in_llama_cpp_and_the_recipe_reproduces_it() {
         );
     }
     // llama.cpp runs it; its perplexity agrees with ours (same protocol).
-    let o = Command::new(bin.join("llama-perplexity"))
-        .args([
-            "-m",
-            ours.to_str().unwrap(),
-            "-f",
-            "assets/data/docs.test.txt",
-            "-c",
-            "256",
-            "--chunks",
-            "16",
-            "-t",
-            "2",
-        ])
-        .current_dir(common::root())
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
-    let theirs_ppl: f64 = log
-        .lines()
-        .find_map(|l| l.split("Final estimate: PPL = ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no estimate in llama-perplexity output: {log}"));
+    let theirs_ppl = llama_perplexity(&bin, &ours, 16);
     let v: serde_json::Value = serde_json::from_str(&ok(run(&[
         "eval",
         "--model",
@@ -288,6 +266,47 @@ fn searched_gguf_runs_in_llama_cpp_and_the_recipe_reproduces_it() {
         rel * 100.0
     );
     assert!(rel < 0.01, "llama.cpp {theirs_ppl} vs dynapress {ours_ppl}");
+}
+
+/// Runs llama-perplexity and returns its final estimate. One CI run saw the tool
+/// stop before its last chunk with no message (not reproduced here); a run that
+/// does not exit cleanly is retried once, and its exit status and log are
+/// reported if the second run fails too.
+fn llama_perplexity(bin: &Path, model: &Path, chunks: usize) -> f64 {
+    let mut failures = Vec::new();
+    for _attempt in 0..2 {
+        let o = Command::new(bin.join("llama-perplexity"))
+            .args([
+                "-m",
+                model.to_str().unwrap(),
+                "-f",
+                "assets/data/docs.test.txt",
+                "-c",
+                "256",
+                "--chunks",
+                &chunks.to_string(),
+                "-t",
+                "2",
+            ])
+            .current_dir(common::root())
+            .output()
+            .unwrap();
+        let log =
+            String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+        let estimate = log
+            .lines()
+            .find_map(|l| l.split("Final estimate: PPL = ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok());
+        match estimate {
+            Some(ppl) if o.status.success() => return ppl,
+            _ => failures.push(format!("exit status {:?}; output:\n{log}", o.status)),
+        }
+    }
+    panic!(
+        "llama-perplexity failed twice:\n{}",
+        failures.join("\n---\n")
+    );
 }
 
 #[test]

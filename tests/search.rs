@@ -334,6 +334,39 @@ fn exported_model_evaluates_like_the_configuration() {
         cfg.to_str().unwrap(),
     ]);
     assert_eq!(a, b);
+    // The native export stores the codes; it loads to the same weights, is
+    // several times smaller, and packs (entropy-codes) smaller still.
+    let native = tmp.path().join("native");
+    ok(&run(&[
+        "export",
+        "--model",
+        "assets/demo-model",
+        "--db",
+        db().to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        native.to_str().unwrap(),
+        "--format",
+        "dynapress",
+    ]));
+    assert_eq!(eval(&["--model", native.to_str().unwrap()]), a);
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let st_native = size(&native.join("model.safetensors"));
+    let st_bf16 = size(&common::demo_model().join("model.safetensors"));
+    assert!(
+        (st_native as f64) < 0.5 * st_bf16 as f64,
+        "native {st_native} vs bf16 {st_bf16}"
+    );
+    let dpk = tmp.path().join("native.dpk");
+    ok(&run(&[
+        "pack",
+        native.to_str().unwrap(),
+        dpk.to_str().unwrap(),
+        "--quiet",
+    ]));
+    assert!(size(&dpk) < st_native, "pack {} vs {st_native}", size(&dpk));
+    assert_eq!(eval(&["--model", dpk.to_str().unwrap()]), a);
     // Exporting again over it needs --force.
     let o = run(&[
         "export",

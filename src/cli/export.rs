@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
-use dynapress::export::{ExportDtype, export_safetensors};
+use dynapress::export::{ExportDtype, export_native, export_safetensors};
 use dynapress::formats::gguf::{
     GgufTypes, export_gguf, llama_quantize_command, llama_quantize_recipe,
 };
@@ -25,8 +25,10 @@ pub struct ExportArgs {
     /// Output: a directory (safetensors) or a file (gguf).
     #[arg(long)]
     out: PathBuf,
-    /// safetensors (a Hugging Face directory, dequantized weights) or gguf
-    /// (the exact ggml blocks; needs a kquant or gptq-kquant database).
+    /// safetensors (a Hugging Face directory, dequantized weights), dynapress
+    /// (a directory with each searched layer in its compressed form: codes,
+    /// scales, zeros or ggml blocks; `eval`, `generate` and `pack` read it), or
+    /// gguf (the exact ggml blocks; needs a kquant or gptq-kquant database).
     #[arg(long, default_value = "safetensors")]
     format: String,
     /// safetensors: dtype of the exported weights (original, f32, bf16, f16).
@@ -73,6 +75,20 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        "dynapress" => {
+            let r = export_native(&files, &db, &config, &a.config, &a.out, a.force)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}: {} searched weights at {:.4} bits per weight; model.safetensors {:.1} MB (compressed form)",
+                    r.out.display(),
+                    r.searched_params,
+                    r.searched_bits_per_weight,
+                    r.safetensors_bytes as f64 / 1e6
+                );
+            }
+        }
         "gguf" => {
             if a.out.exists() && !a.force {
                 anyhow::bail!("{}: exists; pass --force to replace it", a.out.display());
@@ -104,7 +120,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        other => anyhow::bail!("unknown --format `{other}`: choose safetensors or gguf"),
+        other => anyhow::bail!("unknown --format `{other}`: choose safetensors, dynapress or gguf"),
     }
     Ok(())
 }

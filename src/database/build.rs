@@ -409,7 +409,11 @@ fn compress(
     if let Some(ty) = level.ggml {
         let rows = w.len() / cols;
         let bytes = match (spec.method, factor) {
-            (Method::GptqKquant, Some(f)) => gptq_ggml_bytes(f, w, ty, imatrix)?,
+            (Method::GptqKquant, Some(f)) => {
+                dynapress_compress::ggml_gptq::gptq_ggml(f, w, ty, imatrix)
+                    .map_err(|e| e.to_string())?
+                    .into_bytes()
+            }
             _ => dynapress_ggml::quantize(ty, w, cols, imatrix).map_err(|e| e.to_string())?,
         };
         return Ok(Variant::Ggml(GgmlBlocks {
@@ -540,14 +544,4 @@ fn remove_temp_files(dir: &Path) -> Result<()> {
         Ok(())
     }
     walk(dir).map_err(|e| Error::io(dir, e))
-}
-
-/// GPTQ inside ggml block grids (wired to the compress crate once it lands).
-fn gptq_ggml_bytes(
-    _f: &GptqFactor,
-    _w: &[f32],
-    ty: dynapress_ggml::GgmlType,
-    _imatrix: Option<&[f32]>,
-) -> std::result::Result<Vec<u8>, String> {
-    Err(format!("gptq-kquant ({}) is not available yet", ty.name()))
 }

@@ -45,12 +45,30 @@ pub struct RawTensor<'a> {
     pub path: &'a Path,
 }
 
+/// How a quantized linear layer of a dynapress-native checkpoint is stored
+/// (`NAME.codes`/`.scales`/`.zeros`/`.perm`, or `NAME.ggml` blocks), from the
+/// file's `dynapress.quant` metadata.
+#[derive(Debug, Clone)]
+enum QuantStorage {
+    Grid(dynapress_compress::QuantMeta),
+    Ggml {
+        ty: dynapress_ggml::GgmlType,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+/// The metadata key listing a file's quantized layers.
+pub const QUANT_METADATA_KEY: &str = "dynapress.quant";
+
 /// Every tensor of a checkpoint, by name.
 #[derive(Clone)]
 pub struct WeightSource {
     dir: PathBuf,
     files: Arc<Vec<StFile>>,
     index: Arc<HashMap<String, usize>>,
+    /// Quantized layers (dynapress-native export), by weight name.
+    quant: Arc<HashMap<String, QuantStorage>>,
 }
 
 impl WeightSource {
@@ -110,6 +128,40 @@ impl WeightSource {
 
     fn from_files(dir: PathBuf, files: Vec<StFile>) -> Result<Self> {
         let mut index = HashMap::new();
+        let mut quant = HashMap::new();
+        for f in &files {
+            let Some(text) = f
+                .metadata
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get(QUANT_METADATA_KEY))
+            else {
+                continue;
+            };
+            let bad = |msg: String| Error::Safetensors {
+                path: f.path.clone(),
+                msg,
+            };
+            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+                .map_err(|e| bad(format!("bad {QUANT_METADATA_KEY} metadata: {e}")))?;
+            for (name, v) in map {
+                let storage = match v.get("ggml") {
+                    Some(g) => QuantStorage::Ggml {
+                        ty: g["type"]
+                            .as_str()
+                            .and_then(dynapress_ggml::GgmlType::from_name)
+                            .ok_or_else(|| bad(format!("{name}: bad ggml type")))?,
+                        rows: g["rows"].as_u64().unwrap_or(0) as usize,
+                        cols: g["cols"].as_u64().unwrap_or(0) as usize,
+                    },
+                    None => QuantStorage::Grid(
+                        serde_json::from_value(v)
+                            .map_err(|e| bad(format!("{name}: bad quantization metadata: {e}")))?,
+                    ),
+                };
+                quant.insert(name, storage);
+            }
+        }
         for (i, f) in files.iter().enumerate() {
             for name in f.metadata.tensors().keys() {
                 if let Some(prev) = index.insert(name.clone(), i) {
@@ -127,6 +179,7 @@ impl WeightSource {
             dir,
             files: Arc::new(files),
             index: Arc::new(index),
+            quant: Arc::new(quant),
         })
     }
 
@@ -135,14 +188,93 @@ impl WeightSource {
         &self.dir
     }
 
-    /// Whether a tensor exists.
+    /// Whether a tensor exists (stored plainly or quantized).
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.index.contains_key(name) || self.quant.contains_key(name)
     }
 
-    /// All tensor names, sorted.
+    /// Whether `name` is stored quantized (dynapress-native checkpoint).
+    pub fn is_quantized(&self, name: &str) -> bool {
+        self.quant.contains_key(name)
+    }
+
+    /// The f32 values of a quantized layer `[rows, cols]`.
+    fn dequantized(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let storage = &self.quant[name];
+        let part = |suffix: &str| self.raw(&format!("{name}.{suffix}"));
+        let bad = |path: &Path, msg: String| Error::Safetensors {
+            path: path.to_path_buf(),
+            msg: format!("{name}: {msg}"),
+        };
+        match storage {
+            QuantStorage::Ggml { ty, rows, cols } => {
+                let blocks = part("ggml")?;
+                let v = dynapress_ggml::dequantize(*ty, blocks.data, rows * cols)
+                    .map_err(|e| bad(blocks.path, e.to_string()))?;
+                Ok((vec![*rows, *cols], v))
+            }
+            QuantStorage::Grid(meta) => {
+                use dynapress_compress::{BufferDtype, NamedBuffer};
+                let mut buffers = Vec::new();
+                let mut path = self.dir.clone();
+                for (suffix, required) in [
+                    ("codes", true),
+                    ("scales", true),
+                    ("zeros", false),
+                    ("perm", false),
+                ] {
+                    let full = format!("{name}.{suffix}");
+                    if !self.index.contains_key(&full) {
+                        if required {
+                            return Err(Error::MissingTensor {
+                                name: full,
+                                dir: self.dir.clone(),
+                            });
+                        }
+                        continue;
+                    }
+                    let r = part(suffix)?;
+                    path = r.path.to_path_buf();
+                    let dtype = match r.dtype {
+                        Dtype::U8 => BufferDtype::U8,
+                        Dtype::F16 => BufferDtype::F16,
+                        Dtype::U16 => BufferDtype::U16,
+                        Dtype::U32 => BufferDtype::U32,
+                        other => {
+                            return Err(bad(
+                                r.path,
+                                format!("unexpected dtype {other:?} for {suffix}"),
+                            ));
+                        }
+                    };
+                    buffers.push(NamedBuffer {
+                        name: suffix.to_string(),
+                        dtype,
+                        shape: r.shape.clone(),
+                        data: r.data.to_vec(),
+                    });
+                }
+                let q = dynapress_compress::QuantizedLinear::from_buffers(meta, &buffers)
+                    .map_err(|e| bad(&path, e.to_string()))?;
+                Ok((vec![q.rows(), q.cols()], q.dequantize()))
+            }
+        }
+    }
+
+    /// All tensor names, sorted (a quantized layer appears once, under its
+    /// weight name, not as its parts).
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.index.keys().cloned().collect();
+        let part_of_quant = |n: &str| {
+            n.rsplit_once('.')
+                .is_some_and(|(base, _)| self.quant.contains_key(base))
+        };
+        let mut v: Vec<String> = self
+            .index
+            .keys()
+            .filter(|n| !part_of_quant(n))
+            .cloned()
+            .chain(self.quant.keys().cloned())
+            .collect();
         v.sort();
         v
     }
@@ -210,12 +342,28 @@ impl WeightSource {
 
     /// Shape of a tensor.
     pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        Ok(self.raw(name)?.shape)
+        match self.quant.get(name) {
+            Some(QuantStorage::Ggml { rows, cols, .. }) => Ok(vec![*rows, *cols]),
+            Some(QuantStorage::Grid(m)) => Ok(vec![m.rows, m.cols]),
+            None => Ok(self.raw(name)?.shape),
+        }
     }
 
     /// Loads a floating-point tensor as f32 values, checking its shape and that
     /// every value is finite.
     pub fn load_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        if self.quant.contains_key(name) {
+            let (shape, values) = self.dequantized(name)?;
+            if shape != expected {
+                return Err(Error::TensorShape {
+                    name: name.to_string(),
+                    path: self.dir.clone(),
+                    expected: expected.to_vec(),
+                    got: shape,
+                });
+            }
+            return Ok(values);
+        }
         let raw = self.raw(name)?;
         if raw.shape != expected {
             return Err(Error::TensorShape {

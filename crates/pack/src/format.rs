@@ -3,7 +3,8 @@
 //! ```text
 //! offset 0   header (64 bytes, little-endian)
 //!            [0..8)   magic "DYNAPACK"
-//!            [8..12)  format version (u32) = 1
+//!            [8..12)  format version (u32): 2 if a segment uses codec 3,
+//!                     else 1 (the layout is otherwise the same)
 //!            [12..16) flags (u32) = 0; nonzero flags are rejected
 //!            [16..24) index offset (u64)
 //!            [24..32) index length (u64)
@@ -21,9 +22,13 @@
 //! u32 file count
 //! per file:   u16 name length, UTF-8 name (relative, '/'-separated)
 //!             u64 size, u8 kind (0 opaque, 1 safetensors), u32 segment count
-//! per segment: u8 codec (0 stored, 1 bytes, 2 float)
+//! per segment: u8 codec (0 stored, 1 bytes, 2 float, 3 quantized codes)
 //!             float only: u8 format (0 bf16, 1 f16, 2 f32), u8 k
-//!             bytes/float: u32 table length, frequency table (bit-packed)
+//!             quantized codes only (version >= 2):
+//!                 u8 bits (1..=8), u64 code count, u8 mode (1 plain, 2 centered)
+//!                 centered only: u32 zero-point segment (index in the same
+//!                 file), u64 codes per row, u64 codes per group (<= row)
+//!             bytes/float/quantized: u32 table length, frequency table (bit-packed)
 //!             u64 length, u32 chunk count
 //! per chunk:  u64 payload offset, u32 payload length, u32 original length,
 //!             u8 mode (0 stored verbatim, 1 coded),
@@ -32,6 +37,16 @@
 //!
 //! A file's bytes are its segments' bytes in order; a segment's bytes are its
 //! chunks' bytes in order.
+//!
+//! A quantized-code segment holds `count` codes of `bits` bits bit-packed
+//! LSB-first (`ceil(count bits / 8)` bytes). Every chunk but the last has a
+//! multiple of `bits` bytes, i.e. of 8 codes, so a chunk's first code index
+//! is `8 / bits` times its byte offset in the segment. A coded chunk is one
+//! rANS stream of its codes under the segment's table: the codes themselves
+//! (mode 1), or `c - z + 2^bits - 1` (mode 2) with `z` the zero point of the
+//! code's group, read from the zero-point segment (`rows * ceil(cols /
+//! group)` zero points packed at `bits` bits, `rows = count / cols`), which
+//! must not be centered itself. See [`crate::quant`].
 
 use std::path::Path;
 
@@ -42,8 +57,12 @@ use crate::rans::{FreqTable, Layout};
 
 /// Magic bytes at the start of every container.
 pub const MAGIC: [u8; 8] = *b"DYNAPACK";
-/// The format version this build writes and the highest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The highest format version this build writes and reads. Version 2 added
+/// the quantized-code segment codec; a container without such segments is
+/// written as version 1, which older readers read too.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version that introduced quantized-code segments.
+pub(crate) const QUANT_VERSION: u32 = 2;
 /// Size of the fixed header.
 pub(crate) const HEADER_LEN: usize = 64;
 /// Largest original size of one chunk.
@@ -59,6 +78,7 @@ pub(crate) fn hash(bytes: &[u8]) -> u64 {
 /// The fixed header's variable fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
+    pub(crate) version: u32,
     pub(crate) index_offset: u64,
     pub(crate) index_len: u64,
     pub(crate) index_hash: u64,
@@ -69,7 +89,7 @@ impl Header {
     pub(crate) fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[16..24].copy_from_slice(&self.index_offset.to_le_bytes());
         b[24..32].copy_from_slice(&self.index_len.to_le_bytes());
         b[32..40].copy_from_slice(&self.index_hash.to_le_bytes());
@@ -141,6 +161,7 @@ impl Header {
             return Err(corrupt(format!("unknown flags {flags:#x}")));
         }
         let h = Header {
+            version,
             index_offset: u64_at(16).expect("in header"),
             index_len: u64_at(24).expect("in header"),
             index_hash: u64_at(32).expect("in header"),
@@ -188,6 +209,45 @@ pub(crate) enum Codec {
     Bytes { table: FreqTable },
     /// Float head/tail planes.
     Float { split: Split, table: FreqTable },
+    /// Bit-packed quantized codes, order-0 rANS per chunk (version 2).
+    Quant {
+        /// Bits per code, 1..=8.
+        bits: u8,
+        /// Codes in the segment.
+        count: u64,
+        /// Centered on zero points (mode 2), or plain (mode 1).
+        center: Option<Center>,
+        /// Over `2^bits` (plain) or `2^(bits+1) - 1` (centered) symbols.
+        table: FreqTable,
+    },
+}
+
+impl Codec {
+    /// The lowest format version that has this codec.
+    pub(crate) fn min_version(&self) -> u32 {
+        match self {
+            Codec::Quant { .. } => QUANT_VERSION,
+            _ => 1,
+        }
+    }
+}
+
+/// The group layout of centered quantized codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Center {
+    /// Index (within the file) of the segment holding the zero points.
+    pub(crate) zeros_segment: u32,
+    /// Codes per row.
+    pub(crate) cols: u64,
+    /// Codes per group along a row (the last group of a row may be shorter).
+    pub(crate) group_len: u64,
+}
+
+impl Center {
+    /// Number of zero points for `count` codes (whole rows, validated).
+    pub(crate) fn zero_count(&self, count: u64) -> u64 {
+        (count / self.cols) * self.cols.div_ceil(self.group_len)
+    }
 }
 
 /// One chunk's record.
@@ -244,6 +304,26 @@ pub(crate) fn write_index(files: &[FileRec], out: &mut Vec<u8>) {
                     out.push(2);
                     out.push(split.format.code());
                     out.push(split.k as u8);
+                    Some(table)
+                }
+                Codec::Quant {
+                    bits,
+                    count,
+                    center,
+                    table,
+                } => {
+                    out.push(3);
+                    out.push(*bits);
+                    out.extend_from_slice(&count.to_le_bytes());
+                    match center {
+                        None => out.push(1),
+                        Some(c) => {
+                            out.push(2);
+                            out.extend_from_slice(&c.zeros_segment.to_le_bytes());
+                            out.extend_from_slice(&c.cols.to_le_bytes());
+                            out.extend_from_slice(&c.group_len.to_le_bytes());
+                        }
+                    }
                     Some(table)
                 }
             };
@@ -312,10 +392,15 @@ pub(crate) fn is_safe_name(name: &str) -> bool {
             .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
-/// Parses and fully validates the index of a container whose payload area
-/// is `[HEADER_LEN, data_end)`. Every count is checked against the bytes
-/// that remain before anything is allocated for it.
-pub(crate) fn read_index(path: &Path, index: &[u8], data_end: u64) -> Result<Vec<FileRec>> {
+/// Parses and fully validates the index of a container of format `version`
+/// whose payload area is `[HEADER_LEN, data_end)`. Every count is checked
+/// against the bytes that remain before anything is allocated for it.
+pub(crate) fn read_index(
+    path: &Path,
+    index: &[u8],
+    data_end: u64,
+    version: u32,
+) -> Result<Vec<FileRec>> {
     let corrupt = |detail: String| Error::Corrupt {
         path: path.into(),
         detail,
@@ -361,7 +446,7 @@ pub(crate) fn read_index(path: &Path, index: &[u8], data_end: u64) -> Result<Vec
         let mut segments = Vec::with_capacity(nseg);
         let mut total = 0u64;
         for si in 0..nseg {
-            let seg = read_segment(&mut c, data_end)
+            let seg = read_segment(&mut c, data_end, version)
                 .map_err(|d| corrupt(format!("{name}: segment {si}: {d}")))?;
             total = total
                 .checked_add(seg.raw_len)
@@ -373,6 +458,7 @@ pub(crate) fn read_index(path: &Path, index: &[u8], data_end: u64) -> Result<Vec
                 "{name}: segments hold {total} bytes but the file size is {size}"
             )));
         }
+        check_contexts(&segments).map_err(|d| corrupt(format!("{name}: {d}")))?;
         files.push(FileRec {
             name,
             size,
@@ -389,7 +475,53 @@ pub(crate) fn read_index(path: &Path, index: &[u8], data_end: u64) -> Result<Vec
     Ok(files)
 }
 
-fn read_segment(c: &mut Cursor<'_>, data_end: u64) -> std::result::Result<SegmentRec, String> {
+/// Checks that every centered quantized-code segment names a zero-point
+/// segment of the same file that is not centered itself and holds exactly
+/// the packed zero points of its groups.
+fn check_contexts(segments: &[SegmentRec]) -> std::result::Result<(), String> {
+    for (si, s) in segments.iter().enumerate() {
+        let Codec::Quant {
+            bits,
+            count,
+            center: Some(c),
+            ..
+        } = &s.codec
+        else {
+            continue;
+        };
+        let zi = c.zeros_segment as usize;
+        let Some(z) = segments.get(zi).filter(|_| zi != si) else {
+            return Err(format!(
+                "segment {si}: zero points in segment {zi}, which is not another segment of the file"
+            ));
+        };
+        if matches!(
+            z.codec,
+            Codec::Quant {
+                center: Some(_),
+                ..
+            }
+        ) {
+            return Err(format!(
+                "segment {si}: its zero-point segment {zi} is centered itself"
+            ));
+        }
+        let want = crate::quant::packed_len(c.zero_count(*count) as usize, *bits) as u64;
+        if z.raw_len != want {
+            return Err(format!(
+                "segment {si}: zero-point segment {zi} holds {} bytes, its groups need {want}",
+                z.raw_len
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn read_segment(
+    c: &mut Cursor<'_>,
+    data_end: u64,
+    version: u32,
+) -> std::result::Result<SegmentRec, String> {
     let short = || "the index ends early".to_string();
     let tag = c.u8().ok_or_else(short)?;
     let table_for = |c: &mut Cursor<'_>, alphabet: u32| -> std::result::Result<FreqTable, String> {
@@ -419,9 +551,66 @@ fn read_segment(c: &mut Cursor<'_>, data_end: u64) -> std::result::Result<Segmen
                 table: table_for(c, 1 << split.head_bits())?,
             }
         }
+        3 if version >= QUANT_VERSION => {
+            let bits = c.u8().ok_or_else(short)?;
+            if !(1..=8).contains(&bits) {
+                return Err(format!("quantized codes of {bits} bits"));
+            }
+            let count = c.u64().ok_or_else(short)?;
+            if count == 0 {
+                return Err("quantized-code segment of zero codes".into());
+            }
+            let center = match c.u8().ok_or_else(short)? {
+                1 => None,
+                2 => {
+                    let zeros_segment = c.u32().ok_or_else(short)?;
+                    let cols = c.u64().ok_or_else(short)?;
+                    let group_len = c.u64().ok_or_else(short)?;
+                    if cols == 0 || !count.is_multiple_of(cols) {
+                        return Err(format!("{count} codes are not whole rows of {cols}"));
+                    }
+                    if group_len == 0 || group_len > cols {
+                        return Err(format!(
+                            "group length {group_len} outside 1..={cols} (the row)"
+                        ));
+                    }
+                    Some(Center {
+                        zeros_segment,
+                        cols,
+                        group_len,
+                    })
+                }
+                m => return Err(format!("unknown quantized-code mode {m}")),
+            };
+            let maxq = (1u32 << bits) - 1;
+            let alphabet = if center.is_some() {
+                2 * maxq + 1
+            } else {
+                maxq + 1
+            };
+            Codec::Quant {
+                bits,
+                count,
+                center,
+                table: table_for(c, alphabet)?,
+            }
+        }
+        3 => {
+            return Err(format!(
+                "quantized-code segment in a version {version} container (needs {QUANT_VERSION})"
+            ));
+        }
         t => return Err(format!("unknown codec {t}")),
     };
     let raw_len = c.u64().ok_or_else(short)?;
+    if let Codec::Quant { bits, count, .. } = &codec {
+        let want = u128::from(*count) * u128::from(*bits);
+        if u128::from(raw_len) != want.div_ceil(8) {
+            return Err(format!(
+                "{raw_len} bytes cannot hold exactly {count} codes of {bits} bits"
+            ));
+        }
+    }
     let nchunks = c.u32().ok_or_else(short)? as usize;
     if nchunks > c.remaining() / CHUNK_RECORD {
         return Err(format!(
@@ -431,6 +620,7 @@ fn read_segment(c: &mut Cursor<'_>, data_end: u64) -> std::result::Result<Segmen
     let mut chunks = Vec::with_capacity(nchunks);
     let mut total = 0u64;
     for ci in 0..nchunks {
+        let last = ci + 1 == nchunks;
         let rec = ChunkRec {
             offset: c.u64().ok_or_else(short)?,
             stored_len: c.u32().ok_or_else(short)?,
@@ -474,6 +664,20 @@ fn read_segment(c: &mut Cursor<'_>, data_end: u64) -> std::result::Result<Segmen
                         ));
                     }
                 }
+                Codec::Quant { bits, count, .. } => {
+                    // Codes in this chunk: whole groups of 8 unless last.
+                    let n = if last {
+                        count.saturating_sub(total * 8 / u64::from(*bits))
+                    } else {
+                        raw as u64 * 8 / u64::from(*bits)
+                    };
+                    let need = Layout::for_len(n as usize).min_bytes();
+                    if stored < need {
+                        return Err(format!(
+                            "chunk {ci}: payload of {stored} bytes is shorter than its {need}-byte minimum"
+                        ));
+                    }
+                }
                 Codec::Float { split, .. } => {
                     let width = split.format.bytes();
                     if !raw.is_multiple_of(width) {
@@ -489,6 +693,14 @@ fn read_segment(c: &mut Cursor<'_>, data_end: u64) -> std::result::Result<Segmen
                     }
                 }
             }
+        }
+        if let Codec::Quant { bits, .. } = &codec
+            && !last
+            && !raw.is_multiple_of(usize::from(*bits))
+        {
+            return Err(format!(
+                "chunk {ci}: {raw} bytes is not a whole number of 8 codes of {bits} bits"
+            ));
         }
         total += rec.raw_len as u64;
         chunks.push(rec);

@@ -16,6 +16,7 @@ use crate::float::{self, FloatFormat, Split};
 use crate::format::{
     self, ChunkRec, Codec, FileKind, FileRec, HEADER_LEN, Header, MAX_CHUNK, SegmentRec, hash,
 };
+use crate::quant;
 use crate::rans::{self, Encoder, FreqTable, Layout};
 
 /// Progress of a pack or unpack: original bytes processed so far.
@@ -77,6 +78,11 @@ pub struct PackReport {
     pub float_output_bytes: u64,
     /// Original bytes stored verbatim (integer tensors, incompressible data).
     pub stored_bytes: u64,
+    /// Original bytes of the quantized codes and zero points recognised
+    /// from `dynapress.quant` metadata (format 2), all their chunks.
+    pub quant_input_bytes: u64,
+    /// Payload bytes of those tensors (without index).
+    pub quant_output_bytes: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -98,7 +104,7 @@ pub struct InputFile<'a> {
 }
 
 /// What kind of bytes a segment holds, before a codec is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum SegKind {
     /// Pass through (integer tensors, dtypes we do not split).
     Stored,
@@ -106,6 +112,28 @@ enum SegKind {
     Bytes,
     /// Float planes.
     Float(FloatFormat),
+    /// Bit-packed quantized codes or zero points of a layer described by
+    /// the file's `dynapress.quant` metadata.
+    Quant(QuantPlan),
+}
+
+/// A quantized-code tensor: `count` codes of `bits` bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct QuantPlan {
+    bits: u8,
+    count: u64,
+    /// For asymmetric codes: where the group zero points are.
+    center: Option<CenterPlan>,
+}
+
+/// The zero points of a codes tensor: the segment (index in the file) and
+/// byte range that hold them, and the group layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CenterPlan {
+    segment: usize,
+    range: Range<usize>,
+    cols: u64,
+    group_len: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,28 +145,46 @@ struct SegPlan {
 /// Splits a file into segments: for a valid safetensors file, the header,
 /// each tensor and any gaps; otherwise the whole file as bytes.
 fn plan_file(data: &[u8]) -> (FileKind, Vec<SegPlan>) {
-    if let Some(tensors) = parse_safetensors(data) {
+    if let Some((tensors, quant)) = parse_safetensors(data) {
         let base = 8 + u64::from_le_bytes(data[..8].try_into().expect("8")) as usize;
         let mut segs = vec![SegPlan {
             range: 0..base,
             kind: SegKind::Bytes,
         }];
+        // Tensor start offset -> segment index, to link codes to zeros.
+        let mut seg_of = std::collections::HashMap::new();
         let mut at = base;
-        for (range, kind) in tensors {
-            if range.start > at {
+        for t in tensors {
+            if t.range.start > at {
                 segs.push(SegPlan {
-                    range: at..range.start,
+                    range: at..t.range.start,
                     kind: SegKind::Bytes,
                 });
             }
-            at = range.end;
-            segs.push(SegPlan { range, kind });
+            at = t.range.end;
+            let kind = match quant.get(&t.range.start) {
+                Some(q) => SegKind::Quant(q.clone()),
+                None => t.kind,
+            };
+            seg_of.insert(t.range.start, segs.len());
+            segs.push(SegPlan {
+                range: t.range,
+                kind,
+            });
         }
         if at < data.len() {
             segs.push(SegPlan {
                 range: at..data.len(),
                 kind: SegKind::Bytes,
             });
+        }
+        for s in &mut segs {
+            if let SegKind::Quant(QuantPlan {
+                center: Some(c), ..
+            }) = &mut s.kind
+            {
+                c.segment = seg_of[&c.range.start];
+            }
         }
         (FileKind::Safetensors, segs)
     } else if data.is_empty() {
@@ -154,10 +200,23 @@ fn plan_file(data: &[u8]) -> (FileKind, Vec<SegPlan>) {
     }
 }
 
+/// One non-empty tensor of a safetensors file.
+struct TensorSpan {
+    name: String,
+    dtype: String,
+    range: Range<usize>,
+    kind: SegKind,
+}
+
 /// The non-empty tensors of a safetensors file as absolute byte ranges
-/// sorted by offset, or `None` if the file is not well-formed safetensors
-/// (then it is packed as opaque bytes, which is always lossless).
-fn parse_safetensors(data: &[u8]) -> Option<Vec<(Range<usize>, SegKind)>> {
+/// sorted by offset, with the quantized-code tensors its metadata describes
+/// (keyed by start offset), or `None` if the file is not well-formed
+/// safetensors (then it is packed as opaque bytes, which is always
+/// lossless).
+#[allow(clippy::type_complexity)]
+fn parse_safetensors(
+    data: &[u8],
+) -> Option<(Vec<TensorSpan>, std::collections::HashMap<usize, QuantPlan>)> {
     let n = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
     let base = 8usize.checked_add(usize::try_from(n).ok()?)?;
     let header = data.get(8..base)?;
@@ -187,13 +246,146 @@ fn parse_safetensors(data: &[u8]) -> Option<Vec<(Range<usize>, SegKind)>> {
             Some(f) if (b - a) % f.bytes() == 0 => SegKind::Float(f),
             _ => SegKind::Stored,
         };
-        tensors.push((a..b, kind));
+        tensors.push(TensorSpan {
+            name: name.clone(),
+            dtype: dtype.to_string(),
+            range: a..b,
+            kind,
+        });
     }
-    tensors.sort_by_key(|(r, _)| r.start);
-    if tensors.windows(2).any(|w| w[0].0.end > w[1].0.start) {
+    tensors.sort_by_key(|t| t.range.start);
+    if tensors
+        .windows(2)
+        .any(|w| w[0].range.end > w[1].range.start)
+    {
         return None;
     }
-    Some(tensors)
+    let quant = json
+        .get("__metadata__")
+        .and_then(|m| m.get(QUANT_METADATA_KEY))
+        .map(|q| quant_tensors(q, &tensors))
+        .unwrap_or_default();
+    Some((tensors, quant))
+}
+
+/// The `__metadata__` key of a dynapress-native quantized export.
+const QUANT_METADATA_KEY: &str = "dynapress.quant";
+
+/// The quantized-code tensors described by a `dynapress.quant` metadata
+/// value (a JSON object, or a string holding one, mapping each layer `NAME`
+/// to `{"rows", "cols", "scheme": {"bits", "group_size", "sym"}}`), keyed
+/// by the start offset of the tensor: `NAME.codes` and, for asymmetric
+/// schemes, `NAME.zeros` (U8, bit-packed at `bits` bits). A layer whose
+/// description or tensors do not fit together is left out, so its tensors
+/// are packed like any other integer tensor.
+fn quant_tensors(
+    meta: &serde_json::Value,
+    tensors: &[TensorSpan],
+) -> std::collections::HashMap<usize, QuantPlan> {
+    let mut out = std::collections::HashMap::new();
+    let parsed;
+    let map = match meta {
+        serde_json::Value::String(s) => match serde_json::from_str(s) {
+            Ok(serde_json::Value::Object(m)) => {
+                parsed = m;
+                &parsed
+            }
+            _ => return out,
+        },
+        serde_json::Value::Object(m) => m,
+        _ => return out,
+    };
+    let by_name: std::collections::HashMap<&str, &TensorSpan> =
+        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    for (name, desc) in map {
+        let Some(layer) = LayerDesc::parse(desc) else {
+            continue;
+        };
+        // Bytes of `n` packed codes, if every size fits.
+        let packed = |n: u64| -> Option<usize> {
+            usize::try_from((u128::from(n) * u128::from(layer.bits)).div_ceil(8)).ok()
+        };
+        let u8_tensor = |suffix: &str| {
+            by_name
+                .get(format!("{name}.{suffix}").as_str())
+                .filter(|t| t.dtype == "U8")
+        };
+        let Some(count) = layer.rows.checked_mul(layer.cols) else {
+            continue;
+        };
+        let Some(codes) = u8_tensor("codes").filter(|t| Some(t.range.len()) == packed(count))
+        else {
+            continue;
+        };
+        let group_len = if layer.group_size == 0 || layer.group_size >= layer.cols {
+            layer.cols
+        } else {
+            layer.group_size
+        };
+        let zero_count = layer.rows * layer.cols.div_ceil(group_len);
+        let zeros = by_name.get(format!("{name}.zeros").as_str());
+        let center = match (layer.sym, zeros) {
+            (true, None) => None,
+            (false, Some(_)) => {
+                let Some(z) =
+                    u8_tensor("zeros").filter(|t| Some(t.range.len()) == packed(zero_count))
+                else {
+                    continue;
+                };
+                out.insert(
+                    z.range.start,
+                    QuantPlan {
+                        bits: layer.bits,
+                        count: zero_count,
+                        center: None,
+                    },
+                );
+                Some(CenterPlan {
+                    segment: usize::MAX, // resolved by plan_file
+                    range: z.range.clone(),
+                    cols: layer.cols,
+                    group_len,
+                })
+            }
+            // Zero points missing for an asymmetric layer, or present for a
+            // symmetric one: the description does not fit the tensors.
+            _ => continue,
+        };
+        out.insert(
+            codes.range.start,
+            QuantPlan {
+                bits: layer.bits,
+                count,
+                center,
+            },
+        );
+    }
+    out
+}
+
+/// The fields of one layer's `dynapress.quant` entry that the packer uses
+/// (other fields are ignored).
+struct LayerDesc {
+    rows: u64,
+    cols: u64,
+    bits: u8,
+    group_size: u64,
+    sym: bool,
+}
+
+impl LayerDesc {
+    fn parse(v: &serde_json::Value) -> Option<Self> {
+        let scheme = v.get("scheme")?;
+        let bits = u8::try_from(scheme.get("bits")?.as_u64()?).ok()?;
+        let d = Self {
+            rows: v.get("rows")?.as_u64()?,
+            cols: v.get("cols")?.as_u64()?,
+            bits,
+            group_size: scheme.get("group_size")?.as_u64()?,
+            sym: scheme.get("sym")?.as_bool()?,
+        };
+        ((1..=8).contains(&bits) && d.rows > 0 && d.cols > 0).then_some(d)
+    }
 }
 
 /// Chunk ranges (relative to the segment) of `len` bytes with elements of
@@ -220,15 +412,17 @@ fn add_hist(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
     a
 }
 
-/// Chooses the codec of one segment by its exact coded size.
-fn choose_codec(data: &[u8], plan: &SegPlan, chunks: &[Range<usize>]) -> Codec {
+/// Chooses the codec of one segment by its exact coded size. For centered
+/// quantized codes, also returns the unpacked zero points (the context the
+/// chunks are coded with).
+fn choose_codec(data: &[u8], plan: &SegPlan, chunks: &[Range<usize>]) -> (Codec, Option<Vec<u8>>) {
     let bytes = &data[plan.range.clone()];
-    match plan.kind {
+    let codec = match &plan.kind {
         SegKind::Stored => Codec::Stored,
         SegKind::Bytes => {
             let counts = byte_histogram(bytes);
             let Some(table) = FreqTable::from_counts(&counts, rans::scale_for(&counts)) else {
-                return Codec::Stored;
+                return (Codec::Stored, None);
             };
             let overhead: usize = chunks
                 .iter()
@@ -243,6 +437,7 @@ fn choose_codec(data: &[u8], plan: &SegPlan, chunks: &[Range<usize>]) -> Codec {
             }
         }
         SegKind::Float(format) => {
+            let format = *format;
             let hist = chunks
                 .par_iter()
                 .map(|c| float::head_histogram(format, &bytes[c.clone()]))
@@ -259,17 +454,131 @@ fn choose_codec(data: &[u8], plan: &SegPlan, chunks: &[Range<usize>]) -> Codec {
                 None => Codec::Stored,
             }
         }
+        SegKind::Quant(q) => return choose_quant(data, bytes, q, chunks),
+    };
+    (codec, None)
+}
+
+/// Codes in each chunk of a quantized-code segment of `count` codes, and
+/// the index of each chunk's first code.
+fn quant_chunk_codes(
+    chunks: &[Range<usize>],
+    bits: u8,
+    count: u64,
+) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let b = usize::from(bits);
+    chunks.iter().map(move |c| {
+        let first = c.start * 8 / b;
+        // The last chunk ends with padding bits, not codes.
+        (first, (c.end * 8 / b).min(count as usize) - first)
+    })
+}
+
+/// The model of a quantized-code segment: plain, or centered on the zero
+/// points when that is smaller (as [`quant::encode_codes`] decides), or
+/// stored when coding does not pay.
+fn choose_quant(
+    data: &[u8],
+    bytes: &[u8],
+    q: &QuantPlan,
+    chunks: &[Range<usize>],
+) -> (Codec, Option<Vec<u8>>) {
+    let zeros = q.center.as_ref().map(|c| {
+        let n = q.count / c.cols * c.cols.div_ceil(c.group_len);
+        quant::unpack_values(&data[c.range.clone()], q.bits, n as usize)
+    });
+    let groups = q
+        .center
+        .as_ref()
+        .zip(zeros.as_ref())
+        .map(|(c, z)| quant::Groups {
+            zeros: z,
+            cols: c.cols as usize,
+            group_len: c.group_len as usize,
+        });
+    let spans: Vec<(usize, usize)> = quant_chunk_codes(chunks, q.bits, q.count).collect();
+    let maxq = (1usize << q.bits) - 1;
+    let (plain, centered) = chunks
+        .par_iter()
+        .zip(&spans)
+        .map(|(c, &(first, n))| {
+            quant::chunk_histograms(&bytes[c.clone()], q.bits, first, n, groups.as_ref())
+        })
+        .reduce(
+            || {
+                (
+                    vec![0u64; maxq + 1],
+                    groups.as_ref().map(|_| vec![0u64; 2 * maxq + 1]),
+                )
+            },
+            |(a, ca), (b, cb)| {
+                let c = match (ca, cb) {
+                    (Some(x), Some(y)) => Some(add_hist(x, y)),
+                    (x, _) => x,
+                };
+                (add_hist(a, b), c)
+            },
+        );
+    let flushes: usize = spans
+        .iter()
+        .map(|&(_, n)| Layout::for_len(n).min_bytes())
+        .sum();
+    let cost = |counts: &[u64]| {
+        let t = FreqTable::from_counts(counts, rans::scale_for(counts))
+            .expect("a non-empty segment has codes; alphabet <= 511");
+        let bits = t.cost_bits(counts) + t.serialized_bits() as f64 + 8.0 * flushes as f64;
+        (t, bits)
+    };
+    let mut best = (None, cost(&plain));
+    if let (Some(h), Some(c)) = (&centered, &q.center) {
+        let alt = cost(h);
+        if alt.1 < best.1.1 {
+            best = (
+                Some(format::Center {
+                    zeros_segment: c.segment as u32,
+                    cols: c.cols,
+                    group_len: c.group_len,
+                }),
+                alt,
+            );
+        }
     }
+    let (center, (table, bits)) = best;
+    if bits >= 8.0 * bytes.len() as f64 {
+        return (Codec::Stored, None);
+    }
+    let ctx = if center.is_some() { zeros } else { None };
+    (
+        Codec::Quant {
+            bits: q.bits,
+            count: q.count,
+            center,
+            table,
+        },
+        ctx,
+    )
 }
 
 enum SegEncoder {
     Stored,
     Bytes(Encoder),
     Float(Split, Encoder),
+    Quant(QuantEncoder),
 }
 
-/// Codes one chunk; falls back to storing it when coding does not shrink it.
-fn encode_one<'a>(enc: &SegEncoder, raw: &'a [u8]) -> (Cow<'a, [u8]>, bool) {
+/// What coding the chunks of a quantized-code segment needs.
+struct QuantEncoder {
+    enc: Encoder,
+    bits: u8,
+    count: usize,
+    /// For centered codes: the unpacked zero points, codes per row, codes
+    /// per group.
+    ctx: Option<(Vec<u8>, usize, usize)>,
+}
+
+/// Codes one chunk, which starts `offset` bytes into its segment; falls
+/// back to storing it when coding does not shrink it.
+fn encode_one<'a>(enc: &SegEncoder, raw: &'a [u8], offset: usize) -> (Cow<'a, [u8]>, bool) {
     let coded = match enc {
         SegEncoder::Stored => None,
         SegEncoder::Bytes(e) => Some(
@@ -278,6 +587,18 @@ fn encode_one<'a>(enc: &SegEncoder, raw: &'a [u8]) -> (Cow<'a, [u8]>, bool) {
         ),
         SegEncoder::Float(split, e) => {
             Some(float::encode_chunk(*split, e, raw).expect("table built from this segment"))
+        }
+        SegEncoder::Quant(q) => {
+            let b = usize::from(q.bits);
+            let first = offset * 8 / b;
+            // The last chunk ends with padding bits, not codes.
+            let n = ((offset + raw.len()) * 8 / b).min(q.count) - first;
+            let groups = q.ctx.as_ref().map(|(z, cols, gl)| quant::Groups {
+                zeros: z,
+                cols: *cols,
+                group_len: *gl,
+            });
+            quant::encode_chunk(&q.enc, q.bits, groups.as_ref(), raw, first, n)
         }
     };
     match coded {
@@ -352,36 +673,50 @@ fn pack_inner<W: Write + Seek>(
         let (kind, segs) = plan_file(f.data);
         kinds.push(kind);
         for p in segs {
-            let width = match p.kind {
+            // Float chunks hold whole elements; quantized-code chunks whole
+            // groups of 8 codes (`bits` bytes).
+            let width = match &p.kind {
                 SegKind::Float(fmt) => fmt.bytes(),
+                SegKind::Quant(q) => usize::from(q.bits),
                 _ => 1,
             };
             let chunks = chunk_ranges(p.range.len(), opts.chunk_size, width);
             planned.push((fi, p, chunks));
         }
     }
-    let segs: Vec<Seg<'_>> = planned
+    let (segs, encoders): (Vec<Seg<'_>>, Vec<SegEncoder>) = planned
         .into_par_iter()
         .map(|(fi, p, chunks)| {
             let data = inputs[fi].data;
-            let codec = choose_codec(data, &p, &chunks);
-            Seg {
+            let (codec, ctx) = choose_codec(data, &p, &chunks);
+            let encoder = match &codec {
+                Codec::Stored => SegEncoder::Stored,
+                Codec::Bytes { table } => SegEncoder::Bytes(Encoder::new(table)),
+                Codec::Float { split, table } => SegEncoder::Float(*split, Encoder::new(table)),
+                Codec::Quant {
+                    bits,
+                    count,
+                    center,
+                    table,
+                } => SegEncoder::Quant(QuantEncoder {
+                    enc: Encoder::new(table),
+                    bits: *bits,
+                    count: *count as usize,
+                    ctx: center
+                        .zip(ctx)
+                        .map(|(c, z)| (z, c.cols as usize, c.group_len as usize)),
+                }),
+            };
+            let seg = Seg {
                 file: fi,
                 data,
                 range: p.range,
                 chunks,
                 codec,
-            }
+            };
+            (seg, encoder)
         })
-        .collect();
-    let encoders: Vec<SegEncoder> = segs
-        .par_iter()
-        .map(|s| match &s.codec {
-            Codec::Stored => SegEncoder::Stored,
-            Codec::Bytes { table } => SegEncoder::Bytes(Encoder::new(table)),
-            Codec::Float { split, table } => SegEncoder::Float(*split, Encoder::new(table)),
-        })
-        .collect();
+        .unzip();
 
     // Code chunks in parallel batches, write them in order.
     let total: u64 = inputs.iter().map(|f| f.data.len() as u64).sum();
@@ -418,7 +753,7 @@ fn pack_inner<W: Write + Seek>(
                 let s = &segs[si];
                 let r = &s.chunks[ci];
                 let raw = &s.data[s.range.start + r.start..s.range.start + r.end];
-                let (payload, is_coded) = encode_one(&encoders[si], raw);
+                let (payload, is_coded) = encode_one(&encoders[si], raw, r.start);
                 let raw_hash = hash(raw);
                 let payload_hash = if is_coded { hash(&payload) } else { raw_hash };
                 (payload, is_coded, payload_hash, raw_hash)
@@ -447,6 +782,10 @@ fn pack_inner<W: Write + Seek>(
                 }
                 (_, false) => report.stored_bytes += raw_len as u64,
                 _ => {}
+            }
+            if let Codec::Quant { .. } = &segs[si].codec {
+                report.quant_input_bytes += raw_len as u64;
+                report.quant_output_bytes += payload.len() as u64;
             }
         }
         if let Some(p) = &opts.progress {
@@ -477,7 +816,16 @@ fn pack_inner<W: Write + Seek>(
     format::write_index(&files, &mut index);
     out.write_all(&index)
         .map_err(io(label, "writing the pack index"))?;
+    // The lowest version that has every codec used: packs without
+    // quantized-code segments stay readable by format-1 readers.
+    let version = files
+        .iter()
+        .flat_map(|f| &f.segments)
+        .map(|s| s.codec.min_version())
+        .max()
+        .unwrap_or(1);
     let header = Header {
+        version,
         index_offset: offset,
         index_len: index.len() as u64,
         index_hash: hash(&index),
@@ -660,7 +1008,7 @@ mod tests {
         );
         let (kind, segs) = plan_file(&f);
         assert_eq!(kind, FileKind::Safetensors);
-        let kinds: Vec<_> = segs.iter().map(|s| s.kind).collect();
+        let kinds: Vec<_> = segs.iter().map(|s| s.kind.clone()).collect();
         // Header, bf16, i32 stored, f32 with 6 bytes is not whole floats.
         assert_eq!(
             kinds,

@@ -67,6 +67,7 @@
 //! ```
 
 use crate::bits::{BitReader, BitWriter};
+use crate::checksum::Xxh3Stream;
 use crate::rans::{
     self, DecodeTable, Decoder, Encoder, FreqTable, Layout, StreamError, TableError,
 };
@@ -177,7 +178,7 @@ pub fn encode_codes(
             + layout.min_bytes() as f64;
         (t, bytes)
     };
-    let (plain, centered) = histograms(&codes, groups, maxq);
+    let (plain, centered) = histograms(&codes, 0, groups, maxq);
     let mut best = (MODE_PLAIN, estimate(&plain));
     if let Some(h) = centered {
         let est = estimate(&h);
@@ -190,7 +191,7 @@ pub fn encode_codes(
         return Ok(raw());
     }
     let symbols = match groups {
-        Some(g) if mode == MODE_CENTERED => center(&codes, g, maxq),
+        Some(g) if mode == MODE_CENTERED => center(&codes, 0, g, maxq),
         _ => codes.iter().map(|&c| u16::from(c)).collect(),
     };
     let mut w = BitWriter::default();
@@ -358,10 +359,12 @@ fn for_each_run(
 }
 
 /// Histograms of the plain codes and, with `groups`, of the centered
-/// symbols, in one pass. Four interleaved sub-histograms keep increments of
-/// the same bin (frequent with 4-16 symbols) from waiting on each other.
+/// symbols, in one pass; `codes` start at code index `start` of the
+/// tensor. Four interleaved sub-histograms keep increments of the same bin
+/// (frequent with 4-16 symbols) from waiting on each other.
 fn histograms(
     codes: &[u8],
+    start: usize,
     groups: Option<&Groups<'_>>,
     maxq: usize,
 ) -> (Vec<u64>, Option<Vec<u64>>) {
@@ -396,7 +399,7 @@ fn histograms(
                     plain[0][usize::from(c)] += 1;
                 }
             }
-            Some(g) => for_each_run(k * SPAN, part.len(), g, |r, z| {
+            Some(g) => for_each_run(start + k * SPAN, part.len(), g, |r, z| {
                 let off = maxq - usize::from(z);
                 let run = &part[r];
                 let mut quads = run.chunks_exact(4);
@@ -418,10 +421,10 @@ fn histograms(
     (flush_plain, groups.map(|_| flush_cent))
 }
 
-/// `c - z + maxq` for every code.
-fn center(codes: &[u8], g: &Groups<'_>, maxq: usize) -> Vec<u16> {
+/// `c - z + maxq` for every code; `codes` start at code index `start`.
+fn center(codes: &[u8], start: usize, g: &Groups<'_>, maxq: usize) -> Vec<u16> {
     let mut out = vec![0u16; codes.len()];
-    for_each_run(0, codes.len(), g, |r, z| {
+    for_each_run(start, codes.len(), g, |r, z| {
         let shift = maxq as u16 - u16::from(z);
         for (o, &c) in out[r.clone()].iter_mut().zip(&codes[r]) {
             *o = u16::from(c) + shift;
@@ -462,10 +465,21 @@ fn uncenter(
 /// Unpacks `count` codes; `None` if a padding bit is set. The caller has
 /// checked the length.
 fn unpack(packed: &[u8], bits: u8, count: usize) -> Option<Vec<u8>> {
+    padding_is_clear(packed, bits, count).then(|| unpack_values(packed, bits, count))
+}
+
+/// Whether the bits after the `count` codes in the last byte of `packed`
+/// are zero, i.e. whether [`pack_slice`] of the unpacked codes gives
+/// `packed` back. `packed` holds exactly `packed_len(count, bits)` bytes.
+pub(crate) fn padding_is_clear(packed: &[u8], bits: u8, count: usize) -> bool {
     let used = count * usize::from(bits);
-    if !used.is_multiple_of(8) && packed[packed.len() - 1] >> (used % 8) != 0 {
-        return None;
-    }
+    used.is_multiple_of(8) || packed[packed.len() - 1] >> (used % 8) == 0
+}
+
+/// Unpacks `count` codes of `bits` bits from `packed` (exactly
+/// `packed_len(count, bits)` bytes), ignoring any padding bits.
+pub(crate) fn unpack_values(packed: &[u8], bits: u8, count: usize) -> Vec<u8> {
+    debug_assert_eq!(packed.len(), packed_len(count, bits));
     let mut out = vec![0u8; count];
     match bits {
         1 => unpack_fixed::<1>(packed, &mut out),
@@ -477,7 +491,7 @@ fn unpack(packed: &[u8], bits: u8, count: usize) -> Option<Vec<u8>> {
         7 => unpack_fixed::<7>(packed, &mut out),
         _ => unpack_fixed::<8>(packed, &mut out),
     }
-    Some(out)
+    out
 }
 
 /// [`unpack`] for a width known at compile time: `B` bytes hold eight codes.
@@ -500,6 +514,15 @@ fn unpack_fixed<const B: usize>(packed: &[u8], out: &mut [u8]) {
 /// Appends `codes` packed at `bits` bits; every call but the last must
 /// pass a multiple of 8 codes so that the stream stays byte-aligned.
 fn pack_into(codes: &[u8], bits: u8, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + packed_len(codes.len(), bits), 0);
+    pack_slice(codes, bits, &mut out[start..]);
+}
+
+/// Packs `codes` (each `< 2^bits`) at `bits` bits into `out`, which holds
+/// exactly `packed_len(codes.len(), bits)` bytes; padding bits are zero.
+pub(crate) fn pack_slice(codes: &[u8], bits: u8, out: &mut [u8]) {
+    debug_assert_eq!(out.len(), packed_len(codes.len(), bits));
     match bits {
         1 => pack_fixed::<1>(codes, out),
         2 => pack_fixed::<2>(codes, out),
@@ -512,27 +535,144 @@ fn pack_into(codes: &[u8], bits: u8, out: &mut Vec<u8>) {
     }
 }
 
-/// [`pack_into`] for a width known at compile time: eight codes make `B`
+/// [`pack_slice`] for a width known at compile time: eight codes make `B`
 /// whole bytes.
-fn pack_fixed<const B: usize>(codes: &[u8], out: &mut Vec<u8>) {
-    let start = out.len();
+fn pack_fixed<const B: usize>(codes: &[u8], out: &mut [u8]) {
     let full = codes.len() / 8;
-    out.resize(start + full * B, 0);
-    for (dst, g) in out[start..].chunks_exact_mut(B).zip(codes.chunks_exact(8)) {
+    for (dst, g) in out.chunks_exact_mut(B).zip(codes.chunks_exact(8)) {
         let mut w = 0u64;
         for (k, &c) in g.iter().enumerate() {
             w |= u64::from(c) << (k * B);
         }
         dst.copy_from_slice(&w.to_le_bytes()[..B]);
     }
-    let b = B;
     let rest = &codes[full * 8..];
     if !rest.is_empty() {
         let mut w = 0u64;
         for (k, &c) in rest.iter().enumerate() {
-            w |= u64::from(c) << (k * b);
+            w |= u64::from(c) << (k * B);
         }
-        out.extend_from_slice(&w.to_le_bytes()[..(rest.len() * b).div_ceil(8)]);
+        let tail = &mut out[full * B..];
+        let n = tail.len();
+        tail.copy_from_slice(&w.to_le_bytes()[..n]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Chunked coding for the container (format 2).
+//
+// The container keeps one model per tensor in its index (width, mode and
+// table) and codes each chunk of the packed bytes as an independent rANS
+// stream of that chunk's symbols, so chunks decode in parallel. A chunk
+// that is not the tensor's last starts and ends on a multiple of 8 codes
+// (`bits` bytes), so code `i` of the chunk is code `first + i` of the
+// tensor, and its group (for the centered alphabet) follows.
+
+/// Histograms of `n` codes packed in `packed` that start at code index
+/// `first` of their tensor: plain (alphabet `2^bits`) and, with `groups`,
+/// centered (alphabet `2^(bits+1) - 1`).
+pub(crate) fn chunk_histograms(
+    packed: &[u8],
+    bits: u8,
+    first: usize,
+    n: usize,
+    groups: Option<&Groups<'_>>,
+) -> (Vec<u64>, Option<Vec<u64>>) {
+    let codes = unpack_values(packed, bits, n);
+    histograms(&codes, first, groups, (1usize << bits) - 1)
+}
+
+/// Codes one chunk (`n` codes starting at code `first`) under `enc`, whose
+/// table covers every symbol of the tensor: centered on the zero points of
+/// `centered` if given, plain otherwise. `None` if the chunk's padding
+/// bits are set (the caller stores such a chunk verbatim).
+pub(crate) fn encode_chunk(
+    enc: &Encoder,
+    bits: u8,
+    centered: Option<&Groups<'_>>,
+    packed: &[u8],
+    first: usize,
+    n: usize,
+) -> Option<Vec<u8>> {
+    if !padding_is_clear(packed, bits, n) {
+        return None;
+    }
+    let codes = unpack_values(packed, bits, n);
+    let syms: Vec<u16> = match centered {
+        Some(g) => center(&codes, first, g, (1usize << bits) - 1),
+        None => codes.iter().map(|&c| u16::from(c)).collect(),
+    };
+    Some(
+        enc.encode_u16(&syms, Layout::for_len(n))
+            .expect("the table was built from this tensor's symbols"),
+    )
+}
+
+/// Decodes chunks of one tensor's codes (see [`encode_chunk`]).
+pub(crate) struct ChunkDecoder {
+    bits: u8,
+    centered: bool,
+    table: DecodeTable<u16>,
+}
+
+impl ChunkDecoder {
+    /// A decoder for `bits`-bit codes coded plain or centered under `table`
+    /// (alphabet `2^bits` or `2^(bits+1) - 1`, checked by the index reader).
+    pub(crate) fn new(bits: u8, centered: bool, table: &FreqTable) -> Self {
+        Self {
+            bits,
+            centered,
+            table: DecodeTable::new(table, |s| s as u16),
+        }
+    }
+
+    /// Decodes the `n` codes starting at code `first` from `payload` into
+    /// `out` (exactly `packed_len(n, bits)` bytes; `first` a multiple of 8),
+    /// hashing the bytes into `stream` as blocks are written. Never panics
+    /// on a malformed payload.
+    pub(crate) fn decode(
+        &self,
+        payload: &[u8],
+        first: usize,
+        n: usize,
+        groups: Option<&Groups<'_>>,
+        out: &mut [u8],
+        stream: &mut Xxh3Stream,
+    ) -> Result<(), CodesError> {
+        let bits = self.bits;
+        debug_assert_eq!(out.len(), packed_len(n, bits));
+        debug_assert!(first.is_multiple_of(8));
+        let groups = match (self.centered, groups) {
+            (true, None) => return Err(CodesError::Corrupt("centered codes need zero points")),
+            (true, g) => g,
+            (false, _) => None,
+        };
+        let maxq = (1usize << bits) - 1;
+        let mut decoder = Decoder::new(payload, &self.table)?;
+        let mut syms = vec![0u16; BLOCK.min(n)];
+        let mut codes = vec![0u8; BLOCK.min(n)];
+        let mut done = 0;
+        while done < n {
+            let m = BLOCK.min(n - done);
+            decoder.decode(&mut syms[..m])?;
+            match groups {
+                None => {
+                    // The table's alphabet is 2^bits: every symbol is a code.
+                    for (c, &s) in codes.iter_mut().zip(&syms[..m]) {
+                        *c = s as u8;
+                    }
+                }
+                Some(g) => uncenter(&syms[..m], first + done, g, maxq, &mut codes[..m])?,
+            }
+            // `done` is a multiple of BLOCK, hence of 8: whole bytes.
+            let at = done * usize::from(bits) / 8;
+            let end = at + packed_len(m, bits);
+            pack_slice(&codes[..m], bits, &mut out[at..end]);
+            stream.update(out, end);
+            done += m;
+        }
+        decoder.finish()?;
+        Ok(())
     }
 }
 
@@ -664,7 +804,7 @@ mod tests {
                 / 8.0
         };
         let h_plain = ent(&codes.iter().map(|&c| u16::from(c)).collect::<Vec<_>>(), 4);
-        let h_centered = ent(&center(&codes, &g, 3), 7);
+        let h_centered = ent(&center(&codes, 0, &g, 3), 7);
         assert!(h_centered < 0.95 * h_plain, "{h_centered} vs {h_plain}");
         // Within 0.5 % of the entropy plus table, header and 64 flushed states.
         for (blob, h) in [(&plain, h_plain), (&centered, h_centered)] {

@@ -14,6 +14,7 @@ use crate::error::{Error, Result, io};
 use crate::float::{self, FloatDecoder, Split};
 use crate::format::{self, ChunkRec, Codec, FileKind, FileRec, Header, hash};
 use crate::pack::{Progress, ProgressFn, with_threads};
+use crate::quant::{ChunkDecoder, Groups};
 use crate::rans::{self, DecodeTable};
 
 /// A packed file as listed by [`PackedReader::files`].
@@ -67,6 +68,7 @@ enum SegDecoder {
     Stored,
     Bytes(DecodeTable<u8>),
     Float(Split, FloatDecoder),
+    Quant(ChunkDecoder),
 }
 
 impl SegDecoder {
@@ -75,9 +77,37 @@ impl SegDecoder {
             Codec::Stored => Self::Stored,
             Codec::Bytes { table } => Self::Bytes(DecodeTable::new(table, |s| s as u8)),
             Codec::Float { split, table } => Self::Float(*split, FloatDecoder::new(*split, table)),
+            Codec::Quant {
+                bits,
+                center,
+                table,
+                ..
+            } => Self::Quant(ChunkDecoder::new(*bits, center.is_some(), table)),
         }
     }
 }
+
+/// The unpacked zero points of a centered quantized-code segment, with its
+/// row and group lengths.
+struct Context {
+    zeros: Vec<u8>,
+    cols: usize,
+    group_len: usize,
+}
+
+impl Context {
+    fn groups(&self) -> Groups<'_> {
+        Groups {
+            zeros: &self.zeros,
+            cols: self.cols,
+            group_len: self.group_len,
+        }
+    }
+}
+
+/// One chunk to decode: segment, chunk, its record, its byte offset in the
+/// segment, and where its bytes go.
+type Job<'a, 'o> = (usize, usize, &'a ChunkRec, u64, &'o mut [MaybeUninit<u8>]);
 
 impl PackedReader {
     /// Opens and validates a container file (memory-mapped).
@@ -111,7 +141,7 @@ impl PackedReader {
                 what: "the index".into(),
             });
         }
-        let files = format::read_index(&path, index, h.index_offset)?;
+        let files = format::read_index(&path, index, h.index_offset, h.version)?;
         let by_name = files
             .iter()
             .enumerate()
@@ -195,7 +225,7 @@ impl PackedReader {
         let mut at = 0;
         for (ci, c) in seg.chunks.iter().enumerate() {
             let n = c.raw_len as usize;
-            self.decode_chunk(f, 0, ci, c, &dec, &mut out[at..at + n])?;
+            self.decode_chunk(f, 0, ci, c, at as u64, &dec, None, &mut out[at..at + n])?;
             at += n;
         }
         Ok(out)
@@ -221,17 +251,42 @@ impl PackedReader {
     /// bytes of `out` may be uninitialised and each chunk's range is
     /// zero-filled (while it is hot in cache) before decoding; without it
     /// they must be initialised already.
+    ///
+    /// Segments that other segments use as context (the zero points of
+    /// centered quantized codes) are decoded and verified first; then
+    /// everything else, in parallel.
     fn decode_file(&self, f: &FileRec, out: &mut [MaybeUninit<u8>], init: bool) -> Result<()> {
         // Decode tables are built by the first chunk of each segment that
         // needs them, inside the same parallel loop.
         let decoders: Vec<OnceLock<SegDecoder>> =
             f.segments.iter().map(|_| OnceLock::new()).collect();
-        let mut jobs = Vec::with_capacity(f.segments.iter().map(|s| s.chunks.len()).sum());
+        let is_context: Vec<bool> = {
+            let mut v = vec![false; f.segments.len()];
+            for s in &f.segments {
+                if let Codec::Quant {
+                    center: Some(c), ..
+                } = &s.codec
+                {
+                    v[c.zeros_segment as usize] = true;
+                }
+            }
+            v
+        };
+        let mut first: Vec<Job<'_, '_>> = Vec::new();
+        let mut rest_jobs: Vec<Job<'_, '_>> =
+            Vec::with_capacity(f.segments.iter().map(|s| s.chunks.len()).sum());
         let mut rest = out;
         for (si, s) in f.segments.iter().enumerate() {
+            let mut at = 0u64;
             for (ci, c) in s.chunks.iter().enumerate() {
                 let (head, tail) = rest.split_at_mut(c.raw_len as usize);
-                jobs.push((si, ci, c, head));
+                let job = (si, ci, c, at, head);
+                if is_context[si] {
+                    first.push(job);
+                } else {
+                    rest_jobs.push(job);
+                }
+                at += u64::from(c.raw_len);
                 rest = tail;
             }
         }
@@ -239,25 +294,69 @@ impl PackedReader {
             rest.is_empty(),
             "index validation guarantees the sizes add up"
         );
-        jobs.into_par_iter().try_for_each(|(si, ci, c, o)| {
+        let run = |job: &mut Job<'_, '_>, contexts: &[Option<Context>]| {
+            let (si, ci, c, at, o) = job;
             if init {
                 o.fill(MaybeUninit::new(0));
             }
             // SAFETY: every byte of `o` is initialised (zero-filled above, or
             // by the caller); MaybeUninit<u8> and u8 have the same layout.
-            let o = unsafe { &mut *(o as *mut [MaybeUninit<u8>] as *mut [u8]) };
-            let dec = decoders[si].get_or_init(|| SegDecoder::new(&f.segments[si].codec));
-            self.decode_chunk(f, si, ci, c, dec, o)
-        })
+            let o = unsafe { &mut *(&mut **o as *mut [MaybeUninit<u8>] as *mut [u8]) };
+            let dec = decoders[*si].get_or_init(|| SegDecoder::new(&f.segments[*si].codec));
+            let groups = contexts
+                .get(*si)
+                .and_then(|c| c.as_ref())
+                .map(Context::groups);
+            self.decode_chunk(f, *si, *ci, c, *at, dec, groups.as_ref(), o)
+        };
+        if first.is_empty() {
+            return rest_jobs.par_iter_mut().try_for_each(|j| run(j, &[]));
+        }
+        first.par_iter_mut().try_for_each(|j| run(j, &[]))?;
+        // The zero points are decoded and verified: unpack them for the
+        // segments centered on them.
+        let mut contexts: Vec<Option<Context>> = Vec::with_capacity(f.segments.len());
+        for s in &f.segments {
+            let Codec::Quant {
+                bits,
+                count,
+                center: Some(c),
+                ..
+            } = &s.codec
+            else {
+                contexts.push(None);
+                continue;
+            };
+            let zs = c.zeros_segment as usize;
+            let mut packed = Vec::with_capacity(f.segments[zs].raw_len as usize);
+            for (_, _, _, _, o) in first.iter().filter(|j| j.0 == zs) {
+                // SAFETY: decoded above, so initialised.
+                packed.extend_from_slice(unsafe {
+                    &*(&**o as *const [MaybeUninit<u8>] as *const [u8])
+                });
+            }
+            contexts.push(Some(Context {
+                zeros: crate::quant::unpack_values(&packed, *bits, c.zero_count(*count) as usize),
+                cols: c.cols as usize,
+                group_len: c.group_len as usize,
+            }));
+        }
+        rest_jobs.par_iter_mut().try_for_each(|j| run(j, &contexts))
     }
 
+    /// Decodes chunk `ci` of segment `si` of `f` (which starts `offset`
+    /// bytes into its segment) into `out`, verifying its checksums. `groups`
+    /// are the zero points of a centered quantized-code segment.
+    #[allow(clippy::too_many_arguments)]
     fn decode_chunk(
         &self,
         f: &FileRec,
         si: usize,
         ci: usize,
         c: &ChunkRec,
+        offset: u64,
         dec: &SegDecoder,
+        groups: Option<&Groups<'_>>,
         out: &mut [u8],
     ) -> Result<()> {
         let what = |part: &str| format!("{} (segment {si}, chunk {ci}, {part})", f.name);
@@ -289,6 +388,25 @@ impl PackedReader {
             SegDecoder::Float(split, d) => {
                 float::decode_chunk(*split, d, payload, out, &mut stream).map_err(|e| e.to_string())
             }
+            SegDecoder::Quant(d) => match &f.segments[si].codec {
+                Codec::Quant { bits, count, .. } => {
+                    // Index validation: chunks before the last hold whole
+                    // groups of 8 codes, and the sizes add up to `count`.
+                    let b = u64::from(*bits);
+                    let first = offset * 8 / b;
+                    let n = ((offset + out.len() as u64) * 8 / b).min(*count) - first;
+                    d.decode(
+                        payload,
+                        first as usize,
+                        n as usize,
+                        groups,
+                        out,
+                        &mut stream,
+                    )
+                    .map_err(|e| e.to_string())
+                }
+                _ => unreachable!("the decoder was built from this codec"),
+            },
         };
         let out_hash = decoded.as_ref().ok().map(|_| stream.finish(out));
         if out_hash != Some(c.raw_hash) && hash(payload) != c.payload_hash {

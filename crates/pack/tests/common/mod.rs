@@ -189,3 +189,139 @@ pub fn rehash(c: &mut [u8]) {
 pub fn xxh3(b: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(b)
 }
+
+// ---------------------------------------------------------------------------
+// dynapress-native quantized safetensors exports (format 2's quant segments).
+
+use dynapress_compress::{GptqParams, Hessian, QuantScheme, QuantizedLinear, RtnParams, gptq, rtn};
+
+/// A bf16 2-D tensor of the demo model as row-major f32, its first `rows`
+/// rows only (all when `None`); returns the weights and the column count.
+pub fn demo_weight(name: &str, rows: Option<usize>) -> (Vec<f32>, usize) {
+    let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::BF16, "{name}");
+    let cols = t.shape()[1];
+    let rows = rows.unwrap_or(t.shape()[0]).min(t.shape()[0]);
+    let w = t.data()[..2 * rows * cols]
+        .chunks_exact(2)
+        .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+        .collect();
+    (w, cols)
+}
+
+/// A seeded calibration Hessian for `cols` inputs: correlated, roughly
+/// normal activations (so GPTQ's error feedback has something to do).
+pub fn random_hessian(cols: usize, tokens: usize, seed: u64) -> Hessian {
+    let mut r = rng(seed);
+    let mut x = vec![0f32; tokens * cols];
+    for row in x.chunks_mut(cols) {
+        let common = normalish(&mut r, 1.0);
+        for v in row.iter_mut() {
+            *v = normalish(&mut r, 1.0) + 0.3 * common;
+        }
+    }
+    let mut h = Hessian::new(cols);
+    h.add_batch(&x).unwrap();
+    h
+}
+
+/// RTN of a demo-model layer (first `rows` rows).
+pub fn rtn_layer(name: &str, rows: Option<usize>, scheme: QuantScheme) -> QuantizedLinear {
+    let (w, cols) = demo_weight(name, rows);
+    rtn(&w, cols, &RtnParams { scheme, clip: None }).unwrap()
+}
+
+/// GPTQ of a demo-model layer (first `rows` rows) against a seeded random
+/// Hessian; with `act_order` the layer carries a permutation.
+pub fn gptq_layer(
+    name: &str,
+    rows: Option<usize>,
+    scheme: QuantScheme,
+    act_order: bool,
+) -> QuantizedLinear {
+    let (w, cols) = demo_weight(name, rows);
+    let h = random_hessian(cols, 4 * cols, 7);
+    let p = GptqParams {
+        scheme,
+        act_order,
+        ..GptqParams::default()
+    };
+    gptq(&w, &h, &p).unwrap()
+}
+
+/// The `dynapress.quant` metadata object for `layers`: per layer rows,
+/// cols and the serde form of its scheme (plus a field readers must ignore).
+pub fn quant_meta(layers: &[(String, QuantizedLinear)]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (name, q) in layers {
+        m.insert(
+            name.clone(),
+            serde_json::json!({
+                "rows": q.rows(),
+                "cols": q.cols(),
+                "scheme": serde_json::to_value(q.scheme()).unwrap(),
+                "provenance": format!("{:?}", q.provenance()),
+            }),
+        );
+    }
+    serde_json::Value::Object(m)
+}
+
+/// An ordinary tensor of an export: (name, dtype, shape, bytes).
+pub type PlainTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// A dynapress-native quantized safetensors file: each layer `NAME` as
+/// `NAME.codes` (U8, bit-packed), `NAME.scales` (F16 `[rows, groups]`),
+/// `NAME.zeros` (U8, asymmetric only) and `NAME.perm` (U16/U32, when
+/// present), written by the `safetensors` crate with `meta` (normally
+/// [`quant_meta`]) as the `dynapress.quant` metadata string.
+pub fn quantized_safetensors(
+    layers: &[(String, QuantizedLinear)],
+    plain: &[PlainTensor],
+    meta: Option<&serde_json::Value>,
+) -> Vec<u8> {
+    use dynapress_compress::quantized::BufferDtype;
+    use safetensors::Dtype;
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = plain.to_vec();
+    for (name, q) in layers {
+        for b in q.to_buffers() {
+            let dtype = match b.dtype {
+                BufferDtype::U8 => Dtype::U8,
+                BufferDtype::F16 => Dtype::F16,
+                BufferDtype::U16 => Dtype::U16,
+                BufferDtype::U32 => Dtype::U32,
+            };
+            owned.push((format!("{name}.{}", b.name), dtype, b.shape, b.data));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let mut info = std::collections::HashMap::new();
+    info.insert("format".to_string(), "pt".to_string());
+    if let Some(m) = meta {
+        info.insert("dynapress.quant".to_string(), m.to_string());
+    }
+    safetensors::serialize(views, Some(info)).unwrap()
+}
+
+/// A bf16 tensor of the demo model, unchanged, as a plain export tensor.
+pub fn demo_plain(name: &str) -> PlainTensor {
+    let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    (
+        name.to_string(),
+        t.dtype(),
+        t.shape().to_vec(),
+        t.data().to_vec(),
+    )
+}
