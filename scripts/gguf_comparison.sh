@@ -52,8 +52,15 @@ kld() {
     log=${f#"$OUT"/}
     log=$OUT/${log//\//-}
     log=${log%.gguf}.$t.kld.log
-    [[ -s $log ]] || "$BIN/llama-perplexity" -m "$f" -c 256 -t 2 \
-        --kl-divergence-base "$OUT/base-$t.kld" --kl-divergence >"$log" 2>&1
+    # llama.cpp's logger is asynchronous and not flushed at exit (llama.cpp
+    # issue #22142): a run whose output lost its last lines is repeated.
+    local i
+    for i in 1 2 3 4 5; do
+        grep -q '^Same top p:' "$log" 2>/dev/null && break
+        "$BIN/llama-perplexity" -m "$f" -c 256 -t 2 --kl-divergence-base "$OUT/base-$t.kld" \
+            --kl-divergence >"$log.tmp" 2>&1
+        mv "$log.tmp" "$log"
+    done
     awk '/^Mean +KLD:/ {k=$3} /^Same top p:/ {p=$4} END {printf "%s %s", k, p}' "$log"
 }
 size() { stat -c %s "$1"; }

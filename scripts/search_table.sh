@@ -33,7 +33,7 @@ for t in targets:
     r = json.load(open(f"{out}/random-init-{t}/report.json"))
     def row(name, x, rep=None):
         d = x["datasets"]
-        extra = "| |"
+        extra = "| | |"
         if rep is not None:
             s = rep["search_stats"]
             extra = f"| {rep['seconds']['search']:.0f} | {s['block_forwards']} ({s['block_forwards_saved']}) |"

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::eval::data::load_tokens;
 use crate::eval::file_label;
 use crate::eval::perplexity::{WindowOptions, WindowScores, score_windows_multi};
-use crate::export::{ExportDtype, export_safetensors};
+use crate::export::{ExportDtype, export_native, export_safetensors};
 use crate::formats::gguf::{GgufTypes, bits_for_file_size, export_gguf, llama_quantize_recipe};
 use crate::model::{Model, ModelFiles};
 use crate::progress;
@@ -94,6 +94,10 @@ pub struct CompressReport {
     pub exported: String,
     /// Bytes of the exported model (the GGUF file, or the dequantized safetensors).
     pub exported_bytes: u64,
+    /// Safetensors export: the same model with every searched layer in its
+    /// compressed form (`export --format dynapress`), and its bytes.
+    pub compressed: Option<String>,
+    pub compressed_bytes: Option<u64>,
     pub search_fitness: Option<f64>,
     pub search_history: Vec<GenerationLog>,
     pub search_stats: Option<EvalStats>,
@@ -205,6 +209,7 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
 
     // 3. Export.
     let t = Instant::now();
+    let mut compressed = None;
     let (export_path, exported_bytes) = match opts.gguf {
         None => {
             let dir = opts.out.join("model");
@@ -218,6 +223,9 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
                 opts.dtype,
                 true,
             )?;
+            let compact = opts.out.join("model-compressed");
+            let c = export_native(&files, &db, &found.config, &config_path, &compact, true)?;
+            compressed = Some((compact, c.safetensors_bytes));
             (dir, r.safetensors_bytes)
         }
         Some(types) => {
@@ -364,6 +372,10 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         config: config_path.display().to_string(),
         exported: export_path.display().to_string(),
         exported_bytes,
+        compressed: compressed
+            .as_ref()
+            .map(|(p, _): &(PathBuf, u64)| p.display().to_string()),
+        compressed_bytes: compressed.as_ref().map(|(_, b)| *b),
         search_fitness: found.config.fitness,
         search_history: found.history.clone(),
         search_stats: found.stats,

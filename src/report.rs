@@ -88,9 +88,16 @@ pub fn markdown(r: &CompressReport) -> String {
     );
     let _ = writeln!(
         s,
-        "Outputs: database `{}`, configuration `{}`, exported model `{}` ({} bytes).\n",
+        "Outputs: database `{}`, configuration `{}`, exported model `{}` ({} bytes).",
         r.database, r.config, r.exported, r.exported_bytes
     );
+    if let (Some(c), Some(b)) = (&r.compressed, r.compressed_bytes) {
+        let _ = writeln!(
+            s,
+            "The same model with the searched layers in their compressed form: `{c}` ({b} bytes; `dynapress eval`, `generate` and `pack` read it)."
+        );
+    }
+    let _ = writeln!(s);
     let _ = writeln!(
         s,
         "## Held-out evaluation\n\n{} windows of {} tokens per file; KL is KL(base ‖ model) per token, top-1 the agreement of the argmax with the base.\n",

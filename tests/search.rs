@@ -427,6 +427,19 @@ fn compress_runs_end_to_end_and_writes_the_reports() {
             .contains("| block |")
     );
     assert!(out.join("model/model.safetensors").is_file());
+    // The compressed form is written beside it; under half the size (the
+    // embeddings and the head stay bf16).
+    let compact = r["compressed_bytes"].as_u64().unwrap();
+    assert_eq!(
+        compact,
+        std::fs::metadata(out.join("model-compressed/model.safetensors"))
+            .unwrap()
+            .len()
+    );
+    assert!(
+        compact * 2 < r["exported_bytes"].as_u64().unwrap(),
+        "{compact}"
+    );
 }
 
 #[test]

@@ -238,6 +238,10 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
             );
         }
     }
+    println!("model: {} ({} bytes)", r.exported, r.exported_bytes);
+    if let (Some(c), Some(b)) = (&r.compressed, r.compressed_bytes) {
+        println!("compressed form: {c} ({b} bytes)");
+    }
     println!("report: {}", out.join("report.html").display());
     Ok(())
 }
