@@ -15,8 +15,8 @@ use serde::Serialize;
 use crate::database::Database;
 use crate::error::{Error, Result};
 use crate::formats::safetensors::{SafetensorsWriter, TensorSpec, encode_f32};
+use crate::model::ModelFiles;
 use crate::model::weights::to_f32;
-use crate::model::{LinearId, ModelFiles};
 use crate::search::{ConfigFile, SearchSpace};
 
 /// Element type of exported floating-point tensors.
@@ -145,27 +145,24 @@ fn export_dir(
             .map_err(|e| Error::io(entry.path(), e))?;
     }
 
-    let chosen: BTreeMap<String, usize> = space
+    // The database entry chosen for every searched layer, by weight name.
+    let chosen: BTreeMap<String, &crate::database::Entry> = space
         .layers
         .iter()
         .zip(&choice)
-        .map(|(l, &k)| (l.id.weight_name(), k))
+        .map(|(l, &k)| {
+            let entry = db
+                .manifest
+                .entry(l.id, &l.levels[k].level)
+                .expect("config.choice validated every level");
+            (l.id.weight_name(), entry)
+        })
         .collect();
     let names = files.weights.names();
     // Native export: the chosen entries, loaded once (their buffers become tensors).
     let mut variants: BTreeMap<String, crate::database::Variant> = BTreeMap::new();
     if native {
-        for (name, &k) in &chosen {
-            let id = LinearId::parse(name).expect("searched layers are linear");
-            let l = &space.layers[space
-                .layers
-                .iter()
-                .position(|l| l.id == id)
-                .expect("in space")];
-            let entry = db
-                .manifest
-                .entry(id, &l.levels[k].level)
-                .expect("validated choice");
+        for (name, entry) in &chosen {
             variants.insert(name.clone(), db.load(entry)?);
         }
     }
@@ -239,17 +236,7 @@ fn export_dir(
         }
         let raw = files.weights.raw(&spec.name)?;
         match chosen.get(&spec.name) {
-            Some(&k) => {
-                let id = LinearId::parse(&spec.name).expect("searched layers are linear");
-                let l = &space.layers[space
-                    .layers
-                    .iter()
-                    .position(|l| l.id == id)
-                    .expect("in space")];
-                let entry = db
-                    .manifest
-                    .entry(id, &l.levels[k].level)
-                    .expect("validated choice");
+            Some(entry) => {
                 let q = db.load(entry)?;
                 w.write(&spec.name, &encode_f32(&q.dequantize()?, spec.dtype)?)?;
             }
