@@ -219,11 +219,15 @@ fn heatmap_svg(r: &CompressReport) -> String {
     s
 }
 
-fn plot_svg(r: &CompressReport) -> String {
+/// KL versus bits. `zoom`: only the points within that range of bits, on axes
+/// fitted to them (ticks every quarter bit and at 1, 2, 5 × 10ᵉ), so that
+/// the allocations near the target can be told apart.
+fn plot_svg(r: &CompressReport, zoom: Option<(f64, f64)>) -> String {
     let pts: Vec<(&EvalRow, f64, f64)> = r
         .rows
         .iter()
         .filter(|row| row.kind != "base")
+        .filter(|row| zoom.is_none_or(|(lo, hi)| (lo..=hi).contains(&row.bits_per_weight)))
         .filter_map(|row| {
             row.mean_kl
                 .filter(|k| *k > 0.0)
@@ -238,27 +242,42 @@ fn plot_svg(r: &CompressReport) -> String {
         s.push_str("</svg>");
         return s;
     }
-    let xmin = pts
-        .iter()
-        .map(|p| p.1)
-        .fold(f64::INFINITY, f64::min)
-        .floor();
-    let xmax = pts
-        .iter()
-        .map(|p| p.1)
-        .fold(f64::NEG_INFINITY, f64::max)
-        .ceil();
-    let ymin = pts
-        .iter()
-        .map(|p| p.2.log10())
-        .fold(f64::INFINITY, f64::min)
-        .floor();
-    let ymax = pts
-        .iter()
-        .map(|p| p.2.log10())
-        .fold(f64::NEG_INFINITY, f64::max)
-        .ceil();
-    let (xmax, ymax) = (xmax.max(xmin + 1.0), ymax.max(ymin + 1.0));
+    let fold = |f: &dyn Fn(&(&EvalRow, f64, f64)) -> f64| {
+        pts.iter()
+            .map(f)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            })
+    };
+    let (x0, x1) = fold(&|p| p.1);
+    let (y0, y1) = fold(&|p| p.2.log10());
+    // Axis ranges and ticks: whole bits and decades, or (zoomed) quarter
+    // bits and 1-2-5 steps around the data.
+    let (xmin, xmax, xstep, ymin, ymax) = match zoom {
+        None => {
+            let (xmin, ymin) = (x0.floor(), y0.floor());
+            (
+                xmin,
+                x1.ceil().max(xmin + 1.0),
+                1.0,
+                ymin,
+                y1.ceil().max(ymin + 1.0),
+            )
+        }
+        Some(_) => {
+            let pad = ((y1 - y0) * 0.1).max(0.05);
+            let xmin = (x0 * 4.0).floor() / 4.0;
+            let xmax = ((x1 * 4.0).ceil() / 4.0).max(xmin + 0.25);
+            (xmin, xmax, 0.25, y0 - pad, y1 + pad)
+        }
+    };
+    let yticks: Vec<f64> = match zoom {
+        None => (ymin as i32..=ymax as i32).map(f64::from).collect(),
+        Some(_) => (ymin.floor() as i32..=ymax.ceil() as i32)
+            .flat_map(|e| [1.0, 2.0, 5.0].map(|m: f64| (m * 10f64.powi(e)).log10()))
+            .filter(|y| (ymin..=ymax).contains(y))
+            .collect(),
+    };
     let px = |x: f64| l + (x - xmin) / (xmax - xmin) * (w - l - rt);
     let py = |y: f64| t + (ymax - y.log10()) / (ymax - ymin) * (h - t - b);
     // Axes and grid.
@@ -268,8 +287,9 @@ fn plot_svg(r: &CompressReport) -> String {
         w - l - rt,
         h - t - b
     );
-    let mut x = xmin;
-    while x <= xmax + 1e-9 {
+    let mut i = 0;
+    while xmin + i as f64 * xstep <= xmax + 1e-9 {
+        let x = xmin + i as f64 * xstep;
         let _ = write!(
             s,
             r##"<line x1="{0}" x2="{0}" y1="{t}" y2="{1}" stroke="#ddd"/><text x="{0}" y="{2}" text-anchor="middle">{x}</text>"##,
@@ -277,19 +297,21 @@ fn plot_svg(r: &CompressReport) -> String {
             h - b,
             h - b + 16.0
         );
-        x += 1.0;
+        i += 1;
     }
-    let mut e = ymin;
-    while e <= ymax + 1e-9 {
+    for e in yticks {
         let yy = t + (ymax - e) / (ymax - ymin) * (h - t - b);
+        let label = match zoom {
+            None => format!("1e{e}"),
+            Some(_) => format!("{}", 10f64.powf(e) as f32),
+        };
         let _ = write!(
             s,
-            r##"<line x1="{l}" x2="{0}" y1="{yy}" y2="{yy}" stroke="#ddd"/><text x="{1}" y="{2}" text-anchor="end">1e{e}</text>"##,
+            r##"<line x1="{l}" x2="{0}" y1="{yy}" y2="{yy}" stroke="#ddd"/><text x="{1}" y="{2}" text-anchor="end">{label}</text>"##,
             w - rt,
             l - 6.0,
             yy + 4.0
         );
-        e += 1.0;
     }
     let _ = write!(
         s,
@@ -404,7 +426,13 @@ td:first-child,th:first-child{{text-align:left}}h2{{margin-top:1.6em}}.muted{{co
         esc(&r.eval_files.join(", ")),
         r.eval_windows,
         r.eval_seq_len,
-        plot_svg(r)
+        plot_svg(r, None)
+    );
+    let _ = write!(
+        s,
+        "<p class=\"muted\">Near the target ({} ± 1 bits per weight), KL on a finer scale:</p>{}",
+        r.target_bits,
+        plot_svg(r, Some((r.target_bits - 1.0, r.target_bits + 1.0)))
     );
     let _ = write!(s, "<h2>Table</h2><table><tr>");
     for h in header(r) {

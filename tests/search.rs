@@ -419,7 +419,11 @@ fn compress_runs_end_to_end_and_writes_the_reports() {
         assert!(kinds.contains(&k), "{kinds:?}");
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 2, "heatmap and plot");
+    assert_eq!(
+        html.matches("<svg").count(),
+        3,
+        "heatmap, plot and zoomed plot"
+    );
     assert!(html.contains("block 7") && html.contains("down_proj"));
     assert!(
         std::fs::read_to_string(out.join("report.md"))
