@@ -13,10 +13,10 @@
 # (scripts/build-llama-cpp.sh). Prints a Markdown table; logs are in OUT_DIR.
 # Environment: PRESETS (default "Q2_K Q3_K_M Q4_K_M"), EMBEDS (token_embd
 # types tried by our searches; default: the type the preset itself gives
-# token_embd, Q2_K/Q3_K/Q4_K, so that only the linear layers' allocation
-# differs; output.weight is Q6_K in the presets and in ours), GENERATIONS
-# (default: the compress default). A budget that an embedding type makes
-# infeasible is reported as such and skipped.
+# token_embd (Q2_K/Q3_K/Q4_K, so that only the linear layers' allocation
+# differs) and Q6_K (the compress default); output.weight is Q6_K in the
+# presets and in ours), GENERATIONS (default: the compress default). A budget
+# that an embedding type makes infeasible is reported as such and skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,7 +82,7 @@ for preset in $PRESETS; do
         "$preset" 2 >"$OUT/preset-$preset.log" 2>&1
     bytes=$(size "$pf")
     row "$preset" "llama.cpp $preset" "$pf"
-    embeds=${EMBEDS:-${preset%%_[SML]}}
+    embeds=${EMBEDS:-"${preset%%_[SML]} Q6_K"}
     for emb in $embeds; do
         # Knapsack at the same size.
         kf=$OUT/knapsack-$preset-$emb.gguf
