@@ -370,6 +370,27 @@ fn size_target_is_met() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot hold this model"));
+    // A size that holds the embeddings but not every layer at the lowest
+    // level says which options to change.
+    let o = run(&[
+        "search",
+        "--model",
+        "assets/demo-model",
+        "--db",
+        db.to_str().unwrap(),
+        "--target-size",
+        "3600000",
+        "--algo",
+        "knapsack",
+        "--out",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--embed-type") && err.contains("smallest file"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -227,7 +227,22 @@ pub fn bits_for_file_size(
             types.output.name()
         )));
     }
-    Ok((bytes - fixed) as f64 * 8.0 / space.total_params as f64)
+    let bits = (bytes - fixed) as f64 * 8.0 / space.total_params as f64;
+    let lowest = space.bits_per_weight(&space.lowest());
+    if bits < lowest {
+        // The smallest file this database can make with these types.
+        let min_bytes = fixed + (lowest * space.total_params as f64 / 8.0).ceil() as u64;
+        return Err(Error::Invalid(format!(
+            "a {bytes}-byte file leaves {bits:.4} bits per weight for the linear layers after \
+             the embeddings ({}) and output ({}), below the lowest level ({} at {lowest:.4}); \
+             the smallest file with these types is about {min_bytes} bytes: raise --target-size \
+             or choose a smaller --embed-type/--output-type",
+            types.embed.name(),
+            types.output.name(),
+            space.levels[0],
+        )));
+    }
+    Ok(bits)
 }
 
 /// What was written.
