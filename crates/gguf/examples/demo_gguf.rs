@@ -14,7 +14,8 @@ use dynapress_gguf::GgmlType;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let Some(out) = args.next() else {
+    // An option-like first argument (`--help`) is not an output path.
+    let Some(out) = args.next().filter(|a| !a.starts_with('-')) else {
         eprintln!("usage: demo_gguf OUT.gguf [f32|bf16]");
         std::process::exit(2);
     };

@@ -387,3 +387,25 @@ fn safetensors_header_is_the_original_prefix() {
     );
     assert!(reader.safetensors_header("config.json").is_err());
 }
+
+/// A container written by the format-1 packer (kept in
+/// `tests/fixtures/v1/`, with the files it was made from in `orig/`) still
+/// reads byte for byte now that the writer knows format 2.
+#[test]
+fn format_1_containers_still_read() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+    let dpk = dir.join("v1.dpk");
+    let bytes = std::fs::read(&dpk).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+    let r = PackedReader::open(&dpk).unwrap();
+    let files = r.files();
+    let mut names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["blob.bin", "config.json", "model.safetensors"]);
+    for f in &files {
+        let want = std::fs::read(dir.join("orig").join(&f.name)).unwrap();
+        assert_eq!(r.read_file(&f.name).unwrap(), want, "{}", f.name);
+    }
+    let st = files.iter().find(|f| f.name == "model.safetensors").unwrap();
+    assert_eq!(st.kind, FileKind::Safetensors);
+}
