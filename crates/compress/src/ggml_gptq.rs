@@ -60,6 +60,7 @@
 //! 128 rows processed in parallel (rayon); each chunk runs its own sequential
 //! GEMMs, so the bytes do not depend on the thread count (tested).
 
+use crate::isa::Isa;
 use dynapress_ggml::{BlockGrid, Error as GgmlError, GgmlType, validate_row_data};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -330,33 +331,6 @@ struct Sweep<'a> {
     whole_row: bool,
     /// Columns per lazy-update block (a multiple of the ggml block).
     lazy: usize,
-}
-
-/// Instruction sets the sweep is compiled for (runtime dispatch). The code is
-/// the same IEEE operations in every version (no contraction into FMA), so
-/// the result does not depend on the path taken.
-#[derive(Clone, Copy, Debug)]
-enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Generic,
-}
-
-impl Isa {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Generic
-    }
 }
 
 impl Sweep<'_> {

@@ -49,6 +49,7 @@
 //! permutation. Act-order with dynamic groups forms groups in processing order
 //! and stores the permutation.
 
+use crate::isa::Isa;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{LltError, cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::matmul::matmul;
@@ -544,33 +545,6 @@ struct Sweep<'a> {
     gidx: &'a [usize],
     blocks: &'a [(usize, usize)],
     block_size: usize,
-}
-
-/// Instruction sets the sweep kernel is compiled for (runtime dispatch; the
-/// arithmetic is the same IEEE operations in every version, so the results
-/// do not depend on the path taken).
-#[derive(Clone, Copy, Debug)]
-enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Generic,
-}
-
-impl Isa {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Generic
-    }
 }
 
 /// Rows per parallel work item.

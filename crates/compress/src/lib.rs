@@ -59,6 +59,7 @@ pub mod ggml_gptq;
 pub mod gptq;
 pub mod grid;
 pub mod hessian;
+mod isa;
 pub mod metrics;
 pub mod pack;
 pub mod quantized;

@@ -406,6 +406,9 @@ fn format_1_containers_still_read() {
         let want = std::fs::read(dir.join("orig").join(&f.name)).unwrap();
         assert_eq!(r.read_file(&f.name).unwrap(), want, "{}", f.name);
     }
-    let st = files.iter().find(|f| f.name == "model.safetensors").unwrap();
+    let st = files
+        .iter()
+        .find(|f| f.name == "model.safetensors")
+        .unwrap();
     assert_eq!(st.kind, FileKind::Safetensors);
 }
