@@ -17,6 +17,7 @@
 pub mod calib;
 pub mod database;
 pub mod error;
+pub mod estimate;
 pub mod eval;
 pub mod export;
 pub mod formats;

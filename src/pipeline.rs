@@ -4,7 +4,7 @@
 //! its checkpoint).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -45,10 +45,36 @@ pub struct CompressOptions {
     /// The search (its `target_bits` and `checkpoint` are set from here).
     pub search: SearchOptions,
     pub eval_windows: usize,
-    /// Also evaluate uniform levels and knapsack for the report's comparison.
-    pub compare: bool,
+    /// Which uniform levels and knapsack allocations the report compares.
+    pub compare: Compare,
     pub dtype: ExportDtype,
     pub quiet: bool,
+}
+
+/// The comparison rows of the report (each is a forward pass over the
+/// evaluation text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compare {
+    /// Every uniform level, knapsack at the target and ± 0.5 bits.
+    All,
+    /// The uniform levels just below and above the target, knapsack at it.
+    Neighbours,
+    /// No comparison rows.
+    None,
+    /// `All` for models under 50 M parameters, `Neighbours` above.
+    Auto,
+}
+
+impl Compare {
+    /// `Auto` resolved for a model of `params` parameters.
+    pub fn resolve(self, params: usize) -> Compare {
+        match self {
+            Compare::Auto if params < 50_000_000 => Compare::All,
+            Compare::Auto => Compare::Neighbours,
+            c => c,
+        }
+    }
 }
 
 /// One evaluated configuration.
@@ -200,8 +226,8 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         search.calib = opts.calib.clone();
     }
     say(format!(
-        "[2/4] search: {} at {} bits per weight",
-        search.algo, opts.target_bits
+        "[2/4] search: {} at {target_bits:.4} bits per weight",
+        search.algo
     ));
     let found = run_search(&files, &db, &search)?;
     found.config.write(&config_path)?;
@@ -253,52 +279,56 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
             .join(", ")
     ));
     let base = Model::from_files(&files, &Device::Cpu)?;
-    let mut named: Vec<(String, String, f64, Model)> = Vec::new();
-    if opts.compare {
+    // What to evaluate, built lazily: holding every compared model at once
+    // would take (levels + 5) copies of the linear weights.
+    let mut named: Vec<(String, String, f64, Contender)> = Vec::new();
+    let compare = opts.compare.resolve(files.config.num_parameters());
+    if compare != Compare::None {
+        let all = compare == Compare::All;
+        let bits: Vec<f64> = (0..space.levels.len())
+            .map(|k| space.bits_per_weight(&space.all_at(k)))
+            .collect();
+        // Neighbours: the highest level at or under the target, the lowest above.
+        let below = bits.iter().rposition(|&b| b <= target_bits);
+        let above = bits.iter().position(|&b| b > target_bits);
         for (k, level) in space.levels.iter().enumerate() {
-            let c = space.all_at(k);
-            let mut m = base.clone();
-            db.apply(&mut m, |_| Some(level.clone()))?;
+            if !all && Some(k) != below && Some(k) != above {
+                continue;
+            }
             named.push((
                 format!("uniform {level}"),
                 "uniform".into(),
-                space.bits_per_weight(&c),
-                m,
+                bits[k],
+                Contender::Uniform(level.clone()),
             ));
         }
-        let lo = space.bits_per_weight(&space.all_at(0));
-        let hi = space.bits_per_weight(&space.all_at(space.levels.len() - 1));
-        for tb in [
-            opts.target_bits - 0.5,
-            opts.target_bits,
-            opts.target_bits + 0.5,
-        ] {
+        let lo = bits[0];
+        let hi = bits[bits.len() - 1];
+        let targets: &[f64] = if all {
+            &[target_bits - 0.5, target_bits, target_bits + 0.5]
+        } else {
+            &[target_bits]
+        };
+        for &tb in targets {
             if tb < lo || tb > hi {
                 continue;
             }
             let c = knapsack::knapsack(&space, tb)?;
             let cfg = ConfigFile::new(&space, &db.manifest, &c, Algo::Knapsack, tb, None, None);
-            let mut m = base.clone();
-            db.apply_config(&mut m, &cfg, Path::new("(knapsack)"))?;
             named.push((
                 format!("knapsack @ {tb}"),
                 "knapsack".into(),
                 cfg.bits_per_weight,
-                m,
+                Contender::Config(Box::new(cfg), PathBuf::from("(knapsack)")),
             ));
         }
     }
-    {
-        let mut m = base.clone();
-        db.apply_config(&mut m, &found.config, &config_path)?;
-        named.push((
-            format!("{} @ {target_bits:.4}", found.config.algo),
-            found.config.algo.to_string(),
-            found.config.bits_per_weight,
-            m,
-        ));
-    }
-    let exported_model = Model::load(&export_path)?;
+    named.push((
+        format!("{} @ {target_bits:.4}", found.config.algo),
+        found.config.algo.to_string(),
+        found.config.bits_per_weight,
+        Contender::Config(Box::new(found.config.clone()), config_path.clone()),
+    ));
     named.push((
         match opts.gguf {
             None => format!("exported ({:?} weights)", opts.dtype).to_lowercase(),
@@ -306,11 +336,12 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         },
         "exported".into(),
         found.config.bits_per_weight,
-        exported_model,
+        Contender::Exported(export_path.clone()),
     ));
     let wopts = WindowOptions {
         seq_len: opts.seq_len,
         windows: opts.eval_windows,
+        batch: eval_batch(opts.seq_len, files.config.vocab_size),
         ..Default::default()
     };
     let mut rows: Vec<EvalRow> = named
@@ -330,24 +361,47 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         datasets: BTreeMap::new(),
         mean_kl: Some(0.0),
     };
-    let models: Vec<&Model> = named.iter().map(|(_, _, _, m)| m).chain([&base]).collect();
-    for path in &opts.eval {
-        let tokens = load_tokens(path, &files.tokenizer)?;
-        let label = file_label(path);
-        let n = crate::eval::perplexity::usable_windows(tokens.len(), &wopts);
-        let pb = progress::bar(
-            (n * opts.seq_len * models.len()) as u64,
-            &label,
-            "tok",
-            opts.quiet,
-        );
-        let scores =
-            score_windows_multi(&models, Some(&base), &tokens, &wopts, |k| pb.inc(k as u64))?;
-        pb.finish_and_clear();
-        for (row, s) in rows.iter_mut().chain([&mut base_row]).zip(scores) {
-            row.datasets.insert(label.clone(), s);
+    let groups = eval_groups(
+        &named.iter().map(|(_, _, _, c)| c).collect::<Vec<_>>(),
+        files.config.num_parameters() as u64 * 4,
+        space.total_params * 4,
+        eval_logits_bytes(&wopts, files.config.vocab_size),
+    );
+    let texts: Vec<(String, Vec<u32>)> = opts
+        .eval
+        .iter()
+        .map(|p| Ok((file_label(p), load_tokens(p, &files.tokenizer)?)))
+        .collect::<Result<_>>()?;
+    let total: usize = texts
+        .iter()
+        .map(|(_, tokens)| {
+            crate::eval::perplexity::usable_windows(tokens.len(), &wopts) * opts.seq_len
+        })
+        .sum::<usize>()
+        * (named.len() + groups.len());
+    let pb = progress::bar(total as u64, "evaluation", "tok", opts.quiet);
+    for (g, group) in groups.iter().enumerate() {
+        let models: Vec<Model> = group
+            .iter()
+            .map(|&i| named[i].3.build(&base, &db))
+            .collect::<Result<_>>()?;
+        // The base scores itself once, with the first group.
+        let mut refs: Vec<&Model> = models.iter().collect();
+        if g == 0 {
+            refs.push(&base);
+        }
+        for (label, tokens) in &texts {
+            let scores =
+                score_windows_multi(&refs, Some(&base), tokens, &wopts, |k| pb.inc(k as u64))?;
+            for (k, s) in scores.into_iter().enumerate() {
+                match group.get(k) {
+                    Some(&i) => rows[i].datasets.insert(label.clone(), s),
+                    None => base_row.datasets.insert(label.clone(), s),
+                };
+            }
         }
     }
+    pb.finish_and_clear();
     for row in rows.iter_mut() {
         let kls: Vec<f64> = row.datasets.values().filter_map(|d| d.kl).collect();
         row.mean_kl = (!kls.is_empty()).then(|| kls.iter().sum::<f64>() / kls.len() as f64);
@@ -406,6 +460,83 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     Ok(report)
 }
 
+/// A model the evaluation compares with the base, built when its turn comes.
+enum Contender {
+    /// Every layer at one database level.
+    Uniform(String),
+    /// A searched (or knapsack) configuration.
+    Config(Box<ConfigFile>, PathBuf),
+    /// The exported model, loaded from disk.
+    Exported(PathBuf),
+}
+
+impl Contender {
+    fn build(&self, base: &Model, db: &Database) -> Result<Model> {
+        Ok(match self {
+            Contender::Uniform(level) => {
+                let mut m = base.clone();
+                db.apply(&mut m, |_| Some(level.clone()))?;
+                m
+            }
+            Contender::Config(cfg, path) => {
+                let mut m = base.clone();
+                db.apply_config(&mut m, cfg, path)?;
+                m
+            }
+            Contender::Exported(path) => Model::load(path)?,
+        })
+    }
+}
+
+/// Bytes the evaluation may use besides the base model: the base's f32 size
+/// plus 512 MiB, so that evaluation peaks near 2 × the model + 512 MiB.
+fn eval_extra_budget(model_bytes: u64) -> u64 {
+    model_bytes + (512 << 20)
+}
+
+/// Windows per evaluation batch: at most 8, fewer when the logits of a batch
+/// (`[windows·seq_len, vocab]` f32, held for the base and one model) would
+/// pass 128 MiB.
+pub fn eval_batch(seq_len: usize, vocab: usize) -> usize {
+    ((128usize << 20) / (seq_len.max(1) * vocab.max(1) * 4)).clamp(1, 8)
+}
+
+fn eval_logits_bytes(w: &WindowOptions, vocab: usize) -> u64 {
+    // Base logits, one model's logits and its tensor copy.
+    3 * (w.batch * w.seq_len * vocab * 4) as u64
+}
+
+/// Splits the contenders into groups evaluated together (the base is re-run
+/// once per group): a group holds as many models as fit in the budget, and
+/// at least one.
+fn eval_groups(
+    contenders: &[&Contender],
+    model_bytes: u64,
+    linear_bytes: u64,
+    logits_bytes: u64,
+) -> Vec<Vec<usize>> {
+    let budget = eval_extra_budget(model_bytes).saturating_sub(logits_bytes);
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut used = 0u64;
+    for (i, c) in contenders.iter().enumerate() {
+        let cost = match c {
+            Contender::Exported(_) => model_bytes,
+            _ => linear_bytes,
+        };
+        match groups.last_mut() {
+            Some(g) if used + cost <= budget => {
+                g.push(i);
+                used += cost;
+            }
+            _ => {
+                groups.push(vec![i]);
+                used = cost;
+            }
+        }
+    }
+    groups
+}
+
 /// Mean KL of the uniform levels, interpolated linearly in bits to `target`.
 pub fn interpolate_uniform(rows: &[EvalRow], target: f64) -> Option<f64> {
     let mut pts: Vec<(f64, f64)> = rows
@@ -422,179 +553,48 @@ pub fn interpolate_uniform(rows: &[EvalRow], target: f64) -> Option<f64> {
     Some(a.1 + (target - a.0) / (b.0 - a.0) * (b.1 - a.1))
 }
 
-/// One stage's predicted cost.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageEstimate {
-    pub stage: String,
-    pub seconds: f64,
-    pub peak_ram_mib: f64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What `compress --dry-run` prints.
-#[derive(Debug, Clone, Serialize)]
-pub struct Estimate {
-    pub stages: Vec<StageEstimate>,
-    pub database_disk_mib: f64,
-    /// Measured f32 GEMM throughput of this machine (GFLOP/s).
-    pub gemm_gflops: f64,
-    /// Predicted forward throughput (tokens/s).
-    pub forward_tokens_per_second: f64,
-}
-
-/// Measures this machine's GEMM speed on the model's shapes.
-fn gemm_probe(hidden: usize, ff: usize) -> f64 {
-    let (n, k, m) = (1024, hidden.min(4096), ff.min(8192));
-    let x = vec![0.5f32; n * k];
-    let w = vec![0.25f32; m * k];
-    let mut out = vec![0f32; n * m];
-    crate::model::kernels::matmul_wt(&x, k, &w, &mut out, false);
-    let t = Instant::now();
-    let reps = 3;
-    for _ in 0..reps {
-        crate::model::kernels::matmul_wt(&x, k, &w, &mut out, false);
+    #[test]
+    fn evaluation_groups_fit_the_memory_budget() {
+        let u = |s: &str| Contender::Uniform(s.into());
+        let cs = [
+            u("a"),
+            u("b"),
+            u("c"),
+            u("d"),
+            Contender::Exported("x".into()),
+        ];
+        let refs: Vec<&Contender> = cs.iter().collect();
+        let mib = 1u64 << 20;
+        // A small model: everything in one group (the base runs once).
+        assert_eq!(
+            eval_groups(&refs, 30 * mib, 25 * mib, 60 * mib),
+            vec![vec![0, 1, 2, 3, 4]]
+        );
+        // A 650 MB model with 425 MB of linear weights: two configurations
+        // per group besides the base, the exported model alone.
+        let g = eval_groups(&refs, 650 * mib, 425 * mib, 300 * mib);
+        assert_eq!(g, vec![vec![0, 1], vec![2, 3], vec![4]]);
+        // Never an empty group, even when one model exceeds the budget.
+        let g = eval_groups(&refs, 650 * mib, 2000 * mib, 300 * mib);
+        assert_eq!(g.len(), 5);
     }
-    2.0 * (n * k * m * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
-}
 
-/// Predicts time, memory and disk of each stage without doing the work.
-/// Efficiency factors were fitted on the demo model on a 2-core machine
-/// (docs/pipeline.md compares predictions with measurements).
-pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
-    let files = ModelFiles::open(&opts.model)?;
-    let c = &files.config;
-    let space_ids = files.linear_ids();
-    let shapes: Vec<(usize, usize)> = space_ids.iter().map(|id| id.shape(c)).collect();
-    let linear: f64 = shapes.iter().map(|(r, k)| (r * k) as f64).sum();
-    let t = opts.seq_len as f64;
-    let attn = 4.0 * (t / 2.0) * (c.num_heads * c.head_dim) as f64 * c.num_layers as f64;
-    let head = (c.vocab_size * c.hidden_size) as f64;
-    let flops_token = 2.0 * (linear + head) + attn;
-    let g = gemm_probe(c.hidden_size, c.intermediate_size);
-    // Fused forward pass ≈ 75 % of raw GEMM speed (measured on the demo model).
-    let tps = g * 1e9 * 0.75 / flops_token;
-    let mib = |b: f64| b / (1 << 20) as f64;
-    let level_specs = opts.method.levels()?;
-    let levels = level_specs.len() as f64;
-
-    // Database: calibration forward + Hessians + GPTQ sweeps (+ fixed cost per entry).
-    let ct = opts.calib_tokens as f64;
-    let site_dims = [
-        c.hidden_size,
-        c.num_heads * c.head_dim,
-        c.hidden_size,
-        c.intermediate_size,
-    ];
-    let hess: f64 =
-        site_dims.iter().map(|&n| (n * n) as f64).sum::<f64>() * ct * c.num_layers as f64;
-    let gptq: f64 = shapes
-        .iter()
-        .map(|&(r, k)| 2.0 * r as f64 * (k * k) as f64)
-        .sum::<f64>()
-        * levels;
-    let entries = shapes.len() as f64 * levels;
-    let db_s = ct / tps + (hess + gptq) / (g * 1e9 * 0.4) + entries * 0.005;
-    let block_params = linear / c.num_layers as f64;
-    let scratch =
-        8.0 * t * ((c.qkv_out() + 2 * c.intermediate_size * 2 + 4 * c.hidden_size) as f64) * 4.0;
-    let hess_bytes: f64 = site_dims.iter().map(|&n| (n * n) as f64 * 8.0).sum();
-    let db_ram = ct * c.hidden_size as f64 * 4.0
-        + scratch
-        + 2.0 * block_params * 4.0
-        + hess_bytes
-        + 3.0 * (c.intermediate_size.pow(2) as f64) * 4.0;
-    let db_disk: f64 = shapes
-        .iter()
-        .map(|&(r, k)| {
-            level_specs
-                .iter()
-                .map(|l| match l.ggml {
-                    Some(ty) => (r * k) as f64 * ty.bits_per_weight() / 8.0,
-                    None => {
-                        let groups = if opts.method.group_size == 0 {
-                            1
-                        } else {
-                            k.div_ceil(opts.method.group_size)
-                        };
-                        (r * k * l.bits as usize + r * groups * (16 + l.bits as usize)) as f64 / 8.0
-                    }
-                })
-                .sum::<f64>()
-        })
-        .sum();
-
-    // Search.
-    let evo = &opts.search.evo;
-    let pool = evo.stages.iter().map(|s| s.tokens).max().unwrap_or(0) as f64;
-    let mut per_gen = 0.0;
-    let mut cands = evo.offspring as f64;
-    for (i, s) in evo.stages.iter().enumerate() {
-        if i + 1 == evo.stages.len() {
-            cands += 1.0;
-        }
-        per_gen += (cands + 1.0) * s.tokens as f64;
-        cands = s.survivors as f64;
+    #[test]
+    fn evaluation_batches_bound_the_logits() {
+        assert_eq!(eval_batch(256, 4096), 8);
+        assert_eq!(eval_batch(256, 49_152), 2);
+        assert_eq!(eval_batch(256, 151_936), 1);
+        assert_eq!(eval_batch(64, 49_152), 8);
     }
-    let search_tokens = match opts.search.algo {
-        Algo::Evopress => {
-            pool + evo.initial_candidates as f64 * evo.stages[0].tokens as f64
-                + evo.generations as f64 * per_gen
-        }
-        _ => 0.0,
-    };
-    // The parent cache saves roughly a tenth of the block forwards.
-    let search_s = search_tokens * 0.9 / tps;
-    let model_bytes = c.num_parameters() as f64 * 4.0;
-    let targets = if pool * c.vocab_size as f64 * 4.0 <= opts.search.full_logits_budget as f64 {
-        pool * c.vocab_size as f64 * 4.0
-    } else {
-        pool * opts.search.topk as f64 * 8.0
-    };
-    let search_ram = model_bytes
-        + (linear * levels * 4.0).min(opts.search.weight_cache_budget as f64)
-        + (pool * c.hidden_size as f64 * 4.0 * (c.num_layers + 1) as f64)
-            .min(opts.search.hidden_cache_budget as f64)
-        + targets
-        + 8.0 * t * c.vocab_size as f64 * 4.0 * 2.0;
 
-    // Export: stream every tensor once.
-    let export_s = c.num_parameters() as f64 * 2.0 / 300e6 + linear / 50e6;
-    let export_ram = (linear / c.num_layers as f64).max(head) * 4.0 * 2.0;
-
-    // Evaluation: every compared configuration plus the base, on every file.
-    let configs = if opts.compare {
-        levels + 3.0 + 2.0
-    } else {
-        2.0
-    };
-    let eval_tokens = opts.eval.len() as f64 * (opts.eval_windows as f64 * t);
-    let eval_s = (configs + 1.0) * eval_tokens / tps;
-    let eval_ram = model_bytes + configs * linear * 4.0 + 8.0 * t * c.vocab_size as f64 * 4.0 * 3.0;
-
-    Ok(Estimate {
-        stages: vec![
-            StageEstimate {
-                stage: "database".into(),
-                seconds: db_s,
-                peak_ram_mib: mib(db_ram),
-            },
-            StageEstimate {
-                stage: "search".into(),
-                seconds: search_s,
-                peak_ram_mib: mib(search_ram),
-            },
-            StageEstimate {
-                stage: "export".into(),
-                seconds: export_s,
-                peak_ram_mib: mib(export_ram),
-            },
-            StageEstimate {
-                stage: "evaluation".into(),
-                seconds: eval_s,
-                peak_ram_mib: mib(eval_ram),
-            },
-        ],
-        database_disk_mib: mib(db_disk),
-        gemm_gflops: g,
-        forward_tokens_per_second: tps,
-    })
+    #[test]
+    fn auto_comparison_depends_on_the_model_size() {
+        assert_eq!(Compare::Auto.resolve(8_400_000), Compare::All);
+        assert_eq!(Compare::Auto.resolve(135_000_000), Compare::Neighbours);
+        assert_eq!(Compare::None.resolve(1), Compare::None);
+    }
 }

@@ -444,3 +444,52 @@ fn gguf_export_needs_a_ggml_database() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("kquant"));
     assert!(!out.exists());
 }
+
+#[test]
+fn compress_by_file_size_reports_the_budget_it_searched() {
+    // Issue 15: with --target-size, the knapsack comparison rows and the
+    // progress message used the CLI's default 3.0 bits instead of the
+    // bits the file size leaves for the layers.
+    let (tmp, db, _) = fixtures();
+    let out = tmp.path().join("by-size");
+    let o = run(&[
+        "compress",
+        "--db",
+        db.to_str().unwrap(),
+        "--method",
+        "kquant",
+        "--calib-tokens",
+        "8192",
+        "--format",
+        "gguf",
+        "--target-size",
+        "4484192",
+        "--algo",
+        "knapsack",
+        "--eval-windows",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(o);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let target = r["target_bits"].as_f64().unwrap();
+    assert!((target - 3.0).abs() > 0.05, "budget {target}");
+    assert!(
+        err.contains(&format!("{target:.4} bits per weight")),
+        "{err}"
+    );
+    let knapsack: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["kind"] == "knapsack")
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        knapsack.contains(&format!("knapsack @ {target}").as_str()),
+        "{knapsack:?} at {target}"
+    );
+}

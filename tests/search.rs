@@ -129,6 +129,24 @@ fn killed_and_resumed_search_gives_the_same_configuration() {
 }
 
 #[test]
+fn a_checkpoint_of_other_calibration_data_is_refused() {
+    // Issue 11, row 6: the checkpoint records what its fitness was computed
+    // on; resuming with other calibration text (or --seq-len) is an error,
+    // never the old configuration.
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.json");
+    let o = search(&a, &["--abort-after", "1"]);
+    assert!(!o.status.success(), "the abort hook must stop the process");
+    assert!(tmp.path().join("a.json.state").is_file());
+    let o = search(&a, &["--calib", "assets/data/code.valid.txt"]);
+    clean_error(&o, &["checkpoint", "calibration"]);
+    let o = search(&a, &["--seq-len", "128"]);
+    clean_error(&o, &["checkpoint", "calibration"]);
+    // The same command resumes.
+    ok(&search(&a, &[]));
+}
+
+#[test]
 fn allocations_respect_the_budget() {
     let tmp = tempfile::tempdir().unwrap();
     for algo in ["uniform", "knapsack"] {

@@ -2,9 +2,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use dynapress::database::{DEFAULT_GGML_TYPES, Method, MethodSpec};
+use dynapress::estimate::estimate;
 use dynapress::export::ExportDtype;
 use dynapress::formats::gguf::GgufTypes;
-use dynapress::pipeline::{CompressOptions, compress, estimate};
+use dynapress::pipeline::{Compare, CompressOptions, compress};
 use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
 use dynapress::search::{Algo, SearchOptions};
 
@@ -70,6 +71,10 @@ pub struct CompressArgs {
     offspring: usize,
     #[arg(long, default_value = DEFAULT_STAGES_ARG)]
     stages: String,
+    /// Racing: drop an offspring once it is this many standard errors worse
+    /// (paired, per window) than the stage's last survivor; 0 turns it off.
+    #[arg(long, default_value_t = EvoParams::default().race_z)]
+    race_z: f64,
     #[arg(long, default_value = "knapsack")]
     init: Init,
     #[arg(long, default_value_t = 0)]
@@ -77,9 +82,16 @@ pub struct CompressArgs {
     /// Evaluation windows per file.
     #[arg(long, default_value_t = 64)]
     eval_windows: usize,
-    /// Skip the uniform/knapsack comparison in the report.
+    /// Skip the uniform/knapsack comparison in the report (same as `--compare none`).
     #[arg(long)]
     no_compare: bool,
+    /// Rows the report compares with the search: `all` (every uniform level
+    /// and knapsack at the target ± 0.5 bits), `neighbours` (the two uniform
+    /// levels around the target and knapsack at it), `none`, or `auto`
+    /// (all below 50 M parameters, neighbours above: each row is a forward
+    /// pass over the evaluation text).
+    #[arg(long, value_enum, default_value_t = Compare::Auto)]
+    compare: Compare,
     /// Dtype of the exported weights.
     #[arg(long, default_value = "original")]
     dtype: ExportDtype,
@@ -175,13 +187,18 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
                 stages,
                 init: a.init,
                 seed: a.seed,
+                race_z: a.race_z,
                 ..Default::default()
             },
             quiet: a.quiet,
             ..Default::default()
         },
         eval_windows: a.eval_windows,
-        compare: !a.no_compare,
+        compare: if a.no_compare {
+            Compare::None
+        } else {
+            a.compare
+        },
         dtype: a.dtype,
         quiet: a.quiet,
     };
@@ -191,11 +208,12 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&e)?);
         } else {
             println!(
-                "estimates for {} on this machine ({} threads; GEMM {:.0} GFLOP/s, forward ≈ {:.0} tokens/s):",
+                "estimates for {} on this machine ({} threads; forward measured at {:.0} tokens/s, GEMM {:.0} GFLOP/s; search ≈ {:.2} M forward tokens):",
                 opts.model.display(),
                 rayon::current_num_threads(),
+                e.forward_tokens_per_second,
                 e.gemm_gflops,
-                e.forward_tokens_per_second
+                e.search_forward_tokens / 1e6
             );
             println!("{:<12} {:>10} {:>14}", "stage", "time", "peak RAM");
             let mut total = 0.0;

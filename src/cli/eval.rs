@@ -22,9 +22,10 @@ pub struct EvalArgs {
     /// Number of windows (the first seq_len × windows tokens are scored).
     #[arg(long, default_value_t = 64)]
     windows: usize,
-    /// Windows per forward pass.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
+    /// Windows per forward pass (default: 8, fewer for large vocabularies so a
+    /// batch's logits stay under 128 MiB).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Scoring: `windows` (every prediction of each window; the reference
     /// protocol) or `llama-perplexity` (second half of each chunk, BOS handled
     /// as llama.cpp does, so numbers compare with `llama-perplexity -c SEQ_LEN`).
@@ -99,11 +100,14 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         windows: WindowOptions {
             seq_len: a.seq_len,
             windows: a.windows,
-            batch: a.batch,
+            batch: a.batch.unwrap_or_else(|| {
+                dynapress::pipeline::eval_batch(a.seq_len, model.config.vocab_size)
+            }),
             protocol: a.protocol,
             bos: None,
         },
-        task_batch_tokens: 8192,
+        // Logits of one task batch under 128 MiB (8,192 tokens at vocab 4 k).
+        task_batch_tokens: ((128usize << 20) / (model.config.vocab_size.max(1) * 4)).clamp(1, 8192),
         quiet: a.quiet,
     };
     let mut report = eval::evaluate(&model, base.as_ref(), &plan)?;

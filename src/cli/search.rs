@@ -53,10 +53,15 @@ pub struct SearchArgs {
     /// Selection stages TOKENS:SURVIVORS,... (the last keeps 1; the parent joins it).
     #[arg(long, default_value = DEFAULT_STAGES_ARG)]
     stages: String,
+    /// Racing: drop an offspring once it is this many standard errors worse
+    /// (paired, per window) than the stage's last survivor; 0 turns it off.
+    #[arg(long, default_value_t = EvoParams::default().race_z)]
+    race_z: f64,
     /// Starting point: knapsack, or random (all layers at the target if it is a level).
     #[arg(long, default_value = "knapsack")]
     init: Init,
-    /// Calibration tokens in the pool the stages sample from (default: the largest stage).
+    /// Calibration tokens in the pool the stages sample from (default: 32768, or
+    /// what the text holds; at least the largest stage).
     #[arg(long)]
     calib_tokens: Option<usize>,
     #[arg(long, default_value_t = 256)]
@@ -108,6 +113,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
             stages,
             init: a.init,
             seed: a.seed,
+            race_z: a.race_z,
             ..Default::default()
         },
         calib: a.calib,

@@ -283,7 +283,7 @@ pub fn score_windows_multi(
         }
         let ids = &chunk[..];
         let base_logits = match base {
-            Some(bm) => Some(bm.forward(ids, b, t)?.flatten_all()?.to_vec1::<f32>()?),
+            Some(bm) => Some(bm.forward_vec(ids, b, t)?),
             None => None,
         };
         let v = models.first().map_or(0, |m| m.config.vocab_size);
@@ -294,7 +294,7 @@ pub fn score_windows_multi(
                     "models with different vocabularies cannot be compared".into(),
                 ));
             }
-            let lg = m.forward(ids, b, t)?.flatten_all()?.to_vec1::<f32>()?;
+            let lg = m.forward_vec(ids, b, t)?;
             acc.add_rows(
                 ids,
                 &lg,

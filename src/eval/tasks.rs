@@ -121,7 +121,7 @@ pub fn score_requests(
             let toks = &requests[r].tokens;
             ids[row * t..row * t + toks.len()].copy_from_slice(toks);
         }
-        let logits = model.forward(&ids, b, t)?.flatten_all()?.to_vec1::<f32>()?;
+        let logits = model.forward_vec(&ids, b, t)?;
         let lls: Vec<f64> = batch
             .par_iter()
             .enumerate()

@@ -367,8 +367,31 @@ impl Model {
         self.forward_reference(ids, b, t)
     }
 
+    /// Logits of [`Model::forward`] as one flat `[b·t·vocab]` vector, without
+    /// the extra copy a tensor round trip costs on the fused CPU path.
+    pub fn forward_vec(&self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        if let Some(logits) = self.forward_fast_vec(ids, b, t)? {
+            return Ok(logits);
+        }
+        Ok(self
+            .forward_reference(ids, b, t)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
     /// The fused CPU forward pass; `None` when the weights are not f32 CPU tensors.
     fn forward_fast(&self, ids: &[u32], b: usize, t: usize) -> Result<Option<Tensor>> {
+        match self.forward_fast_vec(ids, b, t)? {
+            Some(logits) => Ok(Some(Tensor::from_vec(
+                logits,
+                (b, t, self.config.vocab_size),
+                &self.device,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    fn forward_fast_vec(&self, ids: &[u32], b: usize, t: usize) -> Result<Option<Vec<f32>>> {
         if !self.device.is_cpu() || !self.blocks.iter().all(Block::fast_path_available) {
             return Ok(None);
         }
@@ -380,14 +403,7 @@ impl Model {
             block.forward_fast(&mut xs, b, t, &cos, &sin, &mut scratch, None)?;
         }
         let mut xn = Vec::new();
-        let Some(logits) = self.head.forward_fast(&xs, &mut xn) else {
-            return Ok(None);
-        };
-        Ok(Some(Tensor::from_vec(
-            logits,
-            (b, t, self.config.vocab_size),
-            &self.device,
-        )?))
+        Ok(self.head.forward_fast(&xs, &mut xn))
     }
 
     /// The forward pass written with candle ops only (the oracle for the fused path).

@@ -22,8 +22,72 @@ use crate::error::{Error, Result};
 use crate::eval::perplexity::row_stats;
 use crate::model::{Model, Scratch};
 
-/// Windows per forward pass during the search.
-const BATCH: usize = 8;
+/// Windows per forward pass during the search (and per racing step).
+pub const SEARCH_BATCH: usize = 4;
+const BATCH: usize = SEARCH_BATCH;
+
+/// When a race may eliminate an entrant (see [`Evaluator::race`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RaceRule {
+    /// How many entrants the stage keeps.
+    pub keep: usize,
+    /// Standard errors of the paired difference needed to eliminate (0: never).
+    pub z: f64,
+    /// Windows scored before the first elimination.
+    pub min_windows: usize,
+    /// Whether the parent is an entrant (the last stage: elitism).
+    pub parent_competes: bool,
+}
+
+impl RaceRule {
+    /// Score everything on every window.
+    pub const NONE: RaceRule = RaceRule {
+        keep: usize::MAX,
+        z: 0.0,
+        min_windows: usize::MAX,
+        parent_competes: false,
+    };
+}
+
+/// What [`Evaluator::race`] measured.
+#[derive(Debug, Clone)]
+pub struct Race {
+    /// Mean KL per token of each candidate over the windows it was scored on.
+    pub fitness: Vec<f64>,
+    /// The parent's mean KL over all windows (when a parent was given).
+    pub parent_fitness: Option<f64>,
+    /// Entrants best first (candidates `0..n`, then the parent as `n` if it
+    /// competed): those never eliminated by fitness, then the eliminated.
+    pub order: Vec<usize>,
+    /// Windows each entrant was scored on.
+    pub windows_scored: Vec<usize>,
+}
+
+/// Marks as eliminated every alive entrant that is worse than the `keep`-th
+/// best alive one by more than `z` standard errors of the paired per-window
+/// difference.
+fn eliminate(per_window: &[Vec<f64>], alive: &mut [bool], keep: usize, z: f64) {
+    let live: Vec<usize> = (0..alive.len()).filter(|&i| alive[i]).collect();
+    if live.len() <= keep {
+        return;
+    }
+    let n = per_window[live[0]].len();
+    let mean = |i: usize| per_window[i].iter().sum::<f64>() / n as f64;
+    let mut ranked = live.clone();
+    ranked.sort_by(|&a, &b| mean(a).total_cmp(&mean(b)).then(a.cmp(&b)));
+    let pivot = ranked[keep - 1];
+    for &i in &ranked[keep..] {
+        let d: Vec<f64> = (0..n)
+            .map(|w| per_window[i][w] - per_window[pivot][w])
+            .collect();
+        let m = d.iter().sum::<f64>() / n as f64;
+        let var = d.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1).max(1) as f64;
+        let se = (var / n as f64).sqrt();
+        if m > z * se {
+            alive[i] = false;
+        }
+    }
+}
 
 /// The base model's predictions on a pool of calibration windows.
 pub struct BaseTargets {
@@ -69,10 +133,7 @@ impl BaseTargets {
         while w < windows {
             let b = BATCH.min(windows - w);
             let batch = &ids[w * seq_len..(w + b) * seq_len];
-            let logits = base
-                .forward(batch, b, seq_len)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            let logits = base.forward_vec(batch, b, seq_len)?;
             let rows: Vec<(Vec<f32>, Vec<u32>)> = logits
                 .par_chunks(vocab)
                 .map(|row| {
@@ -114,6 +175,25 @@ impl BaseTargets {
                 TargetKind::TopK { k, idx, logp }
             },
         })
+    }
+
+    /// A digest of everything the fitness depends on: the calibration token
+    /// ids (so the files, the tokenizer, `--calib-tokens` and `--seq-len`),
+    /// the window length, the vocabulary and how base predictions are kept.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update((self.seq_len as u64).to_le_bytes());
+        h.update((self.vocab as u64).to_le_bytes());
+        let k = match &self.kind {
+            TargetKind::Full(_) => 0u64,
+            TargetKind::TopK { k, .. } => *k as u64,
+        };
+        h.update(k.to_le_bytes());
+        for id in &self.ids {
+            h.update(id.to_le_bytes());
+        }
+        crate::calib::hex(&h.finalize())
     }
 
     /// Number of windows.
@@ -185,6 +265,9 @@ pub struct EvalStats {
     /// Block forward passes spent caching the parent's hidden states.
     pub cache_forwards: u64,
     pub tokens: u64,
+    /// Entrant windows not scored because racing eliminated the entrant.
+    #[serde(default)]
+    pub race_windows_skipped: u64,
 }
 
 /// Dequantized weights of (layer, level), least recently used first out.
@@ -203,8 +286,6 @@ pub struct Evaluator<'a> {
     /// The level each layer of `model` currently holds (`None`: original weight).
     loaded: Vec<Option<usize>>,
     cache: WeightCache,
-    /// Bytes allowed for cached hidden states.
-    pub hidden_budget: usize,
     pub stats: EvalStats,
 }
 
@@ -228,7 +309,6 @@ impl<'a> Evaluator<'a> {
                 bytes: 0,
                 budget: weight_budget,
             },
-            hidden_budget: 1 << 30,
             stats: EvalStats::default(),
         }
     }
@@ -307,9 +387,8 @@ impl<'a> Evaluator<'a> {
         Ok(self.fitness_many(std::slice::from_ref(c), None, targets, windows)?[0])
     }
 
-    /// Fitness of several candidates on the same windows. With `parent`, its
-    /// hidden states at block boundaries are computed once (memory permitting)
-    /// and each candidate starts at its first block that differs.
+    /// Fitness of several candidates on the same windows (no elimination).
+    /// With `parent`, each candidate starts at its first block that differs.
     pub fn fitness_many(
         &mut self,
         candidates: &[Choice],
@@ -317,48 +396,43 @@ impl<'a> Evaluator<'a> {
         targets: &BaseTargets,
         windows: &[usize],
     ) -> Result<Vec<f64>> {
+        let r = self.race(candidates, parent, targets, windows, &RaceRule::NONE)?;
+        Ok(r.fitness)
+    }
+
+    /// Scores `candidates` on `windows`, batch by batch, on the same tokens.
+    ///
+    /// With `parent`, its hidden states at every block boundary are computed
+    /// once per batch (then its own fitness costs only the LM head), and each
+    /// candidate starts its forward pass at its first changed block.
+    ///
+    /// Racing (`rule.z > 0`): after each batch, once `rule.min_windows`
+    /// windows are scored, a candidate whose per-window KL is worse than the
+    /// `rule.keep`-th best's by more than `z` standard errors of their paired
+    /// difference (same windows) is eliminated: it cannot be among the `keep`
+    /// best at this confidence, so scoring it further would be wasted. The
+    /// parent takes part in the race when `rule.parent_competes`.
+    pub fn race(
+        &mut self,
+        candidates: &[Choice],
+        parent: Option<&Choice>,
+        targets: &BaseTargets,
+        windows: &[usize],
+        rule: &RaceRule,
+    ) -> Result<Race> {
         let t = targets.seq_len;
-        let h = self.model.config.hidden_size;
+        let v = self.model.config.vocab_size;
         let n_blocks = self.model.blocks().len();
         let (cos, sin) = self.model.rope().tables_vec(0, t);
-        let batches: Vec<&[usize]> = windows.chunks(BATCH).collect();
         let gather = |ws: &[usize]| -> Vec<u32> {
             ws.iter()
                 .flat_map(|&w| targets.ids[w * t..(w + 1) * t].iter().copied())
                 .collect()
         };
-        let mut sc = Scratch::default();
-        // Parent hidden states: cache[batch][block] = input of that block.
-        let cache_bytes = windows.len() * t * h * 4 * (n_blocks + 1);
-        let cache: Option<Vec<Vec<Vec<f32>>>> = match parent {
-            Some(p) if cache_bytes <= self.hidden_budget => {
-                self.load(p)?;
-                let mut all = Vec::with_capacity(batches.len());
-                for ws in &batches {
-                    let ids = gather(ws);
-                    let mut x = self
-                        .model
-                        .embed(&ids, ws.len(), t)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?;
-                    let mut states = Vec::with_capacity(n_blocks + 1);
-                    for block in self.model.blocks() {
-                        states.push(x.clone());
-                        block.forward_fast(&mut x, ws.len(), t, &cos, &sin, &mut sc, None)?;
-                    }
-                    self.stats.block_forwards += n_blocks as u64;
-                    self.stats.cache_forwards += n_blocks as u64;
-                    states.push(x);
-                    all.push(states);
-                }
-                Some(all)
-            }
-            _ => None,
-        };
-        let mut out = Vec::with_capacity(candidates.len());
-        for c in candidates {
-            let first = match (parent, &cache) {
-                (Some(p), Some(_)) => self
+        let firsts: Vec<usize> = candidates
+            .iter()
+            .map(|c| match parent {
+                Some(p) => self
                     .space
                     .layers
                     .iter()
@@ -367,42 +441,158 @@ impl<'a> Evaluator<'a> {
                     .map(|(l, _)| l.id.block)
                     .min()
                     .unwrap_or(n_blocks),
-                _ => 0,
-            };
-            self.load(c)?;
-            let mut kl = 0f64;
-            for (bi, ws) in batches.iter().enumerate() {
-                let mut x = match &cache {
-                    Some(all) => all[bi][first].clone(),
-                    None => {
-                        let ids = gather(ws);
-                        self.model
-                            .embed(&ids, ws.len(), t)?
-                            .flatten_all()?
-                            .to_vec1::<f32>()?
+                None => 0,
+            })
+            .collect();
+        // Entrants: the candidates, then the parent if it competes.
+        let competes = parent.is_some() && rule.parent_competes;
+        let n = candidates.len() + usize::from(competes);
+        let mut per_window: Vec<Vec<f64>> = vec![Vec::new(); n];
+        let mut parent_windows: Vec<f64> = Vec::new();
+        let mut alive = vec![true; n];
+        let mut sc = Scratch::default();
+        let mut xn = Vec::new();
+        let mut done = 0usize;
+        for ws in windows.chunks(BATCH) {
+            let b = ws.len();
+            let ids = gather(ws);
+            // Parent states: inputs of every block, and the final output.
+            let states: Option<Vec<Vec<f32>>> = match parent {
+                Some(p) => {
+                    self.load(p)?;
+                    let mut x = self
+                        .model
+                        .embed(&ids, b, t)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                    let mut states = Vec::with_capacity(n_blocks + 1);
+                    for block in self.model.blocks() {
+                        states.push(x.clone());
+                        block.forward_fast(&mut x, b, t, &cos, &sin, &mut sc, None)?;
                     }
-                };
-                self.blocks_from(&mut x, ws.len(), first, &cos, &sin, &mut sc, t)?;
-                let mut xn = Vec::new();
-                let logits = self
-                    .model
-                    .head()
-                    .forward_fast(&x, &mut xn)
-                    .ok_or_else(|| Error::Invalid("the search needs f32 CPU weights".into()))?;
-                let v = self.model.config.vocab_size;
-                for (j, &w) in ws.iter().enumerate() {
-                    kl += targets.window_kl(w, &logits[j * t * v..(j + 1) * t * v]);
+                    self.stats.block_forwards += n_blocks as u64;
+                    self.stats.cache_forwards += n_blocks as u64;
+                    states.push(x);
+                    let logits = self.head_logits(&states[n_blocks], &mut xn)?;
+                    for (j, &w) in ws.iter().enumerate() {
+                        parent_windows.push(
+                            targets.window_kl(w, &logits[j * t * v..(j + 1) * t * v]) / t as f64,
+                        );
+                    }
+                    self.stats.tokens += (b * t) as u64;
+                    Some(states)
                 }
+                None => None,
+            };
+            for (i, c) in candidates.iter().enumerate() {
+                if !alive[i] {
+                    continue;
+                }
+                let first = if states.is_some() { firsts[i] } else { 0 };
+                let mut x = match &states {
+                    Some(s) => s[first].clone(),
+                    None => self
+                        .model
+                        .embed(&ids, b, t)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                };
+                if first < n_blocks {
+                    self.load(c)?;
+                    self.blocks_from(&mut x, b, first, &cos, &sin, &mut sc, t)?;
+                }
+                let logits = self.head_logits(&x, &mut xn)?;
+                for (j, &w) in ws.iter().enumerate() {
+                    per_window[i]
+                        .push(targets.window_kl(w, &logits[j * t * v..(j + 1) * t * v]) / t as f64);
+                }
+                self.stats.tokens += (b * t) as u64;
             }
-            self.stats.evaluations += 1;
-            self.stats.tokens += (windows.len() * t) as u64;
-            out.push(kl / (windows.len() * t) as f64);
+            if competes {
+                per_window[n - 1].extend_from_slice(&parent_windows[done..done + b]);
+            }
+            done += b;
+            if rule.z > 0.0 && done >= rule.min_windows && done < windows.len() {
+                eliminate(&per_window, &mut alive, rule.keep, rule.z);
+            }
         }
-        Ok(out)
+        self.stats.evaluations += candidates.len() as u64;
+        self.stats.race_windows_skipped += per_window
+            .iter()
+            .map(|x| (windows.len() - x.len()) as u64)
+            .sum::<u64>();
+        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len().max(1) as f64;
+        let fitness: Vec<f64> = per_window.iter().map(|x| mean(x)).collect();
+        // Survivors of the race first (by fitness), then the eliminated.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| {
+            alive[b]
+                .cmp(&alive[a])
+                .then(fitness[a].total_cmp(&fitness[b]))
+                .then(a.cmp(&b))
+        });
+        Ok(Race {
+            fitness: fitness[..candidates.len()].to_vec(),
+            parent_fitness: parent.map(|_| mean(&parent_windows)),
+            order,
+            windows_scored: per_window.iter().map(Vec::len).collect(),
+        })
+    }
+
+    fn head_logits(&self, x: &[f32], xn: &mut Vec<f32>) -> Result<Vec<f32>> {
+        self.model
+            .head()
+            .forward_fast(x, xn)
+            .ok_or_else(|| Error::Invalid("the search needs f32 CPU weights".into()))
     }
 
     /// The model (holding whatever configuration was loaded last).
     pub fn model(&self) -> &Model {
         &self.model
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eliminate;
+
+    fn noisy(base: f64, n: usize, seed: u64) -> Vec<f64> {
+        // Deterministic noise of ±0.05 shared in shape across entrants.
+        (0..n)
+            .map(|w| base + 0.05 * (((w as u64 * 7 + seed) % 11) as f64 / 10.0 - 0.5))
+            .collect()
+    }
+
+    #[test]
+    fn racing_drops_only_entrants_that_are_significantly_worse() {
+        let n = 12;
+        // a and b differ by a sliver well inside the per-window noise of
+        // their paired difference; c is worse on every window.
+        let a = noisy(1.0, n, 0);
+        let b: Vec<f64> = noisy(1.0, n, 3).iter().map(|x| x + 0.001).collect();
+        let c: Vec<f64> = a.iter().map(|x| x + 0.2).collect();
+        let per_window = vec![a, b, c];
+        let mut alive = vec![true; 3];
+        eliminate(&per_window, &mut alive, 1, 2.5);
+        assert_eq!(alive, [true, true, false]);
+        // Keeping two of three: c is compared with the second best, still out.
+        let mut alive = vec![true; 3];
+        eliminate(&per_window, &mut alive, 2, 2.5);
+        assert_eq!(alive, [true, true, false]);
+        // Keeping three: nobody can be eliminated.
+        let mut alive = vec![true; 3];
+        eliminate(&per_window, &mut alive, 3, 2.5);
+        assert_eq!(alive, [true; 3]);
+    }
+
+    #[test]
+    fn racing_keeps_a_worse_mean_whose_difference_is_noise() {
+        // d is worse on average but better on some windows: the paired
+        // difference's standard error is larger than its mean / 2.5.
+        let a = vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+        let d = vec![1.3, 0.8, 1.3, 0.8, 1.3, 0.8, 1.3, 0.8];
+        let mut alive = vec![true; 2];
+        eliminate(&[a, d], &mut alive, 1, 2.5);
+        assert_eq!(alive, [true, true]);
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-use super::evopress::{EvoParams, GenerationLog, evopress};
+use super::evopress::{DEFAULT_POOL_TOKENS, EvoParams, GenerationLog, evopress};
 use super::fitness::{BaseTargets, EvalStats, Evaluator};
 use super::{Algo, ConfigFile, SearchSpace, knapsack, uniform};
 use crate::calib::load_calibration;
@@ -22,7 +22,8 @@ pub struct SearchOptions {
     pub evo: EvoParams,
     /// Calibration text for the fitness (EvoPress only).
     pub calib: Vec<PathBuf>,
-    /// Calibration tokens in the pool the stages sample from (default: the
+    /// Calibration tokens in the pool the stages sample from (default:
+    /// [`DEFAULT_POOL_TOKENS`], or as much as the text holds, at least the
     /// largest stage).
     pub pool_tokens: Option<usize>,
     pub seq_len: usize,
@@ -32,8 +33,6 @@ pub struct SearchOptions {
     pub full_logits_budget: usize,
     /// Bytes allowed for cached dequantized weights.
     pub weight_cache_budget: usize,
-    /// Bytes allowed for the parent's cached hidden states.
-    pub hidden_cache_budget: usize,
     /// Where to checkpoint after each generation.
     pub checkpoint: Option<PathBuf>,
     pub quiet: bool,
@@ -52,8 +51,7 @@ impl Default for SearchOptions {
             seq_len: 256,
             topk: 256,
             full_logits_budget: 256 << 20,
-            weight_cache_budget: 1 << 30,
-            hidden_cache_budget: 1 << 30,
+            weight_cache_budget: 256 << 20,
             checkpoint: None,
             quiet: false,
             abort_after: None,
@@ -94,8 +92,18 @@ pub fn run_search(
                 ));
             }
             let max_stage = opts.evo.stages.iter().map(|s| s.tokens).max().unwrap_or(0);
-            let pool = opts.pool_tokens.unwrap_or(max_stage).max(max_stage);
-            let calib = load_calibration(&opts.calib, &files.tokenizer, pool, opts.seq_len)?;
+            let pool = opts
+                .pool_tokens
+                .unwrap_or(DEFAULT_POOL_TOKENS)
+                .max(max_stage);
+            let calib = match load_calibration(&opts.calib, &files.tokenizer, pool, opts.seq_len) {
+                // The default pool asks for more text than was given: use
+                // what there is, down to the largest stage.
+                Err(_) if opts.pool_tokens.is_none() && pool > max_stage => {
+                    load_calibration(&opts.calib, &files.tokenizer, max_stage, opts.seq_len)?
+                }
+                r => r?,
+            };
             let base = Model::from_files(files, &Device::Cpu)?;
             let pb = progress::bar(calib.tokens() as u64, "base logits", "tok", opts.quiet);
             let targets = BaseTargets::compute(
@@ -108,7 +116,6 @@ pub fn run_search(
             )?;
             pb.finish_and_clear();
             let mut eval = Evaluator::new(base, db, &space, opts.weight_cache_budget);
-            eval.hidden_budget = opts.hidden_cache_budget;
             let pb = progress::bar(opts.evo.generations as u64, "evopress", "gen", opts.quiet);
             if let Some(ck) = &opts.checkpoint
                 && ck.exists()
