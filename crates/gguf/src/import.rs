@@ -907,8 +907,10 @@ fn decode(file: &GgufFile, p: &Planned, hp: &LlamaHparams) -> Result<ImportedTen
 ///   otherwise), become a `TemplateProcessing` post-processor.
 ///
 /// Anything else — WordPiece, Unigram, a pre-tokenizer not in the table, a
-/// missing `tokenizer.ggml.pre`, `add_space_prefix` for BPE — is
-/// [`ImportError::UnsupportedTokenizer`], naming what is missing.
+/// missing `tokenizer.ggml.pre` — is [`ImportError::UnsupportedTokenizer`],
+/// naming what is missing. `tokenizer.ggml.add_space_prefix` and
+/// `remove_extra_whitespaces` are ignored for BPE, as llama.cpp's BPE
+/// tokenizer ignores them.
 pub fn import_tokenizer(md: &Metadata) -> Result<String, ImportError> {
     let m = Md { md };
     let tok_model = m
@@ -1100,15 +1102,14 @@ fn import_bpe(md: &Metadata) -> Result<String, ImportError> {
     })?;
     let pre = llama_cpp_pre_tokenizer(pre_name)
         .ok_or_else(|| unsupported(format!("tokenizer.ggml.pre {pre_name:?}")))?;
+    // llama.cpp reads tokenizer.ggml.add_space_prefix and
+    // remove_extra_whitespaces for every model but its BPE tokenizer uses
+    // neither, so they are ignored here too (only their type is checked).
     for key in [
         "tokenizer.ggml.add_space_prefix",
         "tokenizer.ggml.remove_extra_whitespaces",
     ] {
-        if m.bool_opt(key)? == Some(true) {
-            return Err(unsupported(format!(
-                "{key} = true with a byte-level BPE tokenizer"
-            )));
-        }
+        m.bool_opt(key)?;
     }
     let v = vocab_parts(&m, [None, None, None])?;
     let add_bos = m

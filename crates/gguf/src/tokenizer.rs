@@ -192,7 +192,34 @@ pub const LLAMA_CPP_PRE_TOKENIZERS: &[LlamaCppPreTokenizer] = &[
         true,
         true,
     ),
-    pre(&["dbrx", "smaug-bpe"], &[LLAMA3_SPLIT], false, false),
+    pre(
+        &["dbrx", "smaug-bpe", "chatglm-bpe"],
+        &[LLAMA3_SPLIT],
+        false,
+        false,
+    ),
+    pre(&["glm4", "glm5"], &[LLAMA3_SPLIT], true, false),
+    pre(
+        &["jais-2"],
+        &[concat!(
+            contractions!(),
+            r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)|\s{8}(?!\S)|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1}"
+        )],
+        false,
+        false,
+    ),
+    pre(
+        &["minicpm5"],
+        &[
+            r"\p{N}{1,3}",
+            concat!(
+                contractions!(),
+                r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+            ),
+        ],
+        true,
+        false,
+    ),
     pre(
         &[
             "qwen2",
@@ -210,6 +237,22 @@ pub const LLAMA_CPP_PRE_TOKENIZERS: &[LlamaCppPreTokenizer] = &[
         false,
     ),
     pre(&["qwen35"], &[QWEN35_SPLIT], false, false),
+    pre(
+        &["ufakzeka"],
+        &[r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
+        false,
+        false,
+    ),
+    pre(&["laguna"], &[r"[^\n]+|[\n]+", QWEN2_SPLIT], false, false),
+    pre(
+        &["exaone-moe"],
+        &[concat!(
+            contractions!(),
+            r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+"
+        )],
+        false,
+        false,
+    ),
     pre(
         &["deepseek-llm"],
         &[
@@ -236,7 +279,7 @@ pub const LLAMA_CPP_PRE_TOKENIZERS: &[LlamaCppPreTokenizer] = &[
         false,
     ),
     pre(
-        &["deepseek-v3"],
+        &["deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"],
         &[
             r"\p{N}{1,3}",
             "[\u{4e00}-\u{9fa5}\u{3040}-\u{309f}\u{30a0}-\u{30ff}]+",
