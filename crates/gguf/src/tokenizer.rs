@@ -9,9 +9,12 @@
 //! of a known published model. We identify it instead from the pre-tokenizer
 //! definition itself: GPT-2's `ByteLevel` with its built-in regex → `gpt-2`;
 //! a `Split` with the Llama 3 regex → `llama-bpe`; with the Qwen2 regex →
-//! `qwen2` (Qwen 3.5's → `qwen35`). Anything else is refused with an error that
-//! quotes the pre-tokenizer, because a wrong guess silently tokenizes
-//! differently.
+//! `qwen2` (Qwen 3.5's → `qwen35`); single digits then GPT-2's `ByteLevel` →
+//! `starcoder` (`smollm` when the tokenizer config does not clean up spaces);
+//! and any sequence of splits with the exact regexes llama.cpp runs for a
+//! name in [`LLAMA_CPP_PRE_TOKENIZERS`] (what the GGUF import writes) → that
+//! name. Anything else is refused with an error that quotes the
+//! pre-tokenizer, because a wrong guess silently tokenizes differently.
 
 use std::path::Path;
 
@@ -427,27 +430,48 @@ pub fn pre_tokenizer_name(tokenizer: &Json) -> Result<&'static str> {
                 .get("pretokenizers")
                 .and_then(Json::as_array)
                 .ok_or_else(unknown)?;
-            let [split, bl] = parts.as_slice() else {
-                return Err(unknown());
-            };
-            if ty(split) != "Split" || ty(bl) != "ByteLevel" {
+            // Splits (or single digits), then ByteLevel: the regexes in order,
+            // ByteLevel's own (GPT-2's) last when it uses one.
+            let (bl, splits) = parts.split_last().ok_or_else(unknown)?;
+            if ty(bl) != "ByteLevel" || splits.is_empty() {
                 return Err(unknown());
             }
-            check_byte_level(bl, false)?;
-            if split.get("behavior").and_then(Json::as_str) != Some("Isolated")
-                || flag(split, "invert") == Some(true)
+            let bl_regex = flag(bl, "use_regex").unwrap_or(true);
+            check_byte_level(bl, bl_regex)?;
+            let mut regexes: Vec<&str> = Vec::with_capacity(splits.len() + 1);
+            for split in splits {
+                match ty(split).as_str() {
+                    "Split"
+                        if split.get("behavior").and_then(Json::as_str) == Some("Isolated")
+                            && flag(split, "invert") != Some(true) =>
+                    {
+                        regexes.push(
+                            split
+                                .get("pattern")
+                                .and_then(|p| p.get("Regex"))
+                                .and_then(Json::as_str)
+                                .ok_or_else(unknown)?,
+                        );
+                    }
+                    "Digits" if flag(split, "individual_digits") == Some(true) => {
+                        regexes.push(r"\p{N}");
+                    }
+                    _ => return Err(unknown()),
+                }
+            }
+            if bl_regex {
+                regexes.push(GPT2_REGEX);
+            }
+            if let [regex] = regexes[..]
+                && let Some((_, name)) = KNOWN_SPLIT_REGEXES.iter().find(|(r, _)| *r == regex)
             {
-                return Err(unknown());
+                return Ok(name);
             }
-            let regex = split
-                .get("pattern")
-                .and_then(|p| p.get("Regex"))
-                .and_then(Json::as_str)
-                .ok_or_else(unknown)?;
-            KNOWN_SPLIT_REGEXES
+            // The regexes llama.cpp runs (what the import writes).
+            LLAMA_CPP_PRE_TOKENIZERS
                 .iter()
-                .find(|(r, _)| *r == regex)
-                .map(|(_, name)| *name)
+                .find(|p| p.regexes == regexes.as_slice())
+                .map(|p| p.names[0])
                 .ok_or_else(unknown)
         }
         _ => Err(unknown()),
@@ -457,7 +481,7 @@ pub fn pre_tokenizer_name(tokenizer: &Json) -> Result<&'static str> {
 /// llama.cpp's tokenizer metadata for a byte-level BPE tokenizer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenizerMetadata {
-    /// `tokenizer.ggml.pre` (`gpt-2`, `llama-bpe`, `qwen2`, `qwen35`).
+    /// `tokenizer.ggml.pre` (`gpt-2`, `llama-bpe`, `qwen2`, `smollm`, …).
     pub pre: String,
     /// Token strings by id, in the byte-level alphabet (`Ġthe`) for BPE tokens
     /// and verbatim for added tokens; ids without a token are `[PAD{id}]`.
@@ -550,8 +574,31 @@ impl TokenizerMetadata {
                 "BPE with byte_fallback (SentencePiece-style) is not a byte-level BPE tokenizer",
             ));
         }
-        let pre = pre_tokenizer_name(tokenizer)?;
-        if model.get("ignore_merges").and_then(Json::as_bool) == Some(true) && pre != "llama-bpe" {
+        let mut pre = pre_tokenizer_name(tokenizer)?;
+        // SmolLM's and StarCoder 2's tokenizer.json are alike; the converter
+        // names them by hash, and llama.cpp's only difference is whether its
+        // detokenizer cleans up spaces, which the tokenizer config says.
+        if pre == "starcoder"
+            && tokenizer_config
+                .and_then(|tc| tc.get("clean_up_tokenization_spaces"))
+                .and_then(Json::as_bool)
+                == Some(false)
+        {
+            pre = "smollm";
+        }
+        // Names with the same regexes can differ in ignore_merges (Llama 3's
+        // and DBRX's): take the one that matches the model's.
+        let ignore_merges = model.get("ignore_merges").and_then(Json::as_bool) == Some(true);
+        if let Some(p) = llama_cpp_pre_tokenizer(pre)
+            && p.ignore_merges != ignore_merges
+            && let Some(q) = LLAMA_CPP_PRE_TOKENIZERS
+                .iter()
+                .find(|q| q.regexes == p.regexes && q.ignore_merges == ignore_merges)
+        {
+            pre = q.names[0];
+        }
+        let llama_ignores = llama_cpp_pre_tokenizer(pre).is_some_and(|p| p.ignore_merges);
+        if ignore_merges && !llama_ignores {
             return Err(tok_err(format!(
                 "ignore_merges = true with the {pre} pre-tokenizer: llama.cpp applies merges for it"
             )));
@@ -870,6 +917,39 @@ mod tests {
         );
         assert_eq!(pre_tokenizer_name(&split(QWEN2_REGEX)).unwrap(), "qwen2");
         assert_eq!(pre_tokenizer_name(&split(GPT2_REGEX)).unwrap(), "gpt-2");
+        // SmolLM's / StarCoder 2's: single digits, then GPT-2's ByteLevel.
+        let digits = json!({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+        ]}});
+        assert_eq!(pre_tokenizer_name(&digits).unwrap(), "starcoder");
+        let mut smol = digits.clone();
+        smol["model"] = json!({"type": "BPE", "vocab": {"a": 0}, "merges": []});
+        let clean = |b: bool| json!({"clean_up_tokenization_spaces": b});
+        let name = |tc: &Json| {
+            TokenizerMetadata::from_hf_json(&smol, Some(tc), None, None, None)
+                .unwrap()
+                .pre
+        };
+        assert_eq!(name(&clean(false)), "smollm");
+        assert_eq!(name(&clean(true)), "starcoder");
+        // Several splits with llama.cpp's regexes: the name that has them.
+        let ds = &llama_cpp_pre_tokenizer("deepseek-coder").unwrap().regexes;
+        let mut parts: Vec<Json> = ds
+            .iter()
+            .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
+            .collect();
+        parts.push(json!({"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}));
+        let seq = json!({"pre_tokenizer": {"type": "Sequence", "pretokenizers": parts}});
+        assert_eq!(pre_tokenizer_name(&seq).unwrap(), "deepseek-coder");
+        // Llama 3's regex without ignore_merges is DBRX's in llama.cpp.
+        let mut dbrx = split(LLAMA3_SPLIT);
+        dbrx["model"] = json!({"type": "BPE", "vocab": {"a": 0}, "merges": []});
+        let t = TokenizerMetadata::from_hf_json(&dbrx, None, None, None, None).unwrap();
+        assert_eq!(t.pre, "dbrx");
+        dbrx["model"]["ignore_merges"] = json!(true);
+        let t = TokenizerMetadata::from_hf_json(&dbrx, None, None, None, None).unwrap();
+        assert_eq!(t.pre, "llama-bpe");
     }
 
     #[test]

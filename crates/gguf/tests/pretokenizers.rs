@@ -405,6 +405,36 @@ fn every_tokenizer_builds_and_round_trips() {
     }
 }
 
+/// Without llama.cpp: the tokenizer.json the import writes for each
+/// pre-tokenizer exports back to GGUF metadata (`TokenizerMetadata`, as
+/// `compress --format gguf` writes it) with the name that selects the same
+/// regexes and `ignore_merges` in llama.cpp, and that imports to a tokenizer
+/// giving the same ids.
+#[test]
+fn imported_tokenizers_export_back() {
+    let mut md = bpe_metadata();
+    let joined = samples().join("\n");
+    for pre in LLAMA_CPP_PRE_TOKENIZERS {
+        let name = pre.names[0];
+        md.set("tokenizer.ggml.pre", name);
+        let json: serde_json::Value =
+            serde_json::from_str(&import_tokenizer(&md).unwrap()).unwrap();
+        let meta = TokenizerMetadata::from_hf_json(&json, None, None, None, None)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = LLAMA_CPP_PRE_TOKENIZERS
+            .iter()
+            .find(|q| q.regexes == pre.regexes && q.ignore_merges == pre.ignore_merges)
+            .unwrap()
+            .names[0];
+        assert_eq!(meta.pre, want, "{name}");
+        let mut back = Metadata::new();
+        meta.write_metadata(&mut back);
+        let a = ours(&md).encode(joined.as_str(), true).unwrap();
+        let b = ours(&back).encode(joined.as_str(), true).unwrap();
+        assert_eq!(a.get_ids(), b.get_ids(), "{name}");
+    }
+}
+
 #[test]
 fn unknown_pre_tokenizers_are_named() {
     let mut md = bpe_metadata();
