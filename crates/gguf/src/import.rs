@@ -890,7 +890,8 @@ fn decode(file: &GgufFile, p: &Planned, hp: &LlamaHparams) -> Result<ImportedTen
 ///   normalizer (`Prepend("▁")`, `Replace(" ", "▁")`) and a BPE model with
 ///   `byte_fallback` whose merges are every split of every token into two
 ///   tokens, ordered by the token's score (ties by id). Decoder: `▁` → space,
-///   byte fallback, fuse, strip the prefix space.
+///   byte fallback, fuse (the prefix space is kept: a continuation's first
+///   space is text).
 ///
 /// Common to both:
 ///
@@ -1248,14 +1249,14 @@ fn import_spm(md: &Metadata) -> Result<String, ImportError> {
     } else {
         replace_space
     };
-    let mut decoders = vec![
+    // No `Strip` of the prefix space (Llama 2's tokenizer.json has one):
+    // dynapress decodes continuations of a prompt, whose first token's space
+    // belongs to the text, as llama.cpp's per-token pieces keep it.
+    let decoders = vec![
         json!({"type": "Replace", "pattern": {"String": SPM_SPACE}, "content": " "}),
         json!({"type": "ByteFallback"}),
         json!({"type": "Fuse"}),
     ];
-    if add_space_prefix {
-        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
-    }
     let post_processor = template_processor(&v, add_bos, add_eos)?.unwrap_or(Json::Null);
     let unk_token = v.unk.map(|i| v.tokens[i].clone());
 

@@ -372,8 +372,8 @@ fn sentencepiece_tokenizes_like_llama_cpp() {
 }
 
 /// Without llama.cpp: every pre-tokenizer's regexes compile in the `tokenizers`
-/// library, the SentencePiece vocabulary merges by score and falls back to
-/// bytes, and decoding gives the text back.
+/// library, the SentencePiece vocabulary falls back to bytes, and decoding
+/// gives the text back.
 #[test]
 fn every_tokenizer_builds_and_round_trips() {
     let mut md = bpe_metadata();
@@ -399,10 +399,20 @@ fn every_tokenizer_builds_and_round_trips() {
     assert!(toks[1].starts_with('\u{2581}'), "{toks:?}");
     // 日 and 本 are no pieces: three byte tokens each.
     assert!(toks.iter().any(|t| t == "<0xE6>"), "{toks:?}");
+    // Decoding keeps the prefix space (a continuation's first space is text).
     for text in &texts {
         let ids = tok.encode(text.as_str(), false).unwrap().get_ids().to_vec();
-        assert_eq!(&tok.decode(&ids, false).unwrap(), text, "llama");
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            format!(" {text}"),
+            "llama"
+        );
     }
+    let ids: Vec<u32> = ["\u{2581}is", "\u{2581}a"]
+        .iter()
+        .map(|t| tok.token_to_id(t).unwrap())
+        .collect();
+    assert_eq!(tok.decode(&ids, false).unwrap(), " is a");
 }
 
 /// Without llama.cpp: the tokenizer.json the import writes for each
