@@ -876,7 +876,7 @@ fn decode(file: &GgufFile, p: &Planned, hp: &LlamaHparams) -> Result<ImportedTen
 ///   `tokenizer.ggml.pre` from [`LLAMA_CPP_PRE_TOKENIZERS`]: a `Sequence` of
 ///   `Split` (isolated) pre-tokenizers with llama.cpp's regexes, then
 ///   `ByteLevel` without its own regex; `ignore_merges` where llama.cpp sets
-///   it (Llama 3, Tekken); the `NFC` normalizer for `qwen2` (which Qwen2's
+///   it (Llama 3, Tekken, GLM-4, MiniCPM 5); the `NFC` normalizer for `qwen2` (which Qwen2's
 ///   tokenizer.json declares; llama.cpp skips it, so the two differ only on
 ///   text that is not in NFC); no normalizer otherwise. The merges
 ///   (`"a b"`, split at the first space after the first byte as llama.cpp
