@@ -155,10 +155,7 @@ pub enum ImportError {
     /// A tokenizer model or pre-tokenizer that cannot be rebuilt as a
     /// `tokenizer.json` yet.
     #[error("tokenizer: {what} is not supported yet ({supported})")]
-    UnsupportedTokenizer {
-        what: String,
-        supported: &'static str,
-    },
+    UnsupportedTokenizer { what: String, supported: String },
     /// The tokenizer metadata is inconsistent (duplicate tokens, merges of
     /// unknown tokens, ids out of range, ...).
     #[error("tokenizer: {0}")]

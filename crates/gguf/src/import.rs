@@ -27,8 +27,10 @@
 //!   converter stores only `rope_freqs.weight`, the per-frequency divisors, and
 //!   [`llama3_rope_scaling`] fits `factor`, `low_freq_factor`,
 //!   `high_freq_factor` and `original_max_position_embeddings` to them.
-//! - **Tokenizer**: [`import_tokenizer`] rebuilds a byte-level BPE
-//!   `tokenizer.json` from `tokenizer.ggml.*` (model `gpt2`).
+//! - **Tokenizer**: [`import_tokenizer`] rebuilds a `tokenizer.json` from
+//!   `tokenizer.ggml.*` that tokenizes like llama.cpp: byte-level BPE (model
+//!   `gpt2`) with the pre-tokenizers of [`LLAMA_CPP_PRE_TOKENIZERS`], and
+//!   SentencePiece (model `llama`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -38,14 +40,11 @@ use serde_json::{Value as Json, json};
 use crate::error::{GgufError, ImportError, Result};
 use crate::model::{self, Arch, LlamaHparams, ROPE_FREQS_TENSOR, RopeScaling};
 use crate::reader::{GgufFile, TensorInfo};
-use crate::tokenizer::{GPT2_REGEX, LLAMA3_REGEX, QWEN2_REGEX, token_type};
+use crate::tokenizer::{LLAMA_CPP_PRE_TOKENIZERS, llama_cpp_pre_tokenizer, token_type};
 use crate::value::{Array, Metadata, Value};
 
 /// `general.architecture` values [`import`] accepts.
 pub const SUPPORTED_ARCHITECTURES: [&str; 3] = ["llama", "qwen2", "qwen3"];
-
-/// What [`import_tokenizer`] can rebuild, for error messages.
-pub const SUPPORTED_TOKENIZERS: &str = "byte-level BPE: tokenizer.ggml.model \"gpt2\" with tokenizer.ggml.pre \"gpt-2\", \"llama-bpe\" (or its aliases \"llama3\", \"llama-v3\") or \"qwen2\"";
 
 /// One weight under its Hugging Face name, decoded to f32.
 #[derive(Debug, Clone, PartialEq)]
@@ -868,80 +867,109 @@ fn decode(file: &GgufFile, p: &Planned, hp: &LlamaHparams) -> Result<ImportedTen
     })
 }
 
-/// llama.cpp pre-tokenizers [`import_tokenizer`] rebuilds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pre {
-    Gpt2,
-    Llama3,
-    Qwen2,
-}
-
 /// Rebuilds a Hugging Face `tokenizer.json` from llama.cpp's tokenizer
-/// metadata (`tokenizer.ggml.model = "gpt2"`, byte-level BPE).
+/// metadata, so that the `tokenizers` library tokenizes like llama.cpp does.
+///
+/// Two tokenizer models:
+///
+/// - **`gpt2`** (byte-level BPE). The pre-tokenizer is chosen by
+///   `tokenizer.ggml.pre` from [`LLAMA_CPP_PRE_TOKENIZERS`]: a `Sequence` of
+///   `Split` (isolated) pre-tokenizers with llama.cpp's regexes, then
+///   `ByteLevel` without its own regex; `ignore_merges` where llama.cpp sets
+///   it (Llama 3, Tekken, GLM-4, MiniCPM 5); the `NFC` normalizer for `qwen2` (which Qwen2's
+///   tokenizer.json declares; llama.cpp skips it, so the two differ only on
+///   text that is not in NFC); no normalizer otherwise. The merges
+///   (`"a b"`, split at the first space after the first byte as llama.cpp
+///   does) must name tokens. ByteLevel decoder.
+/// - **`llama`** (SentencePiece, as Llama 2 and Mistral ship it): what
+///   llama.cpp's SPM tokenizer does — a space in front of the text and after
+///   every special token (`tokenizer.ggml.add_space_prefix`, default true),
+///   spaces as `▁`, then pairs of adjacent pieces merged while their
+///   concatenation is a token, the highest `tokenizer.ggml.scores` first, and
+///   characters that are no token as `<0xXX>` byte tokens — becomes a
+///   normalizer (`Prepend("▁")`, `Replace(" ", "▁")`) and a BPE model with
+///   `byte_fallback` whose merges are every split of every token into two
+///   tokens, ordered by the token's score (ties by id). Decoder: `▁` → space,
+///   byte fallback, fuse (the prefix space is kept: a continuation's first
+///   space is text).
+///
+/// Common to both:
 ///
 /// - **Vocabulary**: every token string with its id — normal, control,
-///   user-defined and unused (padding) alike — goes into `model.vocab`, so the
+///   user-defined, byte and unused alike — goes into `model.vocab`, so the
 ///   ids are exactly the GGUF ids (the `tokenizers` library assigns added
 ///   tokens the id their content has in the vocabulary). Two ids with the same
-///   string cannot be expressed and are an error.
+///   string cannot be expressed and are an error (llama.cpp refuses them too).
 /// - **Added tokens**: control and unknown tokens, and the BOS/EOS tokens, as
 ///   special added tokens; user-defined tokens as non-special ones; all matched
-///   literally (`normalized: false`).
-/// - **Merges** (`"a b"`, split at the first space after the first byte as
-///   llama.cpp does) as pairs; both parts and their concatenation must be
-///   tokens.
-/// - **Pre-tokenizer** by `tokenizer.ggml.pre`: `gpt-2` → `ByteLevel` with its
-///   built-in (GPT-2) regex; `llama-bpe` (`llama3`, `llama-v3`) and `qwen2` →
-///   `Split` with the Llama 3 / Qwen2 regex, then `ByteLevel` without regex.
-/// - **Model options**: `ignore_merges` for Llama 3 (its tokenizer.json sets
-///   it, and llama.cpp sets it for that pre-tokenizer); the `NFC` normalizer
-///   for Qwen2 (which its tokenizer.json declares; llama.cpp skips it); no
-///   normalizer otherwise.
+///   literally (`normalized: false`), as llama.cpp splits them out first.
 /// - **BOS/EOS**: `tokenizer.ggml.add_bos_token` / `add_eos_token`, defaulting
-///   like llama.cpp (BOS for Llama 3, nothing otherwise), become a
-///   `TemplateProcessing` post-processor after the `ByteLevel` one.
-/// - ByteLevel decoder.
+///   like llama.cpp (BOS for SentencePiece, Llama 3 and Tekken; nothing
+///   otherwise), become a `TemplateProcessing` post-processor.
 ///
-/// Anything else — SentencePiece (`llama`), WordPiece, other pre-tokenizers,
-/// `add_space_prefix` — is [`ImportError::UnsupportedTokenizer`].
+/// Anything else — WordPiece, Unigram, a pre-tokenizer not in the table, a
+/// missing `tokenizer.ggml.pre` — is [`ImportError::UnsupportedTokenizer`],
+/// naming what is missing. `tokenizer.ggml.add_space_prefix` and
+/// `remove_extra_whitespaces` are ignored for BPE, as llama.cpp's BPE
+/// tokenizer ignores them.
 pub fn import_tokenizer(md: &Metadata) -> Result<String, ImportError> {
     let m = Md { md };
-    let unsupported = |what: String| ImportError::UnsupportedTokenizer {
-        what,
-        supported: SUPPORTED_TOKENIZERS,
-    };
     let tok_model = m
         .str_opt("tokenizer.ggml.model")?
         .ok_or_else(|| md_err("tokenizer.ggml.model", "missing"))?;
-    if tok_model != "gpt2" {
-        let kind = match tok_model {
-            "llama" => " (SentencePiece)",
-            "bert" => " (WordPiece)",
-            "t5" => " (Unigram)",
-            _ => "",
-        };
-        return Err(unsupported(format!(
-            "tokenizer.ggml.model {tok_model:?}{kind}"
-        )));
-    }
-    let pre_name = m.str_opt("tokenizer.ggml.pre")?.unwrap_or("(missing)");
-    let pre = match pre_name {
-        "gpt-2" => Pre::Gpt2,
-        "llama-bpe" | "llama3" | "llama-v3" => Pre::Llama3,
-        "qwen2" => Pre::Qwen2,
+    match tok_model {
+        "gpt2" => import_bpe(md),
+        "llama" => import_spm(md),
         other => {
-            return Err(unsupported(format!("tokenizer.ggml.pre {other:?}")));
-        }
-    };
-    for key in [
-        "tokenizer.ggml.add_space_prefix",
-        "tokenizer.ggml.remove_extra_whitespaces",
-    ] {
-        if m.bool_opt(key)? == Some(true) {
-            return Err(unsupported(format!("{key} = true")));
+            let kind = match other {
+                "bert" => " (WordPiece)",
+                "t5" => " (Unigram)",
+                _ => "",
+            };
+            Err(unsupported(format!("tokenizer.ggml.model {other:?}{kind}")))
         }
     }
+}
 
+fn unsupported(what: String) -> ImportError {
+    ImportError::UnsupportedTokenizer {
+        what,
+        supported: supported_tokenizers(),
+    }
+}
+
+/// What [`import_tokenizer`] can rebuild, for error messages: the tokenizer
+/// models and the canonical `tokenizer.ggml.pre` names.
+pub fn supported_tokenizers() -> String {
+    let names: Vec<String> = LLAMA_CPP_PRE_TOKENIZERS
+        .iter()
+        .map(|p| format!("{:?}", p.names[0]))
+        .collect();
+    format!(
+        "dynapress imports tokenizer.ggml.model \"llama\" (SentencePiece) and \"gpt2\" (byte-level BPE) with tokenizer.ggml.pre {} and their aliases, listed in docs/gguf.md",
+        names.join(", ")
+    )
+}
+
+/// The parts of the tokenizer metadata both models share.
+struct VocabParts<'a> {
+    tokens: &'a [String],
+    ids: HashMap<&'a str, usize>,
+    vocab: serde_json::Map<String, Json>,
+    added: Vec<Json>,
+    bos: Option<usize>,
+    eos: Option<usize>,
+    unk: Option<usize>,
+}
+
+/// Tokens, types, the special ids (`defaults` for bos/eos/unk when the keys
+/// are absent and the id exists, as llama.cpp's SentencePiece loader does),
+/// the vocabulary and the added tokens.
+fn vocab_parts<'a>(
+    m: &Md<'a>,
+    defaults: [Option<usize>; 3],
+) -> Result<VocabParts<'a>, ImportError> {
+    let md = m.md;
     let tokens = m.str_array("tokenizer.ggml.tokens")?;
     let n = tokens.len();
     let types: Vec<i64> = match md.get("tokenizer.ggml.token_type") {
@@ -959,21 +987,20 @@ pub fn import_tokenizer(md: &Metadata) -> Result<String, ImportError> {
             format!("{} entries for {n} tokens", types.len()),
         ));
     }
-    let special_id = |key: &str| -> Result<Option<usize>, ImportError> {
+    let special_id = |key: &str, default: Option<usize>| -> Result<Option<usize>, ImportError> {
         match m.u32_opt(key)? {
             Some(id) if id as usize >= n => Err(md_err(
                 key,
                 format!("{id} is outside the vocabulary of {n} tokens"),
             )),
-            id => Ok(id.map(|i| i as usize)),
+            Some(id) => Ok(Some(id as usize)),
+            None => Ok(default.filter(|&d| d < n)),
         }
     };
-    let bos = special_id("tokenizer.ggml.bos_token_id")?;
-    let eos = special_id("tokenizer.ggml.eos_token_id")?;
-    let add_bos = m
-        .bool_opt("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(pre == Pre::Llama3);
-    let add_eos = m.bool_opt("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    let [bos_d, eos_d, unk_d] = defaults;
+    let bos = special_id("tokenizer.ggml.bos_token_id", bos_d)?;
+    let eos = special_id("tokenizer.ggml.eos_token_id", eos_d)?;
+    let unk = special_id("tokenizer.ggml.unknown_token_id", unk_d)?;
 
     let mut vocab = serde_json::Map::new();
     let mut ids: HashMap<&str, usize> = HashMap::with_capacity(n);
@@ -1004,6 +1031,92 @@ pub fn import_tokenizer(md: &Metadata) -> Result<String, ImportError> {
             }));
         }
     }
+    Ok(VocabParts {
+        tokens,
+        ids,
+        vocab,
+        added,
+        bos,
+        eos,
+        unk,
+    })
+}
+
+/// The `TemplateProcessing` post-processor that adds BOS and/or EOS, or `None`
+/// when neither is added.
+fn template_processor(
+    v: &VocabParts<'_>,
+    add_bos: bool,
+    add_eos: bool,
+) -> Result<Option<Json>, ImportError> {
+    if !add_bos && !add_eos {
+        return Ok(None);
+    }
+    let token = |key: &str, id: Option<usize>| {
+        id.map(|i| (v.tokens[i].as_str(), i))
+            .ok_or_else(|| md_err(key, "missing, but the tokenizer is set to add it"))
+    };
+    let bos_t = if add_bos {
+        Some(token("tokenizer.ggml.bos_token_id", v.bos)?)
+    } else {
+        None
+    };
+    let eos_t = if add_eos {
+        Some(token("tokenizer.ggml.eos_token_id", v.eos)?)
+    } else {
+        None
+    };
+    let piece = |t: &str, type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
+    let seq = |s: &str, type_id: u32| json!({"Sequence": {"id": s, "type_id": type_id}});
+    let wrap = |s: &str, type_id: u32| {
+        let mut out = Vec::new();
+        if let Some((t, _)) = bos_t {
+            out.push(piece(t, type_id));
+        }
+        out.push(seq(s, type_id));
+        if let Some((t, _)) = eos_t {
+            out.push(piece(t, type_id));
+        }
+        out
+    };
+    let mut pair = wrap("A", 0);
+    pair.extend(wrap("B", 1));
+    let mut specials = serde_json::Map::new();
+    for (t, id) in [bos_t, eos_t].into_iter().flatten() {
+        specials.insert(t.into(), json!({"id": t, "ids": [id], "tokens": [t]}));
+    }
+    Ok(Some(json!({
+        "type": "TemplateProcessing",
+        "single": wrap("A", 0),
+        "pair": pair,
+        "special_tokens": specials,
+    })))
+}
+
+/// Byte-level BPE (`tokenizer.ggml.model = "gpt2"`); see [`import_tokenizer`].
+fn import_bpe(md: &Metadata) -> Result<String, ImportError> {
+    let m = Md { md };
+    let pre_name = m.str_opt("tokenizer.ggml.pre")?.ok_or_else(|| {
+        unsupported(
+            "a byte-level BPE tokenizer without tokenizer.ggml.pre (llama.cpp falls back to its \"default\" pre-tokenizer and warns that generation quality will be degraded; set the key to the model's pre-tokenizer)".into(),
+        )
+    })?;
+    let pre = llama_cpp_pre_tokenizer(pre_name)
+        .ok_or_else(|| unsupported(format!("tokenizer.ggml.pre {pre_name:?}")))?;
+    // llama.cpp reads tokenizer.ggml.add_space_prefix and
+    // remove_extra_whitespaces for every model but its BPE tokenizer uses
+    // neither, so they are ignored here too (only their type is checked).
+    for key in [
+        "tokenizer.ggml.add_space_prefix",
+        "tokenizer.ggml.remove_extra_whitespaces",
+    ] {
+        m.bool_opt(key)?;
+    }
+    let v = vocab_parts(&m, [None, None, None])?;
+    let add_bos = m
+        .bool_opt("tokenizer.ggml.add_bos_token")?
+        .unwrap_or(pre.add_bos);
+    let add_eos = m.bool_opt("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
 
     let merges_in = m.str_array("tokenizer.ggml.merges")?;
     let mut merges = Vec::with_capacity(merges_in.len());
@@ -1016,7 +1129,7 @@ pub fn import_tokenizer(md: &Metadata) -> Result<String, ImportError> {
         };
         let (a, b) = (&mg[..pos], &mg[pos + 1..]);
         for part in [a, b, &format!("{a}{b}")] {
-            if !ids.contains_key(part) {
+            if !v.ids.contains_key(part) {
                 return Err(ImportError::Tokenizer(format!(
                     "merge {i} {mg:?}: {part:?} is not a token"
                 )));
@@ -1025,75 +1138,31 @@ pub fn import_tokenizer(md: &Metadata) -> Result<String, ImportError> {
         merges.push(json!([a, b]));
     }
 
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-    let split = |regex: &str| {
-        json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-            byte_level(false),
-        ]})
-    };
-    let (pre_tokenizer, normalizer) = match pre {
-        // ByteLevel's built-in regex is GPT-2's.
-        Pre::Gpt2 => {
-            debug_assert!(GPT2_REGEX.starts_with("'s|'t"));
-            (byte_level(true), Json::Null)
-        }
-        Pre::Llama3 => (split(LLAMA3_REGEX), Json::Null),
-        Pre::Qwen2 => (split(QWEN2_REGEX), json!({"type": "NFC"})),
+    let mut pretokenizers: Vec<Json> = pre
+        .regexes
+        .iter()
+        .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
+        .collect();
+    pretokenizers.push(json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}));
+    let normalizer = if pre_name == "qwen2" {
+        json!({"type": "NFC"})
+    } else {
+        Json::Null
     };
 
     let bl_post = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true});
-    let post_processor = if add_bos || add_eos {
-        let token = |key: &str, id: Option<usize>| {
-            id.map(|i| (tokens[i].as_str(), i))
-                .ok_or_else(|| md_err(key, "missing, but the tokenizer is set to add it"))
-        };
-        let bos_t = if add_bos {
-            Some(token("tokenizer.ggml.bos_token_id", bos)?)
-        } else {
-            None
-        };
-        let eos_t = if add_eos {
-            Some(token("tokenizer.ggml.eos_token_id", eos)?)
-        } else {
-            None
-        };
-        let piece = |t: &str, type_id: u32| json!({"SpecialToken": {"id": t, "type_id": type_id}});
-        let seq = |s: &str, type_id: u32| json!({"Sequence": {"id": s, "type_id": type_id}});
-        let wrap = |s: &str, type_id: u32| {
-            let mut v = Vec::new();
-            if let Some((t, _)) = bos_t {
-                v.push(piece(t, type_id));
-            }
-            v.push(seq(s, type_id));
-            if let Some((t, _)) = eos_t {
-                v.push(piece(t, type_id));
-            }
-            v
-        };
-        let mut pair = wrap("A", 0);
-        pair.extend(wrap("B", 1));
-        let mut specials = serde_json::Map::new();
-        for (t, id) in [bos_t, eos_t].into_iter().flatten() {
-            specials.insert(t.into(), json!({"id": t, "ids": [id], "tokens": [t]}));
-        }
-        json!({"type": "Sequence", "processors": [bl_post, {
-            "type": "TemplateProcessing",
-            "single": wrap("A", 0),
-            "pair": pair,
-            "special_tokens": specials,
-        }]})
-    } else {
-        bl_post
+    let post_processor = match template_processor(&v, add_bos, add_eos)? {
+        Some(t) => json!({"type": "Sequence", "processors": [bl_post, t]}),
+        None => bl_post,
     };
 
     let tokenizer = json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": added,
+        "added_tokens": v.added,
         "normalizer": normalizer,
-        "pre_tokenizer": pre_tokenizer,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": pretokenizers},
         "post_processor": post_processor,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {
@@ -1104,8 +1173,112 @@ pub fn import_tokenizer(md: &Metadata) -> Result<String, ImportError> {
             "end_of_word_suffix": null,
             "fuse_unk": false,
             "byte_fallback": false,
-            "ignore_merges": pre == Pre::Llama3,
-            "vocab": vocab,
+            "ignore_merges": pre.ignore_merges,
+            "vocab": v.vocab,
+            "merges": merges,
+        },
+    });
+    Ok(tokenizer.to_string())
+}
+
+/// SentencePiece's whitespace mark.
+const SPM_SPACE: &str = "\u{2581}";
+
+/// SentencePiece (`tokenizer.ggml.model = "llama"`); see [`import_tokenizer`].
+fn import_spm(md: &Metadata) -> Result<String, ImportError> {
+    let m = Md { md };
+    // llama.cpp's defaults for this model: <unk> 0, <s> 1, </s> 2.
+    let v = vocab_parts(&m, [Some(1), Some(2), Some(0)])?;
+    let n = v.tokens.len();
+    let scores: Vec<f32> = match md.get("tokenizer.ggml.scores") {
+        None => vec![0.0; n],
+        Some(Value::Array(Array::F32(s))) => s.clone(),
+        Some(other) => int_array(other)
+            .map(|s| s.into_iter().map(|x| x as f32).collect())
+            .ok_or_else(|| {
+                md_err(
+                    "tokenizer.ggml.scores",
+                    format!(
+                        "expected an array of floats or integers, found {}",
+                        type_of(other)
+                    ),
+                )
+            })?,
+    };
+    if scores.len() < n {
+        return Err(md_err(
+            "tokenizer.ggml.scores",
+            format!("{} entries for {n} tokens", scores.len()),
+        ));
+    }
+    let add_space_prefix = m
+        .bool_opt("tokenizer.ggml.add_space_prefix")?
+        .unwrap_or(true);
+    let add_bos = m.bool_opt("tokenizer.ggml.add_bos_token")?.unwrap_or(true);
+    let add_eos = m.bool_opt("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+
+    // Every way to make a token of two tokens, the best score first. llama.cpp
+    // merges the adjacent pair whose concatenation has the highest score (the
+    // leftmost among equal scores); a BPE model merges the pair of lowest rank
+    // (the leftmost among equal ranks), so ranks in score order reproduce it
+    // wherever scores differ.
+    let mut cands: Vec<(f32, usize, usize)> = Vec::new();
+    for (id, t) in v.tokens.iter().enumerate() {
+        for (split, _) in t.char_indices().skip(1) {
+            if v.ids.contains_key(&t[..split]) && v.ids.contains_key(&t[split..]) {
+                cands.push((scores[id], id, split));
+            }
+        }
+    }
+    cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Vec<Json> = cands
+        .iter()
+        .map(|&(_, id, split)| {
+            let t = &v.tokens[id];
+            json!([&t[..split], &t[split..]])
+        })
+        .collect();
+
+    let replace_space =
+        json!({"type": "Replace", "pattern": {"String": " "}, "content": SPM_SPACE});
+    let normalizer = if add_space_prefix {
+        json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": SPM_SPACE},
+            replace_space,
+        ]})
+    } else {
+        replace_space
+    };
+    // No `Strip` of the prefix space (Llama 2's tokenizer.json has one):
+    // dynapress decodes continuations of a prompt, whose first token's space
+    // belongs to the text, as llama.cpp's per-token pieces keep it.
+    let decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": SPM_SPACE}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    let post_processor = template_processor(&v, add_bos, add_eos)?.unwrap_or(Json::Null);
+    let unk_token = v.unk.map(|i| v.tokens[i].clone());
+
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": v.added,
+        "normalizer": normalizer,
+        "pre_tokenizer": null,
+        "post_processor": post_processor,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "BPE",
+            "dropout": null,
+            "unk_token": unk_token,
+            "continuing_subword_prefix": null,
+            "end_of_word_suffix": null,
+            "fuse_unk": true,
+            "byte_fallback": true,
+            "ignore_merges": false,
+            "vocab": v.vocab,
             "merges": merges,
         },
     });

@@ -9,9 +9,12 @@
 //! of a known published model. We identify it instead from the pre-tokenizer
 //! definition itself: GPT-2's `ByteLevel` with its built-in regex → `gpt-2`;
 //! a `Split` with the Llama 3 regex → `llama-bpe`; with the Qwen2 regex →
-//! `qwen2` (Qwen 3.5's → `qwen35`). Anything else is refused with an error that
-//! quotes the pre-tokenizer, because a wrong guess silently tokenizes
-//! differently.
+//! `qwen2` (Qwen 3.5's → `qwen35`); single digits then GPT-2's `ByteLevel` →
+//! `starcoder` (`smollm` when the tokenizer config does not clean up spaces);
+//! and any sequence of splits with the exact regexes llama.cpp runs for a
+//! name in [`LLAMA_CPP_PRE_TOKENIZERS`] (what the GGUF import writes) → that
+//! name. Anything else is refused with an error that quotes the
+//! pre-tokenizer, because a wrong guess silently tokenizes differently.
 
 use std::path::Path;
 
@@ -53,6 +56,305 @@ pub const KNOWN_SPLIT_REGEXES: [(&str, &str); 4] = [
     (QWEN2_REGEX, "qwen2"),
     (QWEN35_REGEX, "qwen35"),
 ];
+
+/// One of llama.cpp's byte-level BPE pre-tokenizers (`llm_tokenizer_bpe` in
+/// `src/llama-vocab.cpp`, llama.cpp as vendored by llama-cpp-python 0.3.36):
+/// the `tokenizer.ggml.pre` names that select it, the regexes it splits the
+/// text with — each applied to every piece the previous one left, matches and
+/// the text between them both kept as pieces, which is what a `Sequence` of
+/// `Split { behavior: Isolated }` pre-tokenizers does — and the options the
+/// vocabulary loader sets with it.
+///
+/// The regexes are the ones llama.cpp runs. Where it runs a hand-written
+/// splitter instead (GPT-2, Llama 3, Qwen2, Qwen 3.5), the regex here is the
+/// one that splitter implements. Where it runs `std::regex` on text whose
+/// non-ASCII characters are collapsed to one placeholder per Unicode category
+/// (any regex with `\p{…}`), the same regex on the real text with Unicode
+/// categories splits the same way, because the regexes only test categories
+/// and ASCII characters; e.g. Tekken's and GPT-4o's "uppercase letter" is a
+/// letter that is not `a-z`, not `\p{Lu}` as in their tokenizer.json. Where it
+/// runs `std::wregex` on the text (regexes with non-ASCII characters and no
+/// `\p{…}`), it first replaces every non-ASCII whitespace character by U+000B,
+/// so a character class never matches one: those classes are written here
+/// with `&&[^\s]`. Its `$` (end of the piece) is written `\z`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LlamaCppPreTokenizer {
+    /// `tokenizer.ggml.pre` values, the first one canonical.
+    pub names: &'static [&'static str],
+    /// Split regexes, applied in order.
+    pub regexes: &'static [&'static str],
+    /// A whole piece that is a token is not split by merges (llama.cpp's
+    /// `ignore_merges`).
+    pub ignore_merges: bool,
+    /// llama.cpp adds BOS by default (when `tokenizer.ggml.add_bos_token` is absent).
+    pub add_bos: bool,
+}
+
+/// The contractions in the form llama.cpp writes them (ASCII case variants
+/// spelled out instead of `(?i:…)`, which also folds e.g. `ſ` to `s`).
+macro_rules! contractions {
+    () => {
+        r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+    };
+}
+
+/// Llama 3's split, as llama.cpp's hand-written splitter implements it.
+pub const LLAMA3_SPLIT: &str = concat!(
+    contractions!(),
+    r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+/// Qwen2's split (single digits), as llama.cpp's hand-written splitter implements it.
+pub const QWEN2_SPLIT: &str = concat!(
+    contractions!(),
+    r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+/// Qwen 3.5's split, as llama.cpp's hand-written splitter implements it.
+pub const QWEN35_SPLIT: &str = concat!(
+    contractions!(),
+    r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+/// Tekken's split (Mistral NeMo and later Mistral models).
+pub const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// GPT-4o's split (o200k; also Llama 4, MiniMax M2).
+pub const GPT4O_SPLIT: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+",
+    contractions!(),
+    r"?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*",
+    contractions!(),
+    r"?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+);
+/// Letters DeepSeek LLM keeps together (Latin, Greek, Cyrillic, Armenian,
+/// Georgian, Cherokee, Glagolitic, Coptic, … and their full-width forms).
+const DEEPSEEK_LLM_LETTERS: &str = "\\s?[A-Za-z\u{b5}\u{c0}-\u{d6}\u{d8}-\u{f6}\u{f8}-\u{1ba}\u{1bc}-\u{1bf}\u{1c4}-\u{293}\u{295}-\u{2af}\u{370}-\u{373}\u{376}\u{377}\u{37b}-\u{37d}\u{37f}\u{386}\u{388}-\u{38a}\u{38c}\u{38e}-\u{3a1}\u{3a3}-\u{3f5}\u{3f7}-\u{481}\u{48a}-\u{52f}\u{531}-\u{556}\u{10a0}-\u{10c5}\u{13a0}-\u{13f5}\u{13f8}-\u{13fd}\u{1c90}-\u{1cba}\u{1cbd}-\u{1cbf}\u{1d00}-\u{1d2b}\u{1d6b}-\u{1d77}\u{1d79}-\u{1d9a}\u{1e00}-\u{1f15}\u{1f18}-\u{1f1d}\u{1f20}-\u{1f45}\u{1f48}-\u{1f4d}\u{1f50}-\u{1f57}\u{1f59}\u{1f5b}\u{1f5d}\u{1f5f}-\u{1f7d}\u{1f80}-\u{1fb4}\u{1fb6}-\u{1fbc}\u{1fbe}\u{1fc2}-\u{1fc4}\u{1fc6}-\u{1fcc}\u{1fd0}-\u{1fd3}\u{1fd6}-\u{1fdb}\u{1fe0}-\u{1fec}\u{1ff2}-\u{1ff4}\u{1ff6}-\u{1ffc}\u{2102}\u{2107}\u{210a}-\u{2113}\u{2115}\u{2119}-\u{211d}\u{2124}\u{2126}\u{2128}\u{212a}-\u{212d}\u{212f}-\u{2134}\u{2139}\u{213c}-\u{213f}\u{2145}-\u{2149}\u{214e}\u{2183}\u{2184}\u{2c00}-\u{2c7b}\u{2c7e}-\u{2ce4}\u{2ceb}-\u{2cee}\u{2cf2}\u{2cf3}\u{a640}-\u{a66d}\u{a680}-\u{a69b}\u{a722}-\u{a76f}\u{a771}-\u{a787}\u{a78b}-\u{a78e}\u{ab70}-\u{abbf}\u{fb00}-\u{fb06}\u{fb13}-\u{fb17}\u{ff21}-\u{ff3a}\u{ff41}-\u{ff5a}\u{10400}-\u{1044f}\u{104b0}-\u{104d3}\u{104d8}-\u{104fb}\u{10c80}-\u{10cb2}\u{10cc0}-\u{10cf2}\u{118a0}-\u{118df}\u{1e900}-\u{1e943}]+";
+/// CJK ideographs (and everything from U+0800 up to them) and Hangul, as
+/// DeepSeek's tokenizers group them (whitespace excepted, as in llama.cpp).
+const DEEPSEEK_CJK: &str = "[\u{4e00}-\u{9fa5}\u{800}-\u{4e00}\u{ac00}-\u{d7ff}&&[^\\s]]+";
+
+const fn pre(
+    names: &'static [&'static str],
+    regexes: &'static [&'static str],
+    ignore_merges: bool,
+    add_bos: bool,
+) -> LlamaCppPreTokenizer {
+    LlamaCppPreTokenizer {
+        names,
+        regexes,
+        ignore_merges,
+        add_bos,
+    }
+}
+
+/// The llama.cpp pre-tokenizers dynapress imports. Names that select the same
+/// regexes with the same options are grouped.
+pub const LLAMA_CPP_PRE_TOKENIZERS: &[LlamaCppPreTokenizer] = &[
+    pre(
+        &[
+            "gpt-2",
+            "phi-2",
+            "mpt",
+            "olmo",
+            "jais",
+            "trillion",
+            "granite-docling",
+            "exaone4",
+            "mellum",
+            "gigachat",
+            "a.x-4.0",
+        ],
+        &[GPT2_REGEX],
+        false,
+        false,
+    ),
+    pre(
+        &[
+            "starcoder",
+            "refact",
+            "command-r",
+            "smollm",
+            "codeshell",
+            "exaone",
+            "minerva-7b",
+            "mellum2",
+        ],
+        &[r"\p{N}", GPT2_REGEX],
+        false,
+        false,
+    ),
+    pre(
+        &[
+            "llama-bpe",
+            "llama3",
+            "llama-v3",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+        ],
+        &[LLAMA3_SPLIT],
+        true,
+        true,
+    ),
+    pre(
+        &["dbrx", "smaug-bpe", "chatglm-bpe"],
+        &[LLAMA3_SPLIT],
+        false,
+        false,
+    ),
+    pre(&["glm4", "glm5"], &[LLAMA3_SPLIT], true, false),
+    pre(
+        &["jais-2"],
+        &[concat!(
+            contractions!(),
+            r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)|\s{8}(?!\S)|\s{4}(?!\S)|\s{1,2}(?!\S)|\s{1}"
+        )],
+        false,
+        false,
+    ),
+    pre(
+        &["minicpm5"],
+        &[
+            r"\p{N}{1,3}",
+            concat!(
+                contractions!(),
+                r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+            ),
+        ],
+        true,
+        false,
+    ),
+    pre(
+        &[
+            "qwen2",
+            "deepseek-r1-qwen",
+            "kormo",
+            "f2llmv2",
+            "megrez",
+            "stablelm2",
+            "hunyuan",
+            "solar-open",
+            "grok-2",
+        ],
+        &[QWEN2_SPLIT],
+        false,
+        false,
+    ),
+    pre(&["qwen35"], &[QWEN35_SPLIT], false, false),
+    pre(
+        &["ufakzeka"],
+        &[r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
+        false,
+        false,
+    ),
+    pre(&["laguna"], &[r"[^\n]+|[\n]+", QWEN2_SPLIT], false, false),
+    pre(
+        &["exaone-moe"],
+        &[concat!(
+            contractions!(),
+            r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+"
+        )],
+        false,
+        false,
+    ),
+    pre(
+        &["deepseek-llm"],
+        &[
+            r"[\r\n]",
+            DEEPSEEK_LLM_LETTERS,
+            "\\s?[!-/:-~\u{ff01}-\u{ff0f}\u{ff1a}-\u{ff5e}\u{2018}-\u{201f}\u{3000}-\u{3002}&&[^\\s]]+",
+            r"\s+\z",
+            DEEPSEEK_CJK,
+            r"\p{N}+",
+        ],
+        false,
+        false,
+    ),
+    pre(
+        &["deepseek-coder"],
+        &[
+            r"[\r\n]",
+            r"\s?\p{L}+",
+            r"\s?\p{P}+",
+            DEEPSEEK_CJK,
+            r"\p{N}",
+        ],
+        false,
+        false,
+    ),
+    pre(
+        &["deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"],
+        &[
+            r"\p{N}{1,3}",
+            "[\u{4e00}-\u{9fa5}\u{3040}-\u{309f}\u{30a0}-\u{30ff}]+",
+            r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
+        ],
+        false,
+        false,
+    ),
+    pre(
+        &["falcon"],
+        &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_REGEX, r"[0-9][0-9][0-9]"],
+        false,
+        false,
+    ),
+    pre(
+        &["seed-coder"],
+        &[concat!(
+            contractions!(),
+            r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"
+        )],
+        false,
+        false,
+    ),
+    pre(
+        &["bailingmoe", "bailingmoe2", "llada-moe"],
+        &[
+            r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
+        ],
+        false,
+        false,
+    ),
+    pre(
+        &["poro-chat", "bloom", "gpt3-finnish"],
+        &[" ?[^(\\s|.,!?\u{2026}\u{3002}\u{ff0c}\u{3001}\u{964}\u{6d4}\u{60c})]+"],
+        false,
+        false,
+    ),
+    pre(
+        &["viking"],
+        &[
+            " ?[^(\\s|.,!?\u{2026}\u{3002}\u{ff0c}\u{3001}\u{964}\u{6d4}\u{60c})]+",
+            r"\p{N}",
+        ],
+        false,
+        false,
+    ),
+    pre(&["tekken"], &[TEKKEN_SPLIT], true, true),
+    pre(
+        &["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"],
+        &[GPT4O_SPLIT],
+        false,
+        false,
+    ),
+    pre(
+        &["default"],
+        &[
+            r"[\p{P}\$\+<=>\^~\|]+",
+            GPT2_REGEX,
+            r"\p{N}+",
+            r"[0-9][0-9][0-9]",
+        ],
+        false,
+        false,
+    ),
+];
+
+/// The llama.cpp pre-tokenizer `tokenizer.ggml.pre = name` selects, if dynapress has it.
+pub fn llama_cpp_pre_tokenizer(name: &str) -> Option<&'static LlamaCppPreTokenizer> {
+    LLAMA_CPP_PRE_TOKENIZERS
+        .iter()
+        .find(|p| p.names.contains(&name))
+}
 
 fn tok_err(msg: impl Into<String>) -> GgufError {
     GgufError::Tokenizer(msg.into())
@@ -128,27 +430,48 @@ pub fn pre_tokenizer_name(tokenizer: &Json) -> Result<&'static str> {
                 .get("pretokenizers")
                 .and_then(Json::as_array)
                 .ok_or_else(unknown)?;
-            let [split, bl] = parts.as_slice() else {
-                return Err(unknown());
-            };
-            if ty(split) != "Split" || ty(bl) != "ByteLevel" {
+            // Splits (or single digits), then ByteLevel: the regexes in order,
+            // ByteLevel's own (GPT-2's) last when it uses one.
+            let (bl, splits) = parts.split_last().ok_or_else(unknown)?;
+            if ty(bl) != "ByteLevel" || splits.is_empty() {
                 return Err(unknown());
             }
-            check_byte_level(bl, false)?;
-            if split.get("behavior").and_then(Json::as_str) != Some("Isolated")
-                || flag(split, "invert") == Some(true)
+            let bl_regex = flag(bl, "use_regex").unwrap_or(true);
+            check_byte_level(bl, bl_regex)?;
+            let mut regexes: Vec<&str> = Vec::with_capacity(splits.len() + 1);
+            for split in splits {
+                match ty(split).as_str() {
+                    "Split"
+                        if split.get("behavior").and_then(Json::as_str) == Some("Isolated")
+                            && flag(split, "invert") != Some(true) =>
+                    {
+                        regexes.push(
+                            split
+                                .get("pattern")
+                                .and_then(|p| p.get("Regex"))
+                                .and_then(Json::as_str)
+                                .ok_or_else(unknown)?,
+                        );
+                    }
+                    "Digits" if flag(split, "individual_digits") == Some(true) => {
+                        regexes.push(r"\p{N}");
+                    }
+                    _ => return Err(unknown()),
+                }
+            }
+            if bl_regex {
+                regexes.push(GPT2_REGEX);
+            }
+            if let [regex] = regexes[..]
+                && let Some((_, name)) = KNOWN_SPLIT_REGEXES.iter().find(|(r, _)| *r == regex)
             {
-                return Err(unknown());
+                return Ok(name);
             }
-            let regex = split
-                .get("pattern")
-                .and_then(|p| p.get("Regex"))
-                .and_then(Json::as_str)
-                .ok_or_else(unknown)?;
-            KNOWN_SPLIT_REGEXES
+            // The regexes llama.cpp runs (what the import writes).
+            LLAMA_CPP_PRE_TOKENIZERS
                 .iter()
-                .find(|(r, _)| *r == regex)
-                .map(|(_, name)| *name)
+                .find(|p| p.regexes == regexes.as_slice())
+                .map(|p| p.names[0])
                 .ok_or_else(unknown)
         }
         _ => Err(unknown()),
@@ -158,7 +481,7 @@ pub fn pre_tokenizer_name(tokenizer: &Json) -> Result<&'static str> {
 /// llama.cpp's tokenizer metadata for a byte-level BPE tokenizer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenizerMetadata {
-    /// `tokenizer.ggml.pre` (`gpt-2`, `llama-bpe`, `qwen2`, `qwen35`).
+    /// `tokenizer.ggml.pre` (`gpt-2`, `llama-bpe`, `qwen2`, `smollm`, …).
     pub pre: String,
     /// Token strings by id, in the byte-level alphabet (`Ġthe`) for BPE tokens
     /// and verbatim for added tokens; ids without a token are `[PAD{id}]`.
@@ -251,8 +574,31 @@ impl TokenizerMetadata {
                 "BPE with byte_fallback (SentencePiece-style) is not a byte-level BPE tokenizer",
             ));
         }
-        let pre = pre_tokenizer_name(tokenizer)?;
-        if model.get("ignore_merges").and_then(Json::as_bool) == Some(true) && pre != "llama-bpe" {
+        let mut pre = pre_tokenizer_name(tokenizer)?;
+        // SmolLM's and StarCoder 2's tokenizer.json are alike; the converter
+        // names them by hash, and llama.cpp's only difference is whether its
+        // detokenizer cleans up spaces, which the tokenizer config says.
+        if pre == "starcoder"
+            && tokenizer_config
+                .and_then(|tc| tc.get("clean_up_tokenization_spaces"))
+                .and_then(Json::as_bool)
+                == Some(false)
+        {
+            pre = "smollm";
+        }
+        // Names with the same regexes can differ in ignore_merges (Llama 3's
+        // and DBRX's): take the one that matches the model's.
+        let ignore_merges = model.get("ignore_merges").and_then(Json::as_bool) == Some(true);
+        if let Some(p) = llama_cpp_pre_tokenizer(pre)
+            && p.ignore_merges != ignore_merges
+            && let Some(q) = LLAMA_CPP_PRE_TOKENIZERS
+                .iter()
+                .find(|q| q.regexes == p.regexes && q.ignore_merges == ignore_merges)
+        {
+            pre = q.names[0];
+        }
+        let llama_ignores = llama_cpp_pre_tokenizer(pre).is_some_and(|p| p.ignore_merges);
+        if ignore_merges && !llama_ignores {
             return Err(tok_err(format!(
                 "ignore_merges = true with the {pre} pre-tokenizer: llama.cpp applies merges for it"
             )));
@@ -571,6 +917,39 @@ mod tests {
         );
         assert_eq!(pre_tokenizer_name(&split(QWEN2_REGEX)).unwrap(), "qwen2");
         assert_eq!(pre_tokenizer_name(&split(GPT2_REGEX)).unwrap(), "gpt-2");
+        // SmolLM's / StarCoder 2's: single digits, then GPT-2's ByteLevel.
+        let digits = json!({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+        ]}});
+        assert_eq!(pre_tokenizer_name(&digits).unwrap(), "starcoder");
+        let mut smol = digits.clone();
+        smol["model"] = json!({"type": "BPE", "vocab": {"a": 0}, "merges": []});
+        let clean = |b: bool| json!({"clean_up_tokenization_spaces": b});
+        let name = |tc: &Json| {
+            TokenizerMetadata::from_hf_json(&smol, Some(tc), None, None, None)
+                .unwrap()
+                .pre
+        };
+        assert_eq!(name(&clean(false)), "smollm");
+        assert_eq!(name(&clean(true)), "starcoder");
+        // Several splits with llama.cpp's regexes: the name that has them.
+        let ds = &llama_cpp_pre_tokenizer("deepseek-coder").unwrap().regexes;
+        let mut parts: Vec<Json> = ds
+            .iter()
+            .map(|r| json!({"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}))
+            .collect();
+        parts.push(json!({"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}));
+        let seq = json!({"pre_tokenizer": {"type": "Sequence", "pretokenizers": parts}});
+        assert_eq!(pre_tokenizer_name(&seq).unwrap(), "deepseek-coder");
+        // Llama 3's regex without ignore_merges is DBRX's in llama.cpp.
+        let mut dbrx = split(LLAMA3_SPLIT);
+        dbrx["model"] = json!({"type": "BPE", "vocab": {"a": 0}, "merges": []});
+        let t = TokenizerMetadata::from_hf_json(&dbrx, None, None, None, None).unwrap();
+        assert_eq!(t.pre, "dbrx");
+        dbrx["model"]["ignore_merges"] = json!(true);
+        let t = TokenizerMetadata::from_hf_json(&dbrx, None, None, None, None).unwrap();
+        assert_eq!(t.pre, "llama-bpe");
     }
 
     #[test]

@@ -662,8 +662,8 @@ fn bad_files_give_clear_errors() {
 
     // Tokenizers that cannot be rebuilt.
     for (key, value, label) in [
-        ("tokenizer.ggml.model", "llama", "spm"),
-        ("tokenizer.ggml.pre", "deepseek-llm", "pre"),
+        ("tokenizer.ggml.model", "bert", "wpm"),
+        ("tokenizer.ggml.pre", "kimi-k2", "pre"),
     ] {
         let mut md = base.md.clone();
         md.set(key, value);
