@@ -130,8 +130,10 @@ impl BaseTargets {
         let mut idx = Vec::new();
         let mut logp = Vec::new();
         let mut w = 0;
+        // Windows per forward: a batch's logits stay under 128 MiB.
+        let per = ((128usize << 20) / (seq_len.max(1) * vocab.max(1) * 4)).clamp(1, BATCH);
         while w < windows {
-            let b = BATCH.min(windows - w);
+            let b = per.min(windows - w);
             let batch = &ids[w * seq_len..(w + b) * seq_len];
             let logits = base.forward_vec(batch, b, seq_len)?;
             let rows: Vec<(Vec<f32>, Vec<u32>)> = logits
@@ -421,7 +423,6 @@ impl<'a> Evaluator<'a> {
         rule: &RaceRule,
     ) -> Result<Race> {
         let t = targets.seq_len;
-        let v = self.model.config.vocab_size;
         let n_blocks = self.model.blocks().len();
         let (cos, sin) = self.model.rope().tables_vec(0, t);
         let gather = |ws: &[usize]| -> Vec<u32> {
@@ -473,12 +474,8 @@ impl<'a> Evaluator<'a> {
                     self.stats.block_forwards += n_blocks as u64;
                     self.stats.cache_forwards += n_blocks as u64;
                     states.push(x);
-                    let logits = self.head_logits(&states[n_blocks], &mut xn)?;
-                    for (j, &w) in ws.iter().enumerate() {
-                        parent_windows.push(
-                            targets.window_kl(w, &logits[j * t * v..(j + 1) * t * v]) / t as f64,
-                        );
-                    }
+                    let kls = self.window_kls(&states[n_blocks], ws, targets, &mut xn)?;
+                    parent_windows.extend(kls);
                     self.stats.tokens += (b * t) as u64;
                     Some(states)
                 }
@@ -501,11 +498,8 @@ impl<'a> Evaluator<'a> {
                     self.load(c)?;
                     self.blocks_from(&mut x, b, first, &cos, &sin, &mut sc, t)?;
                 }
-                let logits = self.head_logits(&x, &mut xn)?;
-                for (j, &w) in ws.iter().enumerate() {
-                    per_window[i]
-                        .push(targets.window_kl(w, &logits[j * t * v..(j + 1) * t * v]) / t as f64);
-                }
+                let kls = self.window_kls(&x, ws, targets, &mut xn)?;
+                per_window[i].extend(kls);
                 self.stats.tokens += (b * t) as u64;
             }
             if competes {
@@ -539,11 +533,30 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    fn head_logits(&self, x: &[f32], xn: &mut Vec<f32>) -> Result<Vec<f32>> {
-        self.model
-            .head()
-            .forward_fast(x, xn)
-            .ok_or_else(|| Error::Invalid("the search needs f32 CPU weights".into()))
+    /// Mean KL per token of each window of a batch, from the final hidden
+    /// states `x` (`[windows·seq_len, hidden]`). The head runs one window at a
+    /// time, so only one window's logits exist at once (vocabularies of
+    /// 150 k make a batch's logits large).
+    fn window_kls(
+        &self,
+        x: &[f32],
+        ws: &[usize],
+        targets: &BaseTargets,
+        xn: &mut Vec<f32>,
+    ) -> Result<Vec<f64>> {
+        let t = targets.seq_len;
+        let h = self.model.config.hidden_size;
+        ws.iter()
+            .enumerate()
+            .map(|(j, &w)| {
+                let logits = self
+                    .model
+                    .head()
+                    .forward_fast(&x[j * t * h..(j + 1) * t * h], xn)
+                    .ok_or_else(|| Error::Invalid("the search needs f32 CPU weights".into()))?;
+                Ok(targets.window_kl(w, &logits) / t as f64)
+            })
+            .collect()
     }
 
     /// The model (holding whatever configuration was loaded last).
