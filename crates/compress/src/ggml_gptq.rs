@@ -258,7 +258,7 @@ pub fn gptq_ggml(
     let rows = w.len() / n;
     let bs = ty.block_size();
     let row_bytes = n / bs * ty.type_size();
-    let whole_row = bs == 32 && ty != GgmlType::Q8_0 && imatrix.is_some();
+    let whole_row = ty.uses_row_stat() && imatrix.is_some();
     let lazy = if whole_row { bs } else { bs.max(MIN_LAZY) };
     let sweep = Sweep {
         ty,
