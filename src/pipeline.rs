@@ -200,8 +200,8 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         search.calib = opts.calib.clone();
     }
     say(format!(
-        "[2/4] search: {} at {} bits per weight",
-        search.algo, opts.target_bits
+        "[2/4] search: {} at {:.4} bits per weight",
+        search.algo, target_bits
     ));
     let found = run_search(&files, &db, &search)?;
     found.config.write(&config_path)?;
