@@ -446,7 +446,9 @@ fn regex_escape(s: &str) -> String {
 
 /// Writes the checkpoint as a GGUF file with every matrix at `ty` (F32, F16,
 /// BF16 or a quantized type, encoded as llama-quantize would with
-/// `imatrix`), norms in F32: the input llama.cpp's tools start from.
+/// `imatrix`; a matrix whose rows cannot hold `ty` gets llama-quantize's
+/// fallback type, as with `--pure`), norms in F32: the input llama.cpp's tools
+/// start from.
 pub fn convert_gguf(
     files: &ModelFiles,
     out: &Path,
@@ -479,10 +481,11 @@ pub fn convert_gguf(
         };
         let shape = files.weights.shape(&hf)?;
         let cols = *shape.last().unwrap_or(&1);
-        let t = if shape.len() == 1 || ty.row_bytes(cols).is_none() {
+        // Rows a block type cannot hold get llama-quantize's fallback type.
+        let t = if shape.len() == 1 {
             GgmlType::F32
         } else {
-            ty
+            ty.fallback_for_row(cols)
         };
         items.push((TensorSpec::from_shape(gname, t, &shape), Some(hf)));
     }
