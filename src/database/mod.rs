@@ -728,3 +728,52 @@ fn parse_entry(path: &Path, bytes: &[u8]) -> Result<Variant> {
         .map(Variant::Grid)
         .map_err(|e| bad(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_levels_for_rows_k_quants_cannot_hold() {
+        let spec = MethodSpec {
+            method: Method::GptqKquant,
+            types: DEFAULT_GGML_TYPES.split(',').map(String::from).collect(),
+            ..Default::default()
+        };
+        assert!(spec.needs_fallback(576).unwrap());
+        assert!(spec.needs_fallback(896).unwrap());
+        assert!(!spec.needs_fallback(1536).unwrap());
+        let names: Vec<String> = spec
+            .all_levels(true)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "gptq-Q2_K",
+                "gptq-Q3_K",
+                "gptq-IQ4_NL",
+                "gptq-Q4_0",
+                "gptq-Q4_K",
+                "gptq-Q4_1",
+                "gptq-Q5_0",
+                "gptq-Q5_K",
+                "gptq-Q5_1",
+                "gptq-Q6_K",
+                "gptq-Q8_0"
+            ]
+        );
+        // Q8_0 is one of the types already: not repeated as a fallback.
+        let fb = spec.fallback_levels().unwrap();
+        assert_eq!(fb.len(), 5);
+        assert!(fb.iter().all(|l| l.fallback));
+        assert_eq!(spec.all_levels(false).unwrap().len(), 6);
+        assert_eq!(
+            spec.level("gptq-IQ4_NL").and_then(|l| l.ggml),
+            Some(GgmlType::IQ4NL)
+        );
+        assert!(MethodSpec::default().fallback_levels().unwrap().is_empty());
+    }
+}
