@@ -128,6 +128,10 @@ pub struct CompressReport {
     pub search_history: Vec<GenerationLog>,
     pub search_stats: Option<EvalStats>,
     pub layers: Vec<ReportLayer>,
+    /// Which levels and tensor types layers could not take, and what they
+    /// have instead (rows a ggml type's block cannot hold; GGUF embeddings).
+    #[serde(default)]
+    pub level_notes: Vec<String>,
     pub eval_files: Vec<String>,
     pub eval_seq_len: usize,
     pub eval_windows: usize,
@@ -182,7 +186,7 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         db_dir.display(),
         calib.tokens()
     ));
-    build_database(
+    let built = build_database(
         &files,
         &calib,
         &db_dir,
@@ -449,6 +453,14 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
                 }
             })
             .collect(),
+        level_notes: {
+            let mut v = built.fallbacks.clone();
+            if let Some(types) = opts.gguf {
+                let eff = crate::formats::gguf::EffectiveTypes::of(&files, types);
+                v.push(format!("GGUF: {}", eff.describe()));
+            }
+            v
+        },
         eval_files: opts.eval.iter().map(|p| file_label(p)).collect(),
         eval_seq_len: opts.seq_len,
         eval_windows: opts.eval_windows,

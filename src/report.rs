@@ -127,6 +127,9 @@ pub fn markdown(r: &CompressReport) -> String {
             .collect();
         let _ = writeln!(s, "| {b} | {} |", cells.join(" | "));
     }
+    for note in &r.level_notes {
+        let _ = writeln!(s, "\n- {note}");
+    }
     if let Some(st) = &r.search_stats {
         let without = st.block_forwards - st.cache_forwards + st.block_forwards_saved;
         let _ = writeln!(
@@ -420,6 +423,9 @@ td:first-child,th:first-child{{text-align:left}}h2{{margin-top:1.6em}}.muted{{co
         "<h2>Chosen level per layer</h2><p class=\"muted\">Bits of the level each linear layer got (hover for the level).</p>{}",
         heatmap_svg(r)
     );
+    for note in &r.level_notes {
+        let _ = write!(s, "<p class=\"muted\">{}</p>", esc(note));
+    }
     let _ = write!(
         s,
         "<h2>Held-out KL versus bits</h2><p class=\"muted\">Mean over {} of KL(base ‖ model) per token ({} windows of {} tokens per file).</p>{}",

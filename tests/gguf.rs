@@ -493,3 +493,228 @@ fn compress_by_file_size_reports_the_budget_it_searched() {
         "{knapsack:?} at {target}"
     );
 }
+
+/// A tied checkpoint whose hidden size (576, SmolLM2-135M's) is not a
+/// multiple of 256: the database gives its q/k/v/o/gate/up layers the
+/// fallback levels (and says why they lack the k-quants), `down_proj` (rows of
+/// 1 536) the k-quants; `token_embd` falls back to Q8_0 as in llama-quantize
+/// (never F32), and no budget message speaks of an output tensor. With the
+/// llama.cpp tools: every fallback level's blocks equal llama-quantize's (with
+/// the same imatrix), and so does the exported `token_embd`.
+#[test]
+fn tied_576_checkpoint_gets_fallback_levels_and_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("s576");
+    ok(run(&[
+        "bench",
+        "synth",
+        "--out",
+        model.to_str().unwrap(),
+        "--layers",
+        "2",
+        "--hidden",
+        "576",
+        "--intermediate",
+        "1536",
+        "--heads",
+        "9",
+        "--kv-heads",
+        "3",
+        "--vocab",
+        "4096",
+        "--tied",
+    ]));
+    let m = model.to_str().unwrap();
+    let db = tmp.path().join("db");
+    let out = ok(run(&[
+        "database",
+        "--model",
+        m,
+        "--calib",
+        "assets/data/docs.valid.txt",
+        "--calib-tokens",
+        "2048",
+        "--method",
+        "kquant",
+        "--out",
+        db.to_str().unwrap(),
+        "--quiet",
+    ]));
+    assert!(
+        out.contains("12 layers with rows of 576 weights cannot hold Q2_K, Q3_K, Q4_K, Q5_K, Q6_K")
+            && out.contains("IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 instead"),
+        "{out}"
+    );
+    let man = Manifest::read(&db).unwrap();
+    let fallback = ["IQ4_NL", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"];
+    let kquants = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"];
+    let has = |layer: &str, level: &str| {
+        man.entries
+            .iter()
+            .any(|e| e.layer == layer && e.level == level)
+    };
+    let why = |layer: &str, level: &str| {
+        man.unavailable
+            .iter()
+            .find(|u| u.layer == layer && u.level == level)
+            .map(|u| u.reason.clone())
+    };
+    for block in 0..2 {
+        for kind in ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj"] {
+            let layer = format!("model.layers.{block}.{kind}.weight");
+            for t in fallback {
+                assert!(has(&layer, t), "{layer} lacks {t}");
+            }
+            for t in kquants {
+                let r = why(&layer, t).unwrap_or_else(|| panic!("{layer} {t}"));
+                assert!(
+                    r.contains("rows of 576") && r.contains("llama-quantize would write"),
+                    "{r}"
+                );
+            }
+        }
+        let down = format!("model.layers.{block}.mlp.down_proj.weight");
+        for t in kquants.iter().chain(&["Q8_0"]) {
+            assert!(has(&down, t), "{down} lacks {t}");
+        }
+        for t in ["IQ4_NL", "Q4_0", "Q5_1"] {
+            assert!(why(&down, t).is_some_and(|r| r.contains("fallback level")));
+        }
+    }
+
+    // Budgets speak of token_embd alone, at its fallback type.
+    let cfg = tmp.path().join("c.json");
+    let search = |target: &str| {
+        run(&[
+            "search",
+            "--model",
+            m,
+            "--db",
+            db.to_str().unwrap(),
+            "--target-size",
+            target,
+            "--algo",
+            "knapsack",
+            "--out",
+            cfg.to_str().unwrap(),
+            "--quiet",
+        ])
+    };
+    let o = search("1000000");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("token_embd (Q8_0: rows of 576 cannot hold Q6_K; tied")
+            && !err.contains("output (")
+            && !err.contains("--output-type"),
+        "{err}"
+    );
+    // Every linear layer at its smallest level plus a Q8_0 token_embd.
+    let target = 9_000_000u64;
+    ok(search(&target.to_string()));
+    let gguf = tmp.path().join("s576.gguf");
+    ok(run(&[
+        "export",
+        "--model",
+        m,
+        "--db",
+        db.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--format",
+        "gguf",
+        "--out",
+        gguf.to_str().unwrap(),
+    ]));
+    let size = std::fs::metadata(&gguf).unwrap().len();
+    assert!(
+        size <= target && size > target - 200_000,
+        "{size} vs {target}"
+    );
+    let ours = tensors(&gguf);
+    let ty_of = |n: &str| ours.iter().find(|t| t.0 == n).map(|t| t.1.clone());
+    assert_eq!(ty_of("token_embd.weight").as_deref(), Some("Q8_0"));
+    assert_eq!(ty_of("output.weight"), None);
+    for (name, ty, _) in &ours {
+        if name.starts_with("blk.") && !name.ends_with("norm.weight") {
+            assert_ne!(ty, "F32", "{name}");
+        }
+    }
+
+    let Some(bin) = llama_bin() else { return };
+    let f32_gguf = tmp.path().join("f32.gguf");
+    ok(run(&[
+        "convert",
+        "--model",
+        m,
+        "--out",
+        f32_gguf.to_str().unwrap(),
+        "--type",
+        "F32",
+    ]));
+    let heads = |name: &str| match name.rsplit('.').nth(1) {
+        Some("attn_q") => Some(9),
+        Some("attn_k") => Some(3),
+        _ => None,
+    };
+    for ty in fallback {
+        let q = tmp.path().join(format!("{ty}.gguf"));
+        quantize(
+            &bin,
+            &[
+                "--pure",
+                "--imatrix",
+                db.join("imatrix.gguf").to_str().unwrap(),
+                f32_gguf.to_str().unwrap(),
+                q.to_str().unwrap(),
+                ty,
+                "2",
+            ],
+        );
+        let theirs: std::collections::HashMap<String, Vec<u8>> =
+            tensors(&q).into_iter().map(|(n, _, b)| (n, b)).collect();
+        let mut compared = 0;
+        for e in man
+            .entries
+            .iter()
+            .filter(|e| e.level == ty && e.cols == 576)
+        {
+            let name = gguf_tensor_name(&e.layer).unwrap().unwrap();
+            let Variant::Ggml(g) = load_entry_file(&db, e).unwrap() else {
+                panic!("ggml entry")
+            };
+            let ours = match heads(&name) {
+                Some(h) => permute_qk_rows(&g.bytes, g.rows, h).unwrap(),
+                None => g.bytes.clone(),
+            };
+            assert!(
+                ours == theirs[&name],
+                "{ty}: {name} differs from llama-quantize"
+            );
+            compared += 1;
+        }
+        assert_eq!(compared, 12, "{ty}");
+    }
+    // llama-quantize's Q4_K_M gives the tied token_embd Q8_0 too, the same bytes.
+    let q = tmp.path().join("q4km.gguf");
+    quantize(
+        &bin,
+        &[
+            f32_gguf.to_str().unwrap(),
+            q.to_str().unwrap(),
+            "Q4_K_M",
+            "2",
+        ],
+    );
+    let theirs = tensors(&q);
+    let embd = |v: &[(String, String, Vec<u8>)]| {
+        v.iter()
+            .find(|t| t.0 == "token_embd.weight")
+            .cloned()
+            .unwrap()
+    };
+    assert!(
+        embd(&ours) == embd(&theirs),
+        "token_embd differs from llama-quantize's"
+    );
+}

@@ -63,6 +63,9 @@ struct SynthArgs {
     vocab: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Tied embeddings (no lm_head.weight; the embedding is the output layer).
+    #[arg(long)]
+    tied: bool,
     /// tokenizer.json to copy into the model (its ids must be < vocab).
     #[arg(long, default_value = "assets/demo-model/tokenizer.json")]
     tokenizer: PathBuf,
@@ -83,6 +86,7 @@ fn synth(a: SynthArgs) -> anyhow::Result<()> {
         heads: a.heads,
         kv_heads: a.kv_heads,
         vocab: a.vocab,
+        tied: a.tied,
         seed: a.seed,
     };
     if spec.heads == 0

@@ -107,6 +107,9 @@ pub fn run(a: DatabaseArgs) -> anyhow::Result<()> {
         report.entries_reused,
         report.seconds
     );
+    for line in &report.fallbacks {
+        println!("note: {line}");
+    }
     print!("{}", summary_table(&m));
     Ok(())
 }
@@ -130,12 +133,13 @@ pub fn summary_table(m: &Manifest) -> String {
                 continue;
             }
             let _ = write!(s, "{:<14}", id.to_string());
-            for e in es {
-                let _ = write!(
-                    s,
-                    " {:>20}",
-                    format!("{:.3} / {:.2e}", e.bits_per_weight, e.rel_error)
-                );
+            // One column per level; "-" where the layer lacks it (manifest.unavailable says why).
+            for l in &m.levels {
+                let cell = match m.entry(id, l) {
+                    Some(e) => format!("{:.3} / {:.2e}", e.bits_per_weight, e.rel_error),
+                    None => "-".to_string(),
+                };
+                let _ = write!(s, " {:>22}", cell);
             }
             s.push('\n');
         }

@@ -50,6 +50,9 @@ pub struct BuildReport {
     pub seconds: f64,
     /// Peak resident memory of the process so far, in MiB.
     pub peak_rss_mib: f64,
+    /// Layers whose rows a chosen ggml type cannot hold, and the levels they
+    /// have instead (one line per row length).
+    pub fallbacks: Vec<String>,
 }
 
 /// Builds the database in `dir` for `files` from `calib`, or finishes one
@@ -70,12 +73,22 @@ pub fn build_database(
         windows: calib.windows(),
         tokens: calib.tokens(),
     };
-    let level_specs = spec.levels()?;
+    // Fallback levels exist when some layer's rows cannot hold a chosen type.
+    let mut fallback_shapes: Vec<usize> = Vec::new();
+    for id in files.linear_ids() {
+        let cols = id.shape(&files.config).1;
+        if spec.needs_fallback(cols)? && !fallback_shapes.contains(&cols) {
+            fallback_shapes.push(cols);
+        }
+    }
+    fallback_shapes.sort_unstable();
+    let level_specs = spec.all_levels(!fallback_shapes.is_empty())?;
     let levels: Vec<String> = level_specs.iter().map(|l| l.name.clone()).collect();
     let mut canonical = spec.clone();
     if spec.is_ggml() {
         canonical.types = level_specs
             .iter()
+            .filter(|l| !l.fallback)
             .filter_map(|l| l.ggml.map(|t| t.name().to_string()))
             .collect();
         canonical.bits = vec![];
@@ -168,6 +181,7 @@ pub fn build_database(
             entries_repaired: repaired,
             seconds: start.elapsed().as_secs_f64(),
             peak_rss_mib: crate::progress::peak_rss_mib(),
+            fallbacks: fallback_summary(spec, files)?,
         });
     }
     manifest.complete = false;
@@ -303,26 +317,19 @@ pub fn build_database(
                 for &(_, k) in todo.iter().filter(|(i, _)| *i == id) {
                     let level = &level_specs[k];
                     pb.set_message(format!("{id} {}", level.name));
-                    let (rows, cols) = id.shape(cfg);
-                    if let Some(ty) = level.ggml
-                        && ty.row_bytes(cols).is_none()
-                    {
+                    let cols = id.shape(cfg).1;
+                    if let Some(reason) = unavailable_reason(spec, level, cols)? {
                         // Not silently replaced by another type: the layer just
                         // lacks this level, and the search and report know it.
                         manifest.unavailable.push(Unavailable {
                             layer: id.weight_name(),
                             level: level.name.clone(),
-                            reason: format!(
-                                "rows of {cols} weights are not a multiple of {}'s block of {}",
-                                ty.name(),
-                                ty.block_size()
-                            ),
+                            reason,
                         });
                         manifest.write(dir)?;
                         pb.inc(1);
                         continue;
                     }
-                    let _ = rows;
                     let q = compress(&w, h, factor.as_ref(), importance.as_deref(), spec, level)
                         .map_err(|e| Error::Invalid(format!("{}: {e}", id.weight_name())))?;
                     let entry = write_entry(dir, id, level, &w, h, &q)?;
@@ -340,8 +347,15 @@ pub fn build_database(
         }
     }
     let (head, tokens) = stream.head_sum_sq(files)?;
+    // llama-imatrix records the output's statistics under the weight the
+    // matmul reads: token_embd.weight when the embeddings are tied.
+    let head_name = if crate::formats::gguf::is_tied(files) {
+        "token_embd.weight"
+    } else {
+        "output.weight"
+    };
     imatrix.entries.insert(
-        "output.weight".into(),
+        head_name.into(),
         ImatrixEntry::new(head.iter().map(|&v| v as f32).collect(), tokens as f32),
     );
     imatrix
@@ -361,7 +375,75 @@ pub fn build_database(
         entries_repaired: repaired,
         seconds: start.elapsed().as_secs_f64(),
         peak_rss_mib: crate::progress::peak_rss_mib(),
+        fallbacks: fallback_summary(spec, files)?,
     })
+}
+
+/// Why a layer with rows of `cols` weights has no entry at `level`, if it has none.
+fn unavailable_reason(spec: &MethodSpec, level: &LevelSpec, cols: usize) -> Result<Option<String>> {
+    let Some(ty) = level.ggml else {
+        return Ok(None);
+    };
+    if ty.row_bytes(cols).is_none() {
+        let fallback = ty.fallback_for_row(cols);
+        let instead = if fallback.is_quantized() {
+            format!(
+                "llama-quantize would write {fallback}; the layer has the fallback levels ({}) instead",
+                spec.fallback_levels()?
+                    .iter()
+                    .chain(spec.levels()?.iter())
+                    .filter_map(|l| l.ggml)
+                    .filter(|t| t.block_size() == 32 && t.row_bytes(cols).is_some())
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            format!("not a multiple of 32 either: only {fallback} could hold it")
+        };
+        return Ok(Some(format!(
+            "rows of {cols} weights are not a multiple of {ty}'s block of {}: {instead}",
+            ty.block_size()
+        )));
+    }
+    if level.fallback && !spec.needs_fallback(cols)? {
+        return Ok(Some(format!(
+            "fallback level, built only for layers whose rows a chosen type cannot hold; rows of {cols} hold every one"
+        )));
+    }
+    Ok(None)
+}
+
+/// One line per row length that needed fallback levels: which chosen types
+/// its layers lack and which levels they have instead.
+pub fn fallback_summary(spec: &MethodSpec, files: &ModelFiles) -> Result<Vec<String>> {
+    let mut by_cols: std::collections::BTreeMap<usize, usize> = Default::default();
+    for id in files.linear_ids() {
+        let cols = id.shape(&files.config).1;
+        if spec.needs_fallback(cols)? {
+            *by_cols.entry(cols).or_default() += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for (cols, n) in by_cols {
+        let all = spec.all_levels(true)?;
+        let (lack, have): (Vec<&LevelSpec>, Vec<&LevelSpec>) = all
+            .iter()
+            .filter(|l| l.ggml.is_some())
+            .partition(|l| l.ggml.is_some_and(|t| t.row_bytes(cols).is_none()));
+        let names = |v: &[&LevelSpec]| {
+            v.iter()
+                .filter_map(|l| l.ggml.map(|t| t.name()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push(format!(
+            "{n} layers with rows of {cols} weights cannot hold {} (blocks of 256); they have {} instead",
+            names(&lack),
+            names(&have)
+        ));
+    }
+    Ok(out)
 }
 
 fn validate_spec(spec: &MethodSpec) -> Result<()> {

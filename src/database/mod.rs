@@ -22,7 +22,7 @@ use dynapress_ggml::GgmlType;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-pub use build::{BuildOptions, BuildReport, build_database};
+pub use build::{BuildOptions, BuildReport, build_database, fallback_summary};
 
 use crate::calib::{CalibSource, sha256_file};
 use crate::error::{Error, Result};
@@ -80,6 +80,22 @@ impl Default for MethodSpec {
 /// The ggml types a ggml database uses by default.
 pub const DEFAULT_GGML_TYPES: &str = "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0";
 
+/// The 32-value types a ggml database adds as *fallback levels* for layers
+/// whose rows a chosen type cannot hold (rows that are not a multiple of the
+/// k-quants' 256): llama-quantize's fallback types (`tensor_type_fallback`:
+/// Q2_K, Q3_K → Q4_0; Q4_K → Q5_0; Q5_K → Q5_1; Q6_K → Q8_0), IQ4_NL (its
+/// fallback for the i-quants: a non-linear 4.5-bit grid) and Q4_1 between
+/// them, each with its own database entry (GPTQ inside its grid for
+/// gptq-kquant). Types already among `--types` are not repeated.
+pub const FALLBACK_GGML_TYPES: [GgmlType; 6] = [
+    GgmlType::Q4_0,
+    GgmlType::IQ4NL,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+];
+
 /// One level of a database.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LevelSpec {
@@ -88,6 +104,9 @@ pub struct LevelSpec {
     pub bits: u8,
     /// The ggml type, for ggml methods.
     pub ggml: Option<GgmlType>,
+    /// A fallback level (see [`FALLBACK_GGML_TYPES`]): built only for layers
+    /// whose rows one of the chosen types cannot hold.
+    pub fallback: bool,
 }
 
 impl MethodSpec {
@@ -103,26 +122,12 @@ impl MethodSpec {
             for t in &self.types {
                 let ty = GgmlType::from_name(t).filter(|t| t.is_quantized()).ok_or_else(|| {
                     Error::Invalid(format!(
-                        "unknown ggml type `{t}`; choose among Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"
+                        "unknown ggml type `{t}`; choose among Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1, Q8_0"
                     ))
                 })?;
-                let prefix = if self.method == Method::GptqKquant {
-                    "gptq-"
-                } else {
-                    ""
-                };
-                v.push(LevelSpec {
-                    name: format!("{prefix}{}", ty.name()),
-                    bits: ty.bits_per_weight().floor() as u8,
-                    ggml: Some(ty),
-                });
+                v.push(self.ggml_level(ty, false));
             }
-            v.sort_by(|a, b| {
-                let (x, y) = (a.ggml.expect("ggml"), b.ggml.expect("ggml"));
-                x.bits_per_weight()
-                    .total_cmp(&y.bits_per_weight())
-                    .then(a.name.cmp(&b.name))
-            });
+            sort_ggml_levels(&mut v);
         } else {
             let m = if self.method == Method::Gptq {
                 "gptq"
@@ -134,6 +139,7 @@ impl MethodSpec {
                     name: format!("{m}-b{b}-g{}", self.group_size),
                     bits: b,
                     ggml: None,
+                    fallback: false,
                 });
             }
             v.sort_by_key(|l| l.bits);
@@ -141,6 +147,73 @@ impl MethodSpec {
         v.dedup_by(|a, b| a.name == b.name);
         Ok(v)
     }
+
+    fn ggml_level(&self, ty: GgmlType, fallback: bool) -> LevelSpec {
+        let prefix = if self.method == Method::GptqKquant {
+            "gptq-"
+        } else {
+            ""
+        };
+        LevelSpec {
+            name: format!("{prefix}{}", ty.name()),
+            bits: ty.bits_per_weight().floor() as u8,
+            ggml: Some(ty),
+            fallback,
+        }
+    }
+
+    /// The fallback levels of a ggml method ([`FALLBACK_GGML_TYPES`] not
+    /// already among its types); empty for grid methods.
+    pub fn fallback_levels(&self) -> Result<Vec<LevelSpec>> {
+        if !self.is_ggml() {
+            return Ok(vec![]);
+        }
+        let main = self.levels()?;
+        let mut v: Vec<LevelSpec> = FALLBACK_GGML_TYPES
+            .into_iter()
+            .filter(|&t| !main.iter().any(|l| l.ggml == Some(t)))
+            .map(|t| self.ggml_level(t, true))
+            .collect();
+        sort_ggml_levels(&mut v);
+        Ok(v)
+    }
+
+    /// Whether a layer with rows of `cols` weights needs the fallback levels:
+    /// one of the chosen ggml types cannot hold its rows.
+    pub fn needs_fallback(&self, cols: usize) -> Result<bool> {
+        Ok(self
+            .levels()?
+            .iter()
+            .any(|l| l.ggml.is_some_and(|t| t.row_bytes(cols).is_none())))
+    }
+
+    /// The levels plus, when `with_fallback`, the fallback levels, lowest bits
+    /// per weight first.
+    pub fn all_levels(&self, with_fallback: bool) -> Result<Vec<LevelSpec>> {
+        let mut v = self.levels()?;
+        if with_fallback && self.is_ggml() {
+            v.extend(self.fallback_levels()?);
+            sort_ggml_levels(&mut v);
+        }
+        Ok(v)
+    }
+
+    /// The level called `name` (main or fallback).
+    pub fn level(&self, name: &str) -> Option<LevelSpec> {
+        self.all_levels(true)
+            .ok()?
+            .into_iter()
+            .find(|l| l.name == name)
+    }
+}
+
+fn sort_ggml_levels(v: &mut [LevelSpec]) {
+    v.sort_by(|a, b| {
+        let (x, y) = (a.ggml.expect("ggml"), b.ggml.expect("ggml"));
+        x.bits_per_weight()
+            .total_cmp(&y.bits_per_weight())
+            .then(a.name.cmp(&b.name))
+    });
 }
 
 /// Which compressor built the database.
@@ -654,4 +727,53 @@ fn parse_entry(path: &Path, bytes: &[u8]) -> Result<Variant> {
     QuantizedLinear::from_buffers(&meta, &buffers)
         .map(Variant::Grid)
         .map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_levels_for_rows_k_quants_cannot_hold() {
+        let spec = MethodSpec {
+            method: Method::GptqKquant,
+            types: DEFAULT_GGML_TYPES.split(',').map(String::from).collect(),
+            ..Default::default()
+        };
+        assert!(spec.needs_fallback(576).unwrap());
+        assert!(spec.needs_fallback(896).unwrap());
+        assert!(!spec.needs_fallback(1536).unwrap());
+        let names: Vec<String> = spec
+            .all_levels(true)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "gptq-Q2_K",
+                "gptq-Q3_K",
+                "gptq-IQ4_NL",
+                "gptq-Q4_0",
+                "gptq-Q4_K",
+                "gptq-Q4_1",
+                "gptq-Q5_0",
+                "gptq-Q5_K",
+                "gptq-Q5_1",
+                "gptq-Q6_K",
+                "gptq-Q8_0"
+            ]
+        );
+        // Q8_0 is one of the types already: not repeated as a fallback.
+        let fb = spec.fallback_levels().unwrap();
+        assert_eq!(fb.len(), 5);
+        assert!(fb.iter().all(|l| l.fallback));
+        assert_eq!(spec.all_levels(false).unwrap().len(), 6);
+        assert_eq!(
+            spec.level("gptq-IQ4_NL").and_then(|l| l.ggml),
+            Some(GgmlType::IQ4NL)
+        );
+        assert!(MethodSpec::default().fallback_levels().unwrap().is_empty());
+    }
 }

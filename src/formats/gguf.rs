@@ -32,6 +32,75 @@ pub struct GgufTypes {
     pub output: GgmlType,
 }
 
+/// The types `token_embd` and `output` actually get for a checkpoint: the
+/// chosen types, or llama-quantize's fallback where the rows cannot hold them
+/// (`tensor_type_fallback`: Q6_K → Q8_0, Q4_K → Q5_0, Q5_K → Q5_1, Q2_K/Q3_K →
+/// Q4_0; F16 when the rows are not a multiple of 32 either), never F32.
+/// For tied checkpoints there is no `output` tensor: `token_embd` serves both
+/// uses at the embedding type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EffectiveTypes {
+    /// Row length of the embedding (the hidden size).
+    pub cols: usize,
+    /// The chosen embedding type.
+    pub embed_asked: GgmlType,
+    /// `token_embd.weight`'s type.
+    pub embed: GgmlType,
+    /// `output.weight`'s chosen and written types; `None` when tied.
+    pub output: Option<(GgmlType, GgmlType)>,
+}
+
+impl EffectiveTypes {
+    /// The types for `files` (tied when the checkpoint has no `lm_head.weight`).
+    pub fn of(files: &ModelFiles, types: GgufTypes) -> Self {
+        let cols = files.config.hidden_size;
+        let tied = is_tied(files);
+        EffectiveTypes {
+            cols,
+            embed_asked: types.embed,
+            embed: types.embed.fallback_for_row(cols),
+            output: (!tied).then(|| (types.output, types.output.fallback_for_row(cols))),
+        }
+    }
+
+    /// How the budget messages name these tensors, e.g. `token_embd (Q8_0:
+    /// rows of 576 cannot hold Q6_K), shared with the output`.
+    pub fn describe(&self) -> String {
+        let one = |asked: GgmlType, got: GgmlType| {
+            if asked == got {
+                asked.name().to_string()
+            } else {
+                format!("{got}: rows of {} cannot hold {asked}", self.cols)
+            }
+        };
+        match self.output {
+            None => format!(
+                "token_embd ({}; tied, it is the output too)",
+                one(self.embed_asked, self.embed)
+            ),
+            Some((asked, got)) => format!(
+                "token_embd ({}), output ({})",
+                one(self.embed_asked, self.embed),
+                one(asked, got)
+            ),
+        }
+    }
+
+    /// What to change to make them smaller.
+    fn smaller_hint(&self) -> &'static str {
+        match self.output {
+            None => "a smaller --embed-type",
+            Some(_) => "a smaller --embed-type/--output-type",
+        }
+    }
+}
+
+/// Whether the GGUF file has no `output.weight` (the checkpoint has no
+/// `lm_head.weight`: tied embeddings), so `token_embd` is the output layer too.
+pub fn is_tied(files: &ModelFiles) -> bool {
+    !files.weights.names().iter().any(|n| n == "lm_head.weight")
+}
+
 impl Default for GgufTypes {
     fn default() -> Self {
         GgufTypes {
@@ -134,6 +203,7 @@ fn plan(
         .enumerate()
         .map(|(i, l)| (l.id, i))
         .collect();
+    let eff = EffectiveTypes::of(files, types);
     let mut tensors = Vec::new();
     for hf in files.weights.names() {
         let Some(gname) = gguf_tensor_name(&hf).map_err(gerr(dir))? else {
@@ -143,18 +213,15 @@ fn plan(
         let (ty, src) = match LinearId::parse(&hf).and_then(|id| index.get(&id)) {
             Some(&i) if hf.ends_with(".weight") => (linear_types[i], Source::Linear(i)),
             _ => {
+                let cols = *shape.last().unwrap_or(&1);
                 let ty = if shape.len() == 1 {
                     GgmlType::F32
                 } else if gname == "token_embd.weight" {
-                    types.embed
+                    types.embed.fallback_for_row(cols)
                 } else if gname == "output.weight" {
-                    types.output
-                } else {
-                    GgmlType::F32
-                };
-                let cols = *shape.last().unwrap_or(&1);
-                let ty = if ty.row_bytes(cols).is_some() {
-                    ty
+                    eff.output
+                        .map_or(types.output, |(asked, _)| asked)
+                        .fallback_for_row(cols)
                 } else {
                     GgmlType::F32
                 };
@@ -184,13 +251,7 @@ fn plan(
 
 /// The ggml type of a database level, if it is one.
 pub fn ggml_type_of(manifest: &crate::database::Manifest, level: &str) -> Option<GgmlType> {
-    manifest
-        .method
-        .levels()
-        .ok()?
-        .into_iter()
-        .find(|l| l.name == level)
-        .and_then(|l| l.ggml)
+    manifest.method.level(level).and_then(|l| l.ggml)
 }
 
 /// Bytes of the file outside the searched linear layers' data (header,
@@ -220,11 +281,13 @@ pub fn bits_for_file_size(
     bytes: u64,
 ) -> Result<f64> {
     let fixed = fixed_bytes(files, db, space, types)?;
+    let eff = EffectiveTypes::of(files, types);
     if bytes <= fixed {
         return Err(Error::Invalid(format!(
-            "a {bytes}-byte file cannot hold this model: metadata, embeddings ({}), output ({}) and norms alone take {fixed} bytes",
-            types.embed.name(),
-            types.output.name()
+            "a {bytes}-byte file cannot hold this model: metadata, {} and norms alone take {fixed} bytes; \
+             raise --target-size or choose {}",
+            eff.describe(),
+            eff.smaller_hint()
         )));
     }
     let bits = (bytes - fixed) as f64 * 8.0 / space.total_params as f64;
@@ -234,12 +297,12 @@ pub fn bits_for_file_size(
         let min_bytes = fixed + (lowest * space.total_params as f64 / 8.0).ceil() as u64;
         return Err(Error::Invalid(format!(
             "a {bytes}-byte file leaves {bits:.4} bits per weight for the linear layers after \
-             the embeddings ({}) and output ({}), below the lowest level ({} at {lowest:.4}); \
+             {}, below the lowest level ({} at {lowest:.4}); \
              the smallest file with these types is about {min_bytes} bytes: raise --target-size \
-             or choose a smaller --embed-type/--output-type",
-            types.embed.name(),
-            types.output.name(),
+             or choose {}",
+            eff.describe(),
             space.levels[0],
+            eff.smaller_hint(),
         )));
     }
     Ok(bits)
@@ -286,9 +349,10 @@ pub fn export_gguf(
                 let raw = files.weights.raw(hf)?;
                 let values = to_f32(&raw, hf)?;
                 let cols = *raw.shape.last().unwrap_or(&1);
-                let imatrix = (spec.name == "output.weight")
-                    .then_some(head_importance.as_deref())
-                    .flatten();
+                // The output's importance; a tied token_embd is the output.
+                let head = spec.name == "output.weight"
+                    || (spec.name == "token_embd.weight" && is_tied(files));
+                let imatrix = head.then_some(head_importance.as_deref()).flatten();
                 encode(spec.ggml_type, &values, cols, imatrix)
                     .map_err(|e| Error::Invalid(format!("{hf}: {e}")))?
             }
@@ -316,7 +380,10 @@ pub fn export_gguf(
 /// The output layer's importance from the database's imatrix, if present.
 fn read_head_importance(db: &Database) -> Option<Vec<f32>> {
     let im = dynapress_gguf::Imatrix::read_gguf(db.dir.join(IMATRIX_FILE)).ok()?;
-    im.entries.get("output.weight").map(|e| e.mean_squares())
+    im.entries
+        .get("output.weight")
+        .or_else(|| im.entries.get("token_embd.weight"))
+        .map(|e| e.mean_squares())
 }
 
 fn encode(
@@ -379,7 +446,9 @@ fn regex_escape(s: &str) -> String {
 
 /// Writes the checkpoint as a GGUF file with every matrix at `ty` (F32, F16,
 /// BF16 or a quantized type, encoded as llama-quantize would with
-/// `imatrix`), norms in F32: the input llama.cpp's tools start from.
+/// `imatrix`; a matrix whose rows cannot hold `ty` gets llama-quantize's
+/// fallback type, as with `--pure`), norms in F32: the input llama.cpp's tools
+/// start from.
 pub fn convert_gguf(
     files: &ModelFiles,
     out: &Path,
@@ -412,10 +481,11 @@ pub fn convert_gguf(
         };
         let shape = files.weights.shape(&hf)?;
         let cols = *shape.last().unwrap_or(&1);
-        let t = if shape.len() == 1 || ty.row_bytes(cols).is_none() {
+        // Rows a block type cannot hold get llama-quantize's fallback type.
+        let t = if shape.len() == 1 {
             GgmlType::F32
         } else {
-            ty
+            ty.fallback_for_row(cols)
         };
         items.push((TensorSpec::from_shape(gname, t, &shape), Some(hf)));
     }

@@ -1,5 +1,7 @@
-//! Random Llama checkpoints of any size, for memory and speed benchmarks
-//! (weights ~ N(0, 0.02²), norms 1, bf16; seeded).
+//! Random Llama checkpoints of any size, for memory and speed benchmarks and
+//! shape tests (weights ~ N(0, 0.02²), norms 1, bf16; seeded). Any hidden size
+//! that the heads divide works, including the ones ggml's 256-value k-quant
+//! blocks cannot hold (576, 896, …), and the embeddings may be tied.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +24,9 @@ pub struct SyntheticSpec {
     pub heads: usize,
     pub kv_heads: usize,
     pub vocab: usize,
+    /// Tied embeddings: no `lm_head.weight`, the embedding is the output layer
+    /// (as in SmolLM2, Qwen2.5 ≤ 3B, Llama 3.2).
+    pub tied: bool,
     pub seed: u64,
 }
 
@@ -32,7 +37,8 @@ impl SyntheticSpec {
         let attn =
             self.hidden * (self.heads + 2 * self.kv_heads) * d + self.heads * d * self.hidden;
         let mlp = 3 * self.hidden * self.intermediate;
-        2 * self.vocab * self.hidden + self.layers * (attn + mlp + 2 * self.hidden) + self.hidden
+        let embeddings = if self.tied { 1 } else { 2 } * self.vocab * self.hidden;
+        embeddings + self.layers * (attn + mlp + 2 * self.hidden) + self.hidden
     }
 }
 
@@ -46,7 +52,7 @@ pub fn write_synthetic(dir: &Path, spec: &SyntheticSpec, tokenizer: &Path) -> Re
         "num_hidden_layers": spec.layers, "num_attention_heads": spec.heads,
         "num_key_value_heads": spec.kv_heads, "head_dim": d, "vocab_size": spec.vocab,
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 2048,
-        "tie_word_embeddings": false, "hidden_act": "silu", "torch_dtype": "bfloat16",
+        "tie_word_embeddings": spec.tied, "hidden_act": "silu", "torch_dtype": "bfloat16",
         "bos_token_id": 0, "eos_token_id": 0,
     });
     crate::fsutil::write_atomic(
@@ -88,11 +94,13 @@ pub fn write_synthetic(dir: &Path, spec: &SyntheticSpec, tokenizer: &Path) -> Re
         dtype: Dtype::BF16,
         shape: vec![spec.hidden],
     });
-    specs.push(TensorSpec {
-        name: "lm_head.weight".into(),
-        dtype: Dtype::BF16,
-        shape: vec![spec.vocab, spec.hidden],
-    });
+    if !spec.tied {
+        specs.push(TensorSpec {
+            name: "lm_head.weight".into(),
+            dtype: Dtype::BF16,
+            shape: vec![spec.vocab, spec.hidden],
+        });
+    }
     let mut w = SafetensorsWriter::create(
         &dir.join("model.safetensors"),
         specs.clone(),

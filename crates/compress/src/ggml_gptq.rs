@@ -1,7 +1,7 @@
 //! GPTQ inside ggml's block grids: the database method `gptq-kquant`.
 //!
 //! [`gptq_ggml`] quantizes a layer to a ggml type (Q2_K … Q6_K, Q8_0, and the
-//! 32-value Q4_0/Q4_1/Q5_0/Q5_1) with GPTQ's error feedback, and returns the
+//! 32-value Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL) with GPTQ's error feedback, and returns the
 //! exact ggml block bytes ([`GgmlQuantized`]): what llama.cpp loads, with the
 //! type's real bits per weight.
 //!
@@ -39,7 +39,7 @@
 //! rest of the row is updated once per lazy block by one GEMM,
 //! `W[:, i₂:] -= E · U[i₁:i₂, i₂:]`. `L` is a whole number of ggml blocks, so
 //! every block is complete when its grid is chosen: `L = 256` for the k-quants,
-//! 128 for Q8_0 and for Q4_0…Q5_1 without imatrix. Q4_0…Q5_1 *with* an
+//! 128 for Q8_0, IQ4_NL and for Q4_0…Q5_1 without imatrix. Q4_0…Q5_1 *with* an
 //! imatrix choose a block's parameters from the mean square of the whole row
 //! as well; there `L = 32`, so that at each block start every column of the
 //! row is up to date (earlier columns hold the value they were rounded from,
@@ -258,7 +258,7 @@ pub fn gptq_ggml(
     let rows = w.len() / n;
     let bs = ty.block_size();
     let row_bytes = n / bs * ty.type_size();
-    let whole_row = bs == 32 && ty != GgmlType::Q8_0 && imatrix.is_some();
+    let whole_row = ty.uses_row_stat() && imatrix.is_some();
     let lazy = if whole_row { bs } else { bs.max(MIN_LAZY) };
     let sweep = Sweep {
         ty,

@@ -27,7 +27,7 @@ const K_QUANTS: [GgmlType; 5] = [
     GgmlType::Q6K,
 ];
 
-const ALL_GRIDS: [GgmlType; 10] = [
+const ALL_GRIDS: [GgmlType; 11] = [
     GgmlType::Q2K,
     GgmlType::Q3K,
     GgmlType::Q4K,
@@ -38,6 +38,7 @@ const ALL_GRIDS: [GgmlType; 10] = [
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q5_1,
+    GgmlType::IQ4NL,
 ];
 
 // ---------------------------------------------------------------------------

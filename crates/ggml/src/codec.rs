@@ -144,7 +144,7 @@ pub(crate) fn choose(
 
 /// Row-level statistic the legacy importance-weighted encoders need.
 pub(crate) fn row_stat(ty: GgmlType, row: &[f32], imatrix: Option<&[f32]>) -> f32 {
-    if ty.block_size() == 32 && imatrix.is_some() {
+    if ty.uses_row_stat() && imatrix.is_some() {
         row_sigma2(row)
     } else {
         0.0
@@ -169,7 +169,7 @@ fn encode_row(
         g.assemble(&codes[..bs], o);
         if scales_valid(ty, o) { Ok(()) } else { Err(b) }
     };
-    let batched = bs == 32 && ty != GgmlType::Q8_0 && imatrix.is_some();
+    let batched = ty.uses_row_stat() && imatrix.is_some();
     let mut b = 0;
     if let (true, Some(q)) = (batched, imatrix) {
         // The importance-weighted 32-value encoders run eight blocks at a time.
@@ -197,7 +197,7 @@ fn encode_row(
 /// Offsets of the f16 scale fields that ggml_validate_row_data checks.
 fn scale_offsets(ty: GgmlType) -> &'static [usize] {
     match ty {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4NL => &[0],
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
         GgmlType::Q2K => &[80, 82],
         GgmlType::Q3K => &[108],
@@ -324,6 +324,13 @@ pub(crate) fn decode_block(ty: GgmlType, y: &[u8], out: &mut [f32]) {
                 out[j] = (y[2 + j] as i8) as f32 * d;
             }
         }
+        GgmlType::IQ4NL => {
+            let d = read_f16(y, 0);
+            for j in 0..16 {
+                out[j] = d * legacy::KVALUES_IQ4NL[(y[2 + j] & 0xf) as usize] as f32;
+                out[j + 16] = d * legacy::KVALUES_IQ4NL[(y[2 + j] >> 4) as usize] as f32;
+            }
+        }
         GgmlType::Q2K => {
             let (d, min) = (read_f16(y, 80), read_f16(y, 82));
             let qs = &y[16..80];
@@ -406,7 +413,7 @@ fn check_grid_args(
 /// whole row for the legacy importance-weighted encoders (row mean square).
 fn grid_inputs(ty: GgmlType, row: &[f32], block: usize, imatrix: Option<&[f32]>) -> (usize, usize) {
     let bs = ty.block_size();
-    if bs == 32 && imatrix.is_some() && ty != GgmlType::Q8_0 {
+    if ty.uses_row_stat() && imatrix.is_some() {
         (0, row.len())
     } else {
         (block * bs, (block + 1) * bs)

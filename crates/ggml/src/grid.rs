@@ -18,6 +18,7 @@
 //! | Q4_0 | 0..=15 | `(c - 8) · d` |
 //! | Q5_0 | 0..=31 | `(c - 16) · d` |
 //! | Q8_0 | 0..=255 | `(c - 128) · d` (ggml's int8 `q = c - 128`) |
+//! | IQ4_NL | 0..=15 | `d · T[c]`, T = ggml's `kvalues_iq4nl` (−127 … 113) |
 //! | Q4_1, Q5_1 | 0..=15, 0..=31 | `c · d + m` |
 //! | Q2_K, Q4_K, Q5_K | 0..=3, 0..=15, 0..=31 | `(d · sc_j) · c - dmin · m_j` |
 //! | Q3_K | 0..=7 | `(d · (sc_j - 32)) · (c - 4)` |
@@ -55,6 +56,8 @@ pub(crate) enum Rule {
     Trunc { mul: f32, sub: f32, add: f32 },
     /// `roundf(x · mul)` (half away from zero): Q8_0.
     Round { mul: f32 },
+    /// The IQ4_NL table entry nearest to `x · mul` (ggml's `best_index_int8`).
+    Table { mul: f32 },
 }
 
 /// How one group's levels decode to f32, in ggml's operation order.
@@ -66,6 +69,8 @@ pub(crate) enum Dq {
     SubMin { d: f32, m: f32 },
     /// `c · d + m`
     AddMin { d: f32, m: f32 },
+    /// `d · KVALUES_IQ4NL[c]`
+    Table { d: f32 },
 }
 
 impl Dq {
@@ -75,6 +80,7 @@ impl Dq {
             Dq::Sym { d, off } => (code as i32 - off) as f32 * d,
             Dq::SubMin { d, m } => d * code as f32 - m,
             Dq::AddMin { d, m } => code as f32 * d + m,
+            Dq::Table { d } => d * crate::legacy::KVALUES_IQ4NL[code as usize & 15] as f32,
         }
     }
 }
@@ -173,6 +179,7 @@ impl BlockGrid {
             Rule::Mul { mul, sub } => nearest_int(mul * (x - sub)),
             Rule::Trunc { mul, sub, add } => c_trunc_low_byte_safe((x - sub) * mul + add),
             Rule::Round { mul } => c_trunc_low_byte_safe((x * mul).round()),
+            Rule::Table { mul } => crate::legacy::best_index_iq4nl(x * mul) as i32,
         };
         (l.clamp(self.lo, self.hi) + self.bias) as u8
     }
@@ -204,6 +211,11 @@ impl BlockGrid {
                 Rule::Round { mul } => {
                     for (o, &v) in os.iter_mut().zip(xs) {
                         *o = fix(c_trunc_low_byte_safe((v * mul).round()));
+                    }
+                }
+                Rule::Table { mul } => {
+                    for (o, &v) in os.iter_mut().zip(xs) {
+                        *o = fix(crate::legacy::best_index_iq4nl(v * mul) as i32);
                     }
                 }
             }
@@ -263,7 +275,7 @@ impl BlockGrid {
 /// ORs the codes into the code fields of a block whose code fields are zero.
 pub(crate) fn pack_codes(ty: GgmlType, l: &[u8], y: &mut [u8]) {
     match ty {
-        GgmlType::Q4_0 => nibbles(&mut y[2..18], l),
+        GgmlType::Q4_0 | GgmlType::IQ4NL => nibbles(&mut y[2..18], l),
         GgmlType::Q4_1 => nibbles(&mut y[4..20], l),
         GgmlType::Q5_0 => five_bit(&mut y[2..22], l),
         GgmlType::Q5_1 => five_bit(&mut y[4..24], l),

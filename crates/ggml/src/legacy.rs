@@ -53,6 +53,7 @@ pub(crate) fn choose(ty: GgmlType, x: &[f32], imp: Option<LegacyImportance<'_>>)
     debug_assert_eq!(x.len(), 32);
     match (ty, imp) {
         (GgmlType::Q8_0, _) => q8_0(x),
+        (GgmlType::IQ4NL, imp) => iq4_nl(x, imp.map(|i| i.qw)),
         (GgmlType::Q4_0, None) => sym_ref(ty, x, 8),
         (GgmlType::Q5_0, None) => sym_ref(ty, x, 16),
         (GgmlType::Q4_1, None) => affine_ref(ty, x, 15),
@@ -63,6 +64,104 @@ pub(crate) fn choose(ty: GgmlType, x: &[f32], imp: Option<LegacyImportance<'_>>)
         (GgmlType::Q5_1, Some(imp)) => affine_weighted(ty, x, 31, imp),
         _ => unreachable!("{ty} is not a 32-weight quant type"),
     }
+}
+
+/// IQ4_NL's non-linear levels (ggml's `kvalues_iq4nl`).
+pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// The index of the table entry nearest to `x` (ggml's `best_index_int8`:
+/// a bisection; a tie goes to the upper entry).
+#[inline]
+pub(crate) fn best_index_iq4nl(x: f32) -> u8 {
+    let val = &KVALUES_IQ4NL;
+    if x <= val[0] as f32 {
+        return 0;
+    }
+    if x >= val[15] as f32 {
+        return 15;
+    }
+    let (mut ml, mut mu) = (0usize, 15usize);
+    while mu - ml > 1 {
+        let mav = (ml + mu) / 2;
+        if x < val[mav] as f32 {
+            mu = mav;
+        } else {
+            ml = mav;
+        }
+    }
+    if x - (val[mu - 1] as f32) < (val[mu] as f32) - x {
+        (mu - 1) as u8
+    } else {
+        mu as u8
+    }
+}
+
+/// IQ4_NL (ggml's `quantize_row_iq4_nl_impl` with one block of 32 and
+/// `ntry = 7`, as `quantize_iq4_nl` calls it, with or without importance):
+/// start from `d = max / 127` (the sign of the largest-magnitude weight), fit
+/// the least-squares scale to the table levels, try 15 further inverse
+/// scales `(t − 127) / max`, keep the best; every weight's level is then the
+/// table entry nearest to `x / d` (`d` in f32, stored as f16). The weights of
+/// the fit are `x²`, or `q_i · sqrt(σ² + x_i²)` with `σ² = 2 Σx² / 32` of the
+/// block (not of the row).
+fn iq4_nl(x: &[f32], qw: Option<&[f32]>) -> BlockGrid {
+    let mut sigma2 = 0.0f32;
+    for &v in x {
+        sigma2 += v * v;
+    }
+    sigma2 *= 2.0 / 32.0;
+    let mut weight = [0.0f32; 32];
+    for j in 0..32 {
+        weight[j] = match qw {
+            Some(q) => q[j] * (sigma2 + x[j] * x[j]).sqrt(),
+            None => x[j] * x[j],
+        };
+    }
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    let kv = |l: u8| KVALUES_IQ4NL[l as usize] as f32;
+    let fit = |id: f32| {
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for j in 0..32 {
+            let q = kv(best_index_iq4nl(id * x[j]));
+            let w = weight[j];
+            sumqx += w * q * x[j];
+            sumq2 += w * q * q;
+        }
+        (sumqx, sumq2)
+    };
+    let mut d = 0.0f32;
+    if amax >= 1e-15 {
+        d = -max / KVALUES_IQ4NL[0] as f32;
+        let (sumqx, sumq2) = fit(1.0 / d);
+        d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+        let mut best = d * sumqx;
+        for itry in -7i32..=7 {
+            let id = (itry + KVALUES_IQ4NL[0] as i32) as f32 / max;
+            let (sumqx, sumq2) = fit(id);
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                d = sumqx / sumq2;
+                best = d * sumqx;
+            }
+        }
+    }
+    let mul = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut g = BlockGrid::empty(GgmlType::IQ4NL, 5, 0, 15, 0);
+    write_f16(&mut g.template, 0, f32_to_f16_bits(d));
+    g.groups[0] = Group {
+        rule: Rule::Table { mul },
+        dq: Dq::Table { d: f16_round(d) },
+    };
+    g
 }
 
 fn q8_0(x: &[f32]) -> BlockGrid {

@@ -1,7 +1,7 @@
 //! ggml tensor types: block layouts and quantization codecs, bit-exact with ggml.
 //!
 //! [`quantize`] encodes rows of f32 weights as any of ggml's Q4_0, Q4_1, Q5_0,
-//! Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (and converts to F32/F16/BF16)
+//! Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (and converts to F32/F16/BF16)
 //! producing the same bytes as ggml's `ggml_quantize_chunk` — the function
 //! llama-quantize calls — with or without an importance vector (imatrix).
 //! [`dequantize`] decodes bit-identically to ggml's `dequantize_row_*`.

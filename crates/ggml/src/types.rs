@@ -18,12 +18,13 @@ pub enum GgmlType {
     Q4K,
     Q5K,
     Q6K,
+    IQ4NL,
     BF16,
 }
 
 impl GgmlType {
     /// Every type this crate knows, in id order.
-    pub const ALL: [GgmlType; 13] = [
+    pub const ALL: [GgmlType; 14] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -36,6 +37,7 @@ impl GgmlType {
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::IQ4NL,
         GgmlType::BF16,
     ];
 
@@ -54,6 +56,7 @@ impl GgmlType {
             GgmlType::Q4K => 12,
             GgmlType::Q5K => 13,
             GgmlType::Q6K => 14,
+            GgmlType::IQ4NL => 20,
             GgmlType::BF16 => 30,
         }
     }
@@ -78,6 +81,7 @@ impl GgmlType {
             GgmlType::Q4K => "Q4_K",
             GgmlType::Q5K => "Q5_K",
             GgmlType::Q6K => "Q6_K",
+            GgmlType::IQ4NL => "IQ4_NL",
             GgmlType::BF16 => "BF16",
         }
     }
@@ -93,9 +97,12 @@ impl GgmlType {
     pub const fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
-                32
-            }
+            GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q8_0
+            | GgmlType::IQ4NL => 32,
             GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
         }
     }
@@ -105,7 +112,7 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::BF16 => 2,
-            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_0 | GgmlType::IQ4NL => 18,
             GgmlType::Q4_1 => 20,
             GgmlType::Q5_0 => 22,
             GgmlType::Q5_1 => 24,
@@ -134,6 +141,17 @@ impl GgmlType {
     /// True for the block-quantized types (everything but F32, F16, BF16).
     pub const fn is_quantized(self) -> bool {
         !matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+    }
+
+    /// True for the 32-value types whose importance-weighted encoders also read
+    /// the mean square of the whole row (ggml's `quantize_row_q{4,5}_{0,1}_impl`),
+    /// so a block's parameters depend on the rest of the row when an imatrix
+    /// is given. IQ4_NL's encoder uses the block's own mean square.
+    pub const fn uses_row_stat(self) -> bool {
+        matches!(
+            self,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1
+        )
     }
 
     /// The type llama-quantize actually writes when asked for `self` on a tensor

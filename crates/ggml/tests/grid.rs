@@ -164,6 +164,7 @@ grid_tests! {
     grid_q4_k, perturbed_q4_k => GgmlType::Q4K;
     grid_q5_k, perturbed_q5_k => GgmlType::Q5K;
     grid_q6_k, perturbed_q6_k => GgmlType::Q6K;
+    grid_iq4_nl, perturbed_iq4_nl => GgmlType::IQ4NL;
 }
 
 #[test]

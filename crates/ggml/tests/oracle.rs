@@ -117,6 +117,7 @@ parity_tests! {
     fixture_q4_k, synthetic_q4_k => GgmlType::Q4K;
     fixture_q5_k, synthetic_q5_k => GgmlType::Q5K;
     fixture_q6_k, synthetic_q6_k => GgmlType::Q6K;
+    fixture_iq4_nl, synthetic_iq4_nl => GgmlType::IQ4NL;
 }
 
 /// Special f32 values for the float conversions.
@@ -254,6 +255,7 @@ fn legacy_types_on_odd_block_counts() {
             GgmlType::Q4_1,
             GgmlType::Q5_0,
             GgmlType::Q5_1,
+            GgmlType::IQ4NL,
         ] {
             for imx in [None, Some(&im[..])] {
                 let (theirs, valid) = o.quantize(ty, data, n, imx);

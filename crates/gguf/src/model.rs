@@ -499,6 +499,7 @@ pub const fn file_type_for(ty: GgmlType) -> u32 {
         GgmlType::Q4K => 15,
         GgmlType::Q5K => 17,
         GgmlType::Q6K => 18,
+        GgmlType::IQ4NL => 25,
         GgmlType::BF16 => 32,
     }
 }

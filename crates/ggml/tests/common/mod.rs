@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// The ten block types of the issue.
-pub const QUANT_TYPES: [GgmlType; 10] = [
+pub const QUANT_TYPES: [GgmlType; 11] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
@@ -22,6 +22,7 @@ pub const QUANT_TYPES: [GgmlType; 10] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::IQ4NL,
 ];
 
 /// Where the oracle lives: `$DYNAPRESS_GGML_ORACLE`, else the build script's
