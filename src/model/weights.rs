@@ -382,6 +382,10 @@ impl WeightSource {
                 count: bad,
             });
         }
+        // The f32 copy is what the caller keeps: give the file's pages back,
+        // or a loaded model would hold its checkpoint twice (f32 + mapped).
+        drop(raw);
+        self.release(name);
         Ok(values)
     }
 
