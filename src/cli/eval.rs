@@ -58,10 +58,20 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if a.data.is_empty() && a.tasks.is_empty() {
         anyhow::bail!("nothing to evaluate: give --data FILE and/or --tasks FILE.jsonl");
     }
+    let windows = WindowOptions {
+        seq_len: a.seq_len,
+        windows: a.windows,
+        batch: a.batch,
+        protocol: a.protocol,
+        bos: None,
+    };
+    if !a.data.is_empty()
+        && let Err(e) = windows.validate()
+    {
+        crate::bad_arg!("{e}");
+    }
     for p in a.data.iter().chain(&a.tasks) {
-        if !p.is_file() {
-            anyhow::bail!("{}: file not found", p.display());
-        }
+        dynapress::fsutil::check_input_file(p)?;
     }
     let mut model = Model::load(&a.model).context("loading the model")?;
     let mut label = None;
@@ -96,13 +106,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     let plan = EvalPlan {
         data: a.data,
         tasks: a.tasks,
-        windows: WindowOptions {
-            seq_len: a.seq_len,
-            windows: a.windows,
-            batch: a.batch,
-            protocol: a.protocol,
-            bos: None,
-        },
+        windows,
         task_batch_tokens: 8192,
         quiet: a.quiet,
     };

@@ -86,7 +86,8 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        // A config.json is a few KiB; a link to /dev/zero must not be read until memory runs out.
+        let text = crate::fsutil::read_text_limited(path, 16 << 20)?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
         Self::from_json(&value, path)
@@ -246,6 +247,25 @@ impl ModelConfig {
             if v == 0 {
                 return Err(Error::config(path, format!("{name} must be positive")));
             }
+        }
+        // Out-of-range numbers give NaN activations, not an error, downstream.
+        if !(cfg.rope_theta.is_finite() && cfg.rope_theta > 0.0) {
+            return Err(Error::config(
+                path,
+                format!(
+                    "rope_theta = {} must be a positive number (usually 10000 or more)",
+                    cfg.rope_theta
+                ),
+            ));
+        }
+        if !(cfg.rms_norm_eps.is_finite() && cfg.rms_norm_eps >= 0.0) {
+            return Err(Error::config(
+                path,
+                format!(
+                    "rms_norm_eps = {} must be a small non-negative number (usually 1e-5 or 1e-6)",
+                    cfg.rms_norm_eps
+                ),
+            ));
         }
         Ok(cfg)
     }

@@ -23,10 +23,13 @@ impl Tokenizer {
                 msg: "file not found; dynapress needs the checkpoint's tokenizer.json (fast tokenizer format) next to config.json".into(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        // Large vocabularies take tens of MiB; a link to a device must not be read forever.
+        let json = crate::fsutil::read_text_limited(path, 1 << 30)?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| Error::Tokenizer {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
         let eos = eos.or_else(|| {
             [
                 "<|endoftext|>",
