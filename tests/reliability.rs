@@ -725,3 +725,49 @@ fn row16_messages_say_what_is_wrong() {
         assert_eq!(mode(&un.join("config.json")), 0o640, "unpack");
     }
 }
+
+/// Inputs the fuzzer (examples/fuzz.rs) found crashing the readers, kept in
+/// fuzz/regressions/: each is a clean error now.
+#[test]
+fn fuzz_findings_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    // tokenizer.json files that made the tokenizers crate panic: a malformed
+    // decoder (when loading), a template naming an undefined special token
+    // (when encoding).
+    for name in [
+        "tokenizer-decoder-unwrap.json",
+        "tokenizer-template-special-token.json",
+    ] {
+        let m = tmp.path().join(name);
+        copy_dir(&common::demo_model(), &m);
+        std::fs::copy(
+            common::root().join("fuzz/regressions").join(name),
+            m.join("tokenizer.json"),
+        )
+        .unwrap();
+        let o = run(&[
+            "eval",
+            "--model",
+            s(&m),
+            "--data",
+            "assets/data/docs.test.txt",
+        ]);
+        fails(&o, 1, &["tokenizer.json", "malformed"]);
+    }
+    // A huge layer count was accepted and sized allocations (abort, out of memory).
+    let m = tmp.path().join("layers");
+    copy_dir(&common::demo_model(), &m);
+    let p = m.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    cfg["num_hidden_layers"] = serde_json::json!(10_000_000_000u64);
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    let o = run(&[
+        "eval",
+        "--model",
+        s(&m),
+        "--data",
+        "assets/data/docs.test.txt",
+    ]);
+    fails(&o, 1, &["config.json", "num_hidden_layers"]);
+}

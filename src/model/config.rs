@@ -248,6 +248,27 @@ impl ModelConfig {
                 return Err(Error::config(path, format!("{name} must be positive")));
             }
         }
+        // Far beyond any real checkpoint: refused before anything is sized from them.
+        for (name, v, max) in [
+            ("vocab_size", cfg.vocab_size, 1usize << 24),
+            ("hidden_size", cfg.hidden_size, 1 << 20),
+            ("intermediate_size", cfg.intermediate_size, 1 << 22),
+            ("num_hidden_layers", cfg.num_layers, 1 << 12),
+            ("num_attention_heads", cfg.num_heads, 1 << 12),
+            ("head_dim", cfg.head_dim, 1 << 14),
+            (
+                "max_position_embeddings",
+                cfg.max_position_embeddings,
+                1 << 26,
+            ),
+        ] {
+            if v > max {
+                return Err(Error::config(
+                    path,
+                    format!("{name} = {v} is larger than any supported model (at most {max})"),
+                ));
+            }
+        }
         // Out-of-range numbers give NaN activations, not an error, downstream.
         if !(cfg.rope_theta.is_finite() && cfg.rope_theta > 0.0) {
             return Err(Error::config(
