@@ -435,6 +435,66 @@ mod tests {
     }
 
     #[test]
+    fn check_output_applies_the_one_rule() {
+        let d = tempfile::tempdir().unwrap();
+        let m = d.path().join("model");
+        std::fs::create_dir(&m).unwrap();
+        std::fs::write(m.join("w.safetensors"), b"w").unwrap();
+        let calib = d.path().join("c.txt");
+        std::fs::write(&calib, b"text").unwrap();
+        let inputs = [Input::Dir(&m), Input::File(&calib)];
+        let check = |out: &Path, kind, force| check_output(out, "--out", kind, &inputs, force);
+        // The input itself, also through `..` and a symbolic link, and even with force.
+        assert!(check(&calib, OutputKind::File, true).is_err());
+        assert!(check(&m.join("../c.txt"), OutputKind::File, true).is_err());
+        #[cfg(unix)]
+        {
+            let link = d.path().join("link.txt");
+            std::os::unix::fs::symlink(&calib, &link).unwrap();
+            assert!(check(&link, OutputKind::File, true).is_err());
+        }
+        // A directory output that is or holds an input.
+        assert!(check(&m, OutputKind::Dir, true).is_err());
+        assert!(check(d.path(), OutputKind::Dir, true).is_err());
+        // An existing file inside an input directory; a new one is fine.
+        assert!(check(&m.join("w.safetensors"), OutputKind::File, true).is_err());
+        assert!(check(&m.join("new.gguf"), OutputKind::File, false).is_ok());
+        // Inside a tree that is read whole: never.
+        let tree = [Input::Tree(&m)];
+        assert!(check_output(&m.join("new.dpk"), "out", OutputKind::File, &tree, true).is_err());
+        // Existing outputs need force; an empty directory does not.
+        let other = d.path().join("other.json");
+        std::fs::write(&other, b"{}").unwrap();
+        assert!(check(&other, OutputKind::File, false).is_err());
+        assert!(check(&other, OutputKind::File, true).is_ok());
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(check(&empty, OutputKind::Dir, false).is_ok());
+        std::fs::write(empty.join("x"), b"x").unwrap();
+        assert!(check(&empty, OutputKind::Dir, false).is_err());
+        assert!(check(&empty, OutputKind::ResumeDir, false).is_ok());
+        // A directory where a file goes, and the reverse.
+        assert!(check(&empty, OutputKind::File, true).is_err());
+        assert!(check(&other, OutputKind::Dir, true).is_err());
+    }
+
+    #[test]
+    fn temporaries_follow_the_umask() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let d = tempfile::tempdir().unwrap();
+            let probe = d.path().join("probe");
+            std::fs::write(&probe, b"").unwrap();
+            let want = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777;
+            let out = d.path().join("f");
+            write_atomic(&out, b"x").unwrap();
+            let got = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
     fn resolve_handles_missing_tails_and_dotdot() {
         let d = tempfile::tempdir().unwrap();
         let c = std::fs::canonicalize(d.path()).unwrap();
