@@ -771,3 +771,65 @@ fn fuzz_findings_are_clear_errors() {
     ]);
     fails(&o, 1, &["config.json", "num_hidden_layers"]);
 }
+
+/// `kill -9` at several moments of `pack` and `export`: the output is absent
+/// or complete, never partial, and the next run leaves no temporaries.
+#[test]
+fn row15_kill_9_leaves_no_partial_output_and_the_rerun_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.json");
+    config(&cfg);
+    for delay_ms in [5u64, 40, 150] {
+        let dir = tmp.path().join(format!("d{delay_ms}"));
+        std::fs::create_dir(&dir).unwrap();
+        let dpk = dir.join("m.dpk");
+        let out = dir.join("exported");
+        let commands: [Vec<String>; 2] = [
+            vec![
+                "pack".into(),
+                "assets/demo-model".into(),
+                s(&dpk).into(),
+                "-q".into(),
+            ],
+            vec![
+                "export".into(),
+                "--model".into(),
+                "assets/demo-model".into(),
+                "--db".into(),
+                s(db()).into(),
+                "--config".into(),
+                s(&cfg).into(),
+                "--out".into(),
+                s(&out).into(),
+            ],
+        ];
+        for args in &commands {
+            let mut child = Command::new(common::bin())
+                .args(args)
+                .current_dir(common::root())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+            // Absent or complete.
+            if dpk.exists() {
+                dynapress_pack::PackedReader::open(&dpk).expect("a complete pack");
+            }
+            if out.exists() {
+                assert!(out.join("dynapress.json").exists(), "a complete export");
+            }
+            // The rerun (with --force in case the killed run finished) cleans up.
+            let mut again: Vec<&str> = args.iter().map(String::as_str).collect();
+            again.push("--force");
+            ok(&run(&again));
+        }
+        let left: Vec<String> = names(&dir)
+            .into_iter()
+            .filter(|n| n.starts_with(".dynapress-tmp-"))
+            .collect();
+        assert!(left.is_empty(), "after {delay_ms} ms: {left:?}");
+    }
+}
