@@ -833,3 +833,44 @@ fn row15_kill_9_leaves_no_partial_output_and_the_rerun_cleans_up() {
         assert!(left.is_empty(), "after {delay_ms} ms: {left:?}");
     }
 }
+
+/// Found by the fuzzer: a layer whose entries all have levels the manifest
+/// does not list, its real levels marked unavailable, made the search index
+/// an empty list (panic). The replay of fuzz/regressions/manifest-* in
+/// .ci/run checks `SearchSpace::from_manifest` on the raw input.
+#[test]
+fn fuzz_finding_a_layer_without_levels_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("db");
+    copy_dir(db(), &d);
+    let p = d.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let layer = m["entries"][0]["layer"].as_str().unwrap().to_string();
+    let mut levels = Vec::new();
+    for e in m["entries"].as_array_mut().unwrap() {
+        if e["layer"] == layer.as_str() {
+            levels.push(e["level"].clone());
+            e["level"] = serde_json::json!("bogus");
+        }
+    }
+    let un = m["unavailable"].as_array_mut().unwrap();
+    for l in levels {
+        un.push(serde_json::json!({"layer": layer, "level": l, "reason": "test"}));
+    }
+    std::fs::write(&p, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    let o = run(&[
+        "search",
+        "--model",
+        "assets/demo-model",
+        "--db",
+        s(&d),
+        "--target-bits",
+        "5",
+        "--algo",
+        "knapsack",
+        "--out",
+        s(&tmp.path().join("c.json")),
+    ]);
+    fails(&o, 1, &["manifest.json", &layer]);
+}

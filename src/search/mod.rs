@@ -94,6 +94,12 @@ impl SearchSpace {
                     }
                 }
             }
+            if opts.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "the database has no level at all for {} (every level is listed as unavailable); rebuild it with levels the layer can take",
+                    id.weight_name()
+                )));
+            }
             opts.sort_by(|a, b| {
                 a.storage_bits
                     .cmp(&b.storage_bits)
