@@ -139,11 +139,11 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 Some((path, tmp)) => {
                     tmp.persist(path)
                         .with_context(|| format!("{}: renaming into place", path.display()))?;
-                    Some((path, ()))
+                    Some(path)
                 }
                 None => None,
             };
-            if let Some((path, _)) = &recipe
+            if let Some(path) = recipe
                 && !a.json
             {
                 println!(
