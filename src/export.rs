@@ -109,26 +109,21 @@ fn export_dir(
         ));
     }
     let choice = config.choice(&space, config_path)?;
-    if out.exists()
-        && !force
-        && std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(Error::data(
-            out,
-            "exists and is not empty; pass --force to replace it",
-        ));
-    }
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    crate::fsutil::check_output(
+        out,
+        "--out",
+        crate::fsutil::OutputKind::Dir,
+        &[
+            crate::fsutil::Input::Dir(&files.dir),
+            crate::fsutil::Input::Dir(&db.dir),
+            crate::fsutil::Input::File(config_path),
+        ],
+        force,
+    )?;
+    let parent = crate::fsutil::parent_dir(out);
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".dynapress-tmp-export-")
-        .tempdir_in(&parent)
-        .map_err(|e| Error::io(&parent, e))?;
+    crate::fsutil::clean_stale_temps(&parent);
+    let tmp = crate::fsutil::temp_dir_in(&parent).map_err(|e| Error::io(&parent, e))?;
 
     // Side files: everything that is not a weight file.
     for entry in std::fs::read_dir(&files.dir).map_err(|e| Error::io(&files.dir, e))? {
@@ -263,16 +258,7 @@ fn export_dir(
             .expect("json")
             .as_bytes(),
     )?;
-    let kept = tmp.keep();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| Error::io(&kept, e))?;
-    }
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
-    }
-    std::fs::rename(&kept, out).map_err(|e| Error::io(out, e))?;
+    crate::fsutil::replace_dir(tmp.path(), out)?;
+    let _ = tmp.keep(); // renamed away: nothing left to delete
     Ok(report)
 }

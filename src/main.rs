@@ -6,6 +6,7 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    default_sigpipe();
     keep_freed_memory();
     match cli::run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -20,8 +21,26 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("{msg}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<cli::BadArgument>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
+    }
+}
+
+/// Output piped into a reader that stops early (`dynapress eval … | head`):
+/// like every Unix filter, end quietly when the reader is gone. Rust ignores
+/// SIGPIPE, which turns the failed write into a panic in `println!`; the
+/// default action ends the process at once, without a message. Nothing is
+/// lost: outputs are written under temporary names (cleaned by the next run)
+/// and only printed about after they are in place.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal, before any threads.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

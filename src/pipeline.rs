@@ -49,6 +49,9 @@ pub struct CompressOptions {
     pub compare: Compare,
     pub dtype: ExportDtype,
     pub quiet: bool,
+    /// Rebuild a database in the database directory that was built from
+    /// another model, calibration or method (otherwise an error).
+    pub force: bool,
 }
 
 /// The comparison rows of the report (each is a forward pass over the
@@ -156,13 +159,9 @@ fn machine() -> String {
 /// Runs the whole pipeline.
 pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     let mut seconds = BTreeMap::new();
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let files = ModelFiles::open(&opts.model)?;
-    for p in &opts.eval {
-        if !p.is_file() {
-            return Err(Error::data(p, "evaluation file not found"));
-        }
-    }
+    validate(opts, &files)?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
 
     // 1. Database.
     let t = Instant::now();
@@ -194,7 +193,7 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
             spec: opts.method.clone(),
             batch: 8,
             keep_hessians: false,
-            force: false,
+            force: opts.force,
             quiet: opts.quiet,
             abort_after: None,
         },
@@ -547,6 +546,118 @@ fn eval_groups(
         }
     }
     groups
+}
+
+/// Everything `compress` can check before its first expensive step: the
+/// budget against what the levels can reach, the formats, and that every
+/// evaluation file holds at least one window.
+pub fn validate(opts: &CompressOptions, files: &ModelFiles) -> Result<()> {
+    let levels = opts.method.levels()?;
+    if levels.is_empty() {
+        return Err(Error::Invalid(
+            "no database levels: give --bits or --types".into(),
+        ));
+    }
+    match (opts.target_size, opts.gguf) {
+        (Some(_), None) => {
+            return Err(Error::Invalid(
+                "a file-size target (--target-size) needs the GGUF format (--format gguf)".into(),
+            ));
+        }
+        (Some(0), _) => {
+            return Err(Error::Invalid(
+                "--target-size must be a positive number of bytes".into(),
+            ));
+        }
+        _ => {}
+    }
+    if opts.gguf.is_some() && !opts.method.is_ggml() {
+        return Err(Error::Invalid(
+            "--format gguf needs a database of ggml types: --method kquant or gptq-kquant".into(),
+        ));
+    }
+    if opts.target_size.is_none() {
+        let t = opts.target_bits;
+        if !(t.is_finite() && t > 0.0) {
+            return Err(Error::Invalid(format!(
+                "--target-bits {t} is not a positive number of bits per weight"
+            )));
+        }
+        // Every layer at the lowest / highest level (ggml levels a layer cannot
+        // take only narrow the range, so these bounds never refuse a reachable target).
+        let shapes: Vec<(usize, usize)> = files
+            .linear_ids()
+            .iter()
+            .map(|id| id.shape(&files.config))
+            .collect();
+        let params: f64 = shapes.iter().map(|&(r, c)| (r * c) as f64).sum();
+        let bpw = |l: &crate::database::LevelSpec| {
+            shapes
+                .iter()
+                .map(|&(r, c)| level_storage_bits(&opts.method, l, r, c))
+                .sum::<f64>()
+                / params
+        };
+        let (lo, hi) = (bpw(&levels[0]), bpw(&levels[levels.len() - 1]));
+        if t < lo * (1.0 - 1e-3) || t > hi * (1.0 + 1e-3) {
+            return Err(Error::Invalid(format!(
+                "--target-bits {t} is outside what the levels reach: from about {lo:.3} (every layer at {}) to {hi:.3} (every layer at {}); change --target-bits or the levels",
+                levels[0].name,
+                levels[levels.len() - 1].name
+            )));
+        }
+    }
+    for p in &opts.calib {
+        crate::fsutil::check_input_file(p)?;
+    }
+    let wopts = WindowOptions {
+        seq_len: opts.seq_len,
+        windows: opts.eval_windows,
+        ..Default::default()
+    };
+    wopts.validate()?;
+    for p in &opts.eval {
+        let tokens = load_tokens(p, &files.tokenizer)?;
+        if crate::eval::perplexity::usable_windows(tokens.len(), &wopts) == 0 {
+            return Err(Error::data(
+                p,
+                format!(
+                    "only {} tokens, fewer than one evaluation window of {}; give a longer file or a smaller --seq-len",
+                    tokens.len(),
+                    opts.seq_len
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Storage bits of an `rows × cols` layer at a level (what the database
+/// will measure: codes, f16 scales, zero points, act-order permutation).
+fn level_storage_bits(
+    spec: &MethodSpec,
+    l: &crate::database::LevelSpec,
+    rows: usize,
+    cols: usize,
+) -> f64 {
+    if let Some(ty) = l.ggml {
+        return ty.bits_per_weight() * (rows * cols) as f64;
+    }
+    let packed = |n: usize| (n * l.bits as usize).div_ceil(8);
+    let groups = rows
+        * if spec.group_size == 0 {
+            1
+        } else {
+            cols.div_ceil(spec.group_size)
+        };
+    let mut bytes = packed(rows * cols) + 2 * groups;
+    if !spec.sym {
+        bytes += packed(groups);
+    }
+    if spec.act_order {
+        bytes += cols * if cols <= 1 << 16 { 2 } else { 4 };
+    }
+    8.0 * bytes as f64
 }
 
 /// Mean KL of the uniform levels, interpolated linearly in bits to `target`.

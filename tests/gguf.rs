@@ -367,6 +367,7 @@ fn size_target_is_met() {
         "knapsack",
         "--out",
         cfg.to_str().unwrap(),
+        "--force", // the configuration above exists; this search fails
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot hold this model"));
@@ -384,6 +385,7 @@ fn size_target_is_met() {
         "knapsack",
         "--out",
         cfg.to_str().unwrap(),
+        "--force", // the configuration above exists; this search fails
     ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -5,6 +5,7 @@ use dynapress::database::{DEFAULT_GGML_TYPES, Method, MethodSpec};
 use dynapress::estimate::estimate;
 use dynapress::export::ExportDtype;
 use dynapress::formats::gguf::GgufTypes;
+use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::pipeline::{Compare, CompressOptions, compress};
 use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
 use dynapress::search::{Algo, SearchOptions};
@@ -98,6 +99,10 @@ pub struct CompressArgs {
     /// Print the estimated time, peak memory and disk of each stage, and stop.
     #[arg(long)]
     dry_run: bool,
+    /// Rebuild the database directory if it holds a database of another
+    /// model, calibration or method.
+    #[arg(long)]
+    force: bool,
     #[arg(long)]
     json: bool,
     #[arg(long, short)]
@@ -146,15 +151,46 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         (None, true) => PathBuf::from("out/demo"),
         (None, false) => anyhow::bail!("give an output directory with --out DIR"),
     };
-    let stages = parse_stages(&a.stages).map_err(|e| anyhow::anyhow!("--stages: {e}"))?;
+    let stages = match parse_stages(&a.stages) {
+        Ok(s) => s,
+        Err(e) => crate::bad_arg!("--stages: {e}"),
+    };
+    super::check_evo_args(a.offspring, &stages)?;
     let gguf = match a.format.as_str() {
         "safetensors" => None,
         "gguf" => Some(GgufTypes {
             embed: super::export::parse_type(&a.embed_type)?,
             output: super::export::parse_type(&a.output_type)?,
         }),
-        other => anyhow::bail!("unknown --format `{other}`: choose safetensors or gguf"),
+        other => crate::bad_arg!("unknown --format `{other}`: choose safetensors or gguf"),
     };
+    match a.target_size {
+        Some(0) => crate::bad_arg!("--target-size must be a positive number of bytes"),
+        Some(_) if gguf.is_none() => crate::bad_arg!(
+            "--target-size is the size of a GGUF file: it needs --format gguf (or give --target-bits)"
+        ),
+        Some(_) => {}
+        None => super::check_target_bits(a.target_bits)?,
+    }
+    if a.calib_tokens == 0 {
+        crate::bad_arg!("--calib-tokens must be positive");
+    }
+    if a.seq_len < 2 {
+        crate::bad_arg!("--seq-len must be at least 2");
+    }
+    if a.eval_windows == 0 {
+        crate::bad_arg!("--eval-windows must be at least 1");
+    }
+    for p in calib.iter().chain(&eval) {
+        dynapress::fsutil::check_input_file(p)?;
+    }
+    let mut inputs = vec![Input::Dir(&model)];
+    inputs.extend(calib.iter().chain(&eval).map(|p| Input::File(p)));
+    check_output(&out, "--out", OutputKind::ResumeDir, &inputs, true)?;
+    if let Some(db) = &a.db {
+        check_output(db, "--db", OutputKind::ResumeDir, &inputs, true)?;
+    }
+    dynapress::fsutil::clean_stale_temps(&out);
     let method = a.method.unwrap_or(if gguf.is_some() {
         Method::GptqKquant
     } else {
@@ -201,6 +237,7 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         },
         dtype: a.dtype,
         quiet: a.quiet,
+        force: a.force,
     };
     if a.dry_run {
         let e = estimate(&opts)?;

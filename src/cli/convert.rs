@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dynapress::formats::gguf::convert_gguf;
+use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::ModelFiles;
 
 #[derive(Args)]
@@ -25,11 +26,12 @@ pub struct ConvertArgs {
 }
 
 pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
-    if a.out.exists() && !a.force {
-        anyhow::bail!("{}: exists; pass --force to replace it", a.out.display());
-    }
-    let files = ModelFiles::open(&a.model).context("loading the model")?;
     let ty = super::export::parse_type(&a.r#type)?;
+    let mut inputs = vec![Input::Dir(&a.model)];
+    inputs.extend(a.imatrix.as_deref().map(Input::File));
+    check_output(&a.out, "--out", OutputKind::File, &inputs, a.force)?;
+    dynapress::fsutil::clean_stale_temps_for(&a.out);
+    let files = ModelFiles::open(&a.model).context("loading the model")?;
     let imatrix = match &a.imatrix {
         Some(p) => Some(
             dynapress_gguf::Imatrix::read(p)

@@ -6,6 +6,7 @@ use dynapress::calib::load_calibration;
 use dynapress::database::{
     BuildOptions, DEFAULT_GGML_TYPES, Manifest, Method, MethodSpec, build_database,
 };
+use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::{LinearKind, ModelFiles};
 
 #[derive(Args)]
@@ -73,6 +74,22 @@ pub struct DatabaseArgs {
 }
 
 pub fn run(a: DatabaseArgs) -> anyhow::Result<()> {
+    if a.calib_tokens == 0 {
+        crate::bad_arg!("--calib-tokens must be positive");
+    }
+    if a.seq_len < 2 {
+        crate::bad_arg!("--seq-len must be at least 2");
+    }
+    if a.batch == 0 {
+        crate::bad_arg!("--batch must be at least 1");
+    }
+    for c in &a.calib {
+        dynapress::fsutil::check_input_file(c)?;
+    }
+    let mut inputs = vec![Input::Dir(&a.model)];
+    inputs.extend(a.calib.iter().map(|c| Input::File(c)));
+    check_output(&a.out, "--out", OutputKind::ResumeDir, &inputs, a.force)?;
+    dynapress::fsutil::clean_stale_temps(&dynapress::fsutil::parent_dir(&a.out));
     let files = ModelFiles::open(&a.model).context("loading the model")?;
     let calib = load_calibration(&a.calib, &files.tokenizer, a.calib_tokens, a.seq_len)?;
     let opts = BuildOptions {

@@ -59,10 +59,20 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     if a.data.is_empty() && a.tasks.is_empty() {
         anyhow::bail!("nothing to evaluate: give --data FILE and/or --tasks FILE.jsonl");
     }
+    let windows = WindowOptions {
+        seq_len: a.seq_len,
+        windows: a.windows,
+        batch: a.batch.unwrap_or(8),
+        protocol: a.protocol,
+        bos: None,
+    };
+    if !a.data.is_empty()
+        && let Err(e) = windows.validate()
+    {
+        crate::bad_arg!("{e}");
+    }
     for p in a.data.iter().chain(&a.tasks) {
-        if !p.is_file() {
-            anyhow::bail!("{}: file not found", p.display());
-        }
+        dynapress::fsutil::check_input_file(p)?;
     }
     let mut model = Model::load(&a.model).context("loading the model")?;
     let mut label = None;
@@ -98,13 +108,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         data: a.data,
         tasks: a.tasks,
         windows: WindowOptions {
-            seq_len: a.seq_len,
-            windows: a.windows,
             batch: a.batch.unwrap_or_else(|| {
                 dynapress::pipeline::eval_batch(a.seq_len, model.config.vocab_size)
             }),
-            protocol: a.protocol,
-            bos: None,
+            ..windows
         },
         // Logits of one task batch under 128 MiB (8,192 tokens at vocab 4 k).
         task_batch_tokens: ((128usize << 20) / (model.config.vocab_size.max(1) * 4)).clamp(1, 8192),

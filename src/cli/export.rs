@@ -7,6 +7,7 @@ use dynapress::export::{ExportDtype, export_native, export_safetensors};
 use dynapress::formats::gguf::{
     GgufTypes, export_gguf, llama_quantize_command, llama_quantize_recipe,
 };
+use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::ModelFiles;
 use dynapress::search::ConfigFile;
 use dynapress_ggml::GgmlType;
@@ -56,6 +57,29 @@ pub fn parse_type(s: &str) -> anyhow::Result<GgmlType> {
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
+    let inputs = [
+        Input::Dir(&a.model),
+        Input::Dir(&a.db),
+        Input::File(&a.config),
+    ];
+    let kind = match a.format.as_str() {
+        "safetensors" | "dynapress" => OutputKind::Dir,
+        "gguf" => OutputKind::File,
+        other => {
+            crate::bad_arg!("unknown --format `{other}`: choose safetensors, dynapress or gguf")
+        }
+    };
+    if a.recipe.is_some() && a.format != "gguf" {
+        crate::bad_arg!("--recipe is for --format gguf");
+    }
+    check_output(&a.out, "--out", kind, &inputs, a.force)?;
+    if let Some(r) = &a.recipe {
+        check_output(r, "--recipe", OutputKind::File, &inputs, a.force)?;
+        if dynapress::fsutil::resolve(r)? == dynapress::fsutil::resolve(&a.out)? {
+            crate::bad_arg!("--recipe and --out name the same file");
+        }
+    }
+    dynapress::fsutil::clean_stale_temps_for(&a.out);
     let files = ModelFiles::open(&a.model).context("loading the model")?;
     let db = Database::open(&a.db)?;
     db.check_model(&files)?;
@@ -90,24 +114,43 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
             }
         }
         "gguf" => {
-            if a.out.exists() && !a.force {
-                anyhow::bail!("{}: exists; pass --force to replace it", a.out.display());
-            }
             let types = GgufTypes {
                 embed: parse_type(&a.embed_type)?,
                 output: parse_type(&a.output_type)?,
             };
-            let r = export_gguf(&files, &db, &config, &a.config, &a.out, types)?;
-            if let Some(path) = &a.recipe {
-                let text = llama_quantize_recipe(&db, &config, &a.config)?;
-                dynapress::fsutil::write_atomic(path, text.as_bytes())?;
-                if !a.json {
-                    println!(
-                        "recipe: {}\n  {}",
-                        path.display(),
-                        llama_quantize_command(&db, path, types)
-                    );
+            // The recipe is written completely (under a temporary name) before
+            // the .gguf and renamed into place after it: an unwritable --recipe
+            // fails before the long step and leaves no .gguf behind.
+            let recipe = match &a.recipe {
+                Some(path) => {
+                    let text = llama_quantize_recipe(&db, &config, &a.config)?;
+                    let dir = dynapress::fsutil::parent_dir(path);
+                    let mut tmp = dynapress::fsutil::temp_file_in(&dir)
+                        .with_context(|| format!("{}: cannot write there", path.display()))?;
+                    std::io::Write::write_all(tmp.as_file_mut(), text.as_bytes())
+                        .and_then(|_| tmp.as_file().sync_all())
+                        .with_context(|| format!("{}: writing", path.display()))?;
+                    Some((path, tmp))
                 }
+                None => None,
+            };
+            let r = export_gguf(&files, &db, &config, &a.config, &a.out, types)?;
+            let recipe = match recipe {
+                Some((path, tmp)) => {
+                    tmp.persist(path)
+                        .with_context(|| format!("{}: renaming into place", path.display()))?;
+                    Some(path)
+                }
+                None => None,
+            };
+            if let Some(path) = recipe
+                && !a.json
+            {
+                println!(
+                    "recipe: {}\n  {}",
+                    path.display(),
+                    llama_quantize_command(&db, path, types)
+                );
             }
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

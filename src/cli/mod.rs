@@ -55,11 +55,39 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// More threads than this per core only add scheduling overhead.
+const MAX_THREADS_PER_CORE: usize = 4;
+
+/// An option out of range: exit code 2, like clap's own argument errors.
+#[derive(Debug)]
+pub struct BadArgument(pub String);
+
+impl std::fmt::Display for BadArgument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadArgument {}
+
+/// `Err(BadArgument)` (exit code 2) with a formatted message.
+#[macro_export]
+macro_rules! bad_arg {
+    ($($t:tt)*) => {
+        return Err($crate::cli::BadArgument(format!($($t)*)).into())
+    };
+}
+
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        if n == 0 {
-            anyhow::bail!("--threads must be at least 1");
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        if n == 0 || n > MAX_THREADS_PER_CORE * cores {
+            return Err(BadArgument(format!(
+                "--threads {n}: give 1 to {} ({MAX_THREADS_PER_CORE} per available core; this machine has {cores})",
+                MAX_THREADS_PER_CORE * cores
+            ))
+            .into());
         }
         // candle's matmul reads RAYON_NUM_THREADS; the global pool serves the rest.
         // SAFETY: set before any thread is spawned.
@@ -80,4 +108,34 @@ pub fn run() -> anyhow::Result<()> {
         Command::Unpack(a) => pack::run_unpack(a),
         Command::Bench(a) => bench::run(a),
     }
+}
+
+/// Budget in bits per weight: a positive finite number no larger than 32.
+pub fn check_target_bits(b: f64) -> anyhow::Result<()> {
+    if !(b.is_finite() && b > 0.0 && b <= 32.0) {
+        bad_arg!("--target-bits {b}: give a number of bits per weight between 0 and 32 (e.g. 3.0)");
+    }
+    Ok(())
+}
+
+/// EvoPress selection: each stage keeps at most as many candidates as it gets.
+pub fn check_evo_args(
+    offspring: usize,
+    stages: &[dynapress::search::evopress::Stage],
+) -> anyhow::Result<()> {
+    if offspring == 0 {
+        bad_arg!("--offspring must be at least 1");
+    }
+    let mut candidates = offspring;
+    for (i, s) in stages.iter().enumerate() {
+        if s.survivors > candidates {
+            bad_arg!(
+                "--stages: stage {} keeps {} survivors of {candidates} candidates; keep at most {candidates}",
+                i + 1,
+                s.survivors
+            );
+        }
+        candidates = s.survivors;
+    }
+    Ok(())
 }

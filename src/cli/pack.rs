@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress_pack::{PackOptions, UnpackOptions, pack_dir, unpack};
 
 #[derive(Args)]
@@ -13,6 +14,9 @@ pub struct PackArgs {
     /// Original bytes per independently coded chunk.
     #[arg(long, default_value_t = 1 << 20)]
     chunk_size: usize,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    force: bool,
     #[arg(long)]
     json: bool,
     #[arg(long, short)]
@@ -25,6 +29,9 @@ pub struct UnpackArgs {
     input: PathBuf,
     /// Output directory (created; files are byte-identical to the packed ones).
     output: PathBuf,
+    /// Write into an output directory that already holds files.
+    #[arg(long)]
+    force: bool,
     #[arg(long)]
     json: bool,
     #[arg(long, short)]
@@ -42,6 +49,14 @@ fn progress_fn(quiet: bool, label: &str) -> (indicatif::ProgressBar, dynapress_p
 }
 
 pub fn run_pack(a: PackArgs) -> anyhow::Result<()> {
+    check_output(
+        &a.output,
+        "the output",
+        OutputKind::File,
+        &[Input::Tree(&a.input)],
+        a.force,
+    )?;
+    dynapress::fsutil::clean_stale_temps_for(&a.output);
     let (pb, f) = progress_fn(a.quiet, "pack");
     let r = pack_dir(
         &a.input,
@@ -49,6 +64,7 @@ pub fn run_pack(a: PackArgs) -> anyhow::Result<()> {
         &PackOptions {
             chunk_size: a.chunk_size,
             progress: Some(f),
+            overwrite: a.force,
             ..Default::default()
         },
     )?;
@@ -76,12 +92,22 @@ pub fn run_pack(a: PackArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_unpack(a: UnpackArgs) -> anyhow::Result<()> {
+    dynapress::fsutil::check_input_file(&a.input)?;
+    check_output(
+        &a.output,
+        "the output directory",
+        OutputKind::IntoDir,
+        &[Input::File(&a.input)],
+        a.force,
+    )?;
+    dynapress::fsutil::clean_stale_temps_for(&a.output);
     let (pb, f) = progress_fn(a.quiet, "unpack");
     let r = unpack(
         &a.input,
         &a.output,
         &UnpackOptions {
             progress: Some(f),
+            overwrite: a.force,
             ..Default::default()
         },
     )?;

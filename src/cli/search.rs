@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
 use dynapress::formats::gguf::{GgufTypes, bits_for_file_size};
+use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::ModelFiles;
 use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
 use dynapress::search::{Algo, SearchOptions, SearchSpace, run_search};
@@ -69,6 +70,9 @@ pub struct SearchArgs {
     /// Base-model top-k log-probabilities kept per position when full ones do not fit.
     #[arg(long, default_value_t = 256)]
     topk: usize,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
     /// Print the configuration summary as JSON.
     #[arg(long)]
     json: bool,
@@ -80,10 +84,43 @@ pub struct SearchArgs {
 }
 
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
+    let stages = match parse_stages(&a.stages) {
+        Ok(s) => s,
+        Err(e) => crate::bad_arg!("--stages: {e}"),
+    };
+    super::check_evo_args(a.offspring, &stages)?;
+    if let Some(b) = a.target_bits {
+        super::check_target_bits(b)?;
+    }
+    if a.target_size == Some(0) {
+        crate::bad_arg!("--target-size must be a positive number of bytes");
+    }
+    if a.calib_tokens == Some(0) {
+        crate::bad_arg!("--calib-tokens must be positive (or left out: the largest stage)");
+    }
+    if a.seq_len < 2 {
+        crate::bad_arg!("--seq-len must be at least 2");
+    }
+    for c in &a.calib {
+        dynapress::fsutil::check_input_file(c)?;
+    }
+    let mut inputs = vec![Input::Dir(&a.model), Input::Dir(&a.db)];
+    inputs.extend(a.calib.iter().map(|c| Input::File(c)));
+    check_output(&a.out, "--out", OutputKind::File, &inputs, a.force)?;
+    let mut state = a.out.clone().into_os_string();
+    state.push(".state");
+    let state = PathBuf::from(state);
+    check_output(
+        &state,
+        "--out's checkpoint",
+        OutputKind::File,
+        &inputs,
+        true,
+    )?;
+    dynapress::fsutil::clean_stale_temps_for(&a.out);
     let files = ModelFiles::open(&a.model).context("loading the model")?;
     let db = Database::open(&a.db)?;
     db.check_model(&files)?;
-    let stages = parse_stages(&a.stages).map_err(|e| anyhow::anyhow!("--stages: {e}"))?;
     let target_bits = match (a.target_bits, a.target_size) {
         (Some(b), _) => b,
         (None, Some(bytes)) => {
@@ -102,8 +139,6 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("clap requires one"),
     };
-    let mut state = a.out.clone().into_os_string();
-    state.push(".state");
     let opts = SearchOptions {
         algo: a.algo,
         target_bits,
@@ -120,7 +155,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         pool_tokens: a.calib_tokens,
         seq_len: a.seq_len,
         topk: a.topk,
-        checkpoint: Some(PathBuf::from(state)),
+        checkpoint: Some(state),
         quiet: a.quiet,
         abort_after: a.abort_after,
         ..Default::default()

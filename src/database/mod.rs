@@ -452,8 +452,14 @@ impl Manifest {
     /// Reads `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let m: Manifest = serde_json::from_str(&text)
+        let text = crate::fsutil::read_text_limited(&path, 1 << 30)?;
+        Manifest::parse(&text, &path)
+    }
+
+    /// Parses the text of a `manifest.json`; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
+        let path = path.to_path_buf();
+        let m: Manifest = serde_json::from_str(text)
             .map_err(|e| Error::data(&path, format!("not a dynapress database manifest: {e}")))?;
         if m.format != "dynapress-database" {
             return Err(Error::data(&path, "not a dynapress database manifest"));
@@ -527,6 +533,7 @@ impl Database {
                 "the database is incomplete (its build was interrupted); rerun the same `dynapress database` command to finish it",
             ));
         }
+        verify_entries(&manifest, dir)?;
         Ok(Database {
             dir: dir.to_path_buf(),
             manifest,
@@ -545,6 +552,21 @@ impl Database {
                     files.dir.display()
                 ),
             ));
+        }
+        for (i, e) in self.manifest.entries.iter().enumerate() {
+            if e.block >= files.config.num_layers || e.id().shape(&files.config) != (e.rows, e.cols)
+            {
+                return Err(Error::data(
+                    self.dir.join("manifest.json"),
+                    format!(
+                        "entries[{i}] ({}) states {}×{}, which is not a layer of the model in {}; rebuild the database",
+                        e.layer,
+                        e.rows,
+                        e.cols,
+                        files.dir.display()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -727,6 +749,127 @@ fn parse_entry(path: &Path, bytes: &[u8]) -> Result<Variant> {
     QuantizedLinear::from_buffers(&meta, &buffers)
         .map(Variant::Grid)
         .map_err(|e| bad(e.to_string()))
+}
+
+/// Checks the numbers the manifest states for every entry (layer name, nominal
+/// bits, rows, columns, storage bits, bits per weight) against what they are
+/// computed from: the level's specification and the entry file's own header.
+/// The search and the reports use these numbers, so they are not trusted.
+pub fn verify_entries(m: &Manifest, dir: &Path) -> Result<()> {
+    let path = dir.join("manifest.json");
+    let specs = m.method.levels()?;
+    let mut seen = std::collections::HashSet::new();
+    for (i, e) in m.entries.iter().enumerate() {
+        let bad = |msg: String| {
+            Error::data(
+                &path,
+                format!(
+                    "entries[{i}] ({} at {}): {msg}; the manifest was edited or is corrupt: rebuild the database (`dynapress database --force`)",
+                    e.layer, e.level
+                ),
+            )
+        };
+        if e.layer != e.id().weight_name() {
+            return Err(bad(format!(
+                "layer name does not match block {} {}",
+                e.block,
+                e.kind.short_name()
+            )));
+        }
+        match specs.iter().find(|l| l.name == e.level) {
+            None => return Err(bad("unknown level".into())),
+            Some(l) if l.bits != e.bits => {
+                return Err(bad(format!("bits {} but the level has {}", e.bits, l.bits)));
+            }
+            Some(_) => {}
+        }
+        if !seen.insert((e.block, e.kind, e.level.as_str())) {
+            return Err(bad("listed twice".into()));
+        }
+        let rel = Path::new(&e.file);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(bad(format!("file `{}` is outside the database", e.file)));
+        }
+        let (rows, cols, bytes) = entry_header_numbers(&dir.join(rel))?;
+        if (rows, cols) != (e.rows, e.cols) {
+            return Err(bad(format!(
+                "states {}×{} but its file holds {rows}×{cols}",
+                e.rows, e.cols
+            )));
+        }
+        if e.storage_bits != 8 * bytes {
+            return Err(bad(format!(
+                "states {} storage bits but its file stores {}",
+                e.storage_bits,
+                8 * bytes
+            )));
+        }
+        let bpw = e.storage_bits as f64 / (rows as f64 * cols as f64);
+        if !(e.bits_per_weight - bpw).abs().le(&(1e-9 * bpw)) {
+            return Err(bad(format!(
+                "states {} bits per weight but storage bits / weights = {bpw}",
+                e.bits_per_weight
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Rows, columns and stored bytes of an entry file, from its header alone.
+fn entry_header_numbers(path: &Path) -> Result<(usize, usize, u64)> {
+    use std::io::Read;
+    let bad = |msg: &str| Error::data(path, format!("not a database entry file: {msg}"));
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|e| Error::io(path, e))?;
+    let n = u64::from_le_bytes(n);
+    if n > (64 << 20) || n > len.saturating_sub(8) {
+        return Err(bad("header length out of range"));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|_| bad("header is not JSON"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("header is not an object"))?;
+    let mut bytes = 0u64;
+    for (k, t) in obj {
+        if k == "__metadata__" {
+            continue;
+        }
+        let off = t.get("data_offsets").and_then(|o| o.as_array());
+        match off.map(|o| {
+            (
+                o.first().and_then(|x| x.as_u64()),
+                o.get(1).and_then(|x| x.as_u64()),
+            )
+        }) {
+            Some((Some(a), Some(b))) if a <= b => bytes += b - a,
+            _ => return Err(bad("bad data_offsets")),
+        }
+    }
+    let meta: serde_json::Value = obj
+        .get("__metadata__")
+        .and_then(|m| m.get("dynapress"))
+        .and_then(|m| m.as_str())
+        .and_then(|m| serde_json::from_str(m).ok())
+        .ok_or_else(|| bad("missing dynapress metadata"))?;
+    let dims = meta.get("ggml").or_else(|| meta.get("quant"));
+    let dim = |k: &str| {
+        dims.and_then(|d| d.get(k))
+            .and_then(|x| x.as_u64())
+            .map(|x| x as usize)
+    };
+    match (dim("rows"), dim("cols")) {
+        (Some(r), Some(c)) => Ok((r, c, bytes)),
+        _ => Err(bad("metadata lacks rows and cols")),
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use crate::model::Tokenizer;
 
 /// Documents of a data file.
 pub fn read_documents(path: &Path) -> Result<Vec<String>> {
+    crate::fsutil::check_input_file(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::data(

@@ -53,6 +53,9 @@ pub fn evaluate(model: &Model, base: Option<&Model>, plan: &EvalPlan) -> Result<
     let start = Instant::now();
     let mut forwarded = 0usize;
     let mut datasets = BTreeMap::new();
+    if !plan.data.is_empty() {
+        plan.windows.validate()?;
+    }
     for path in &plan.data {
         let mut tokens = data::load_tokens(path, &model.tokenizer)?;
         let mut wopts = plan.windows;
@@ -84,7 +87,12 @@ pub fn evaluate(model: &Model, base: Option<&Model>, plan: &EvalPlan) -> Result<
             );
         }
         let pb = progress::bar((n * plan.windows.seq_len) as u64, &label, "tok", plan.quiet);
-        let scores = score_windows(model, base, &tokens, &wopts, |k| pb.inc(k as u64))?;
+        let scores = score_windows(model, base, &tokens, &wopts, |k| pb.inc(k as u64)).map_err(
+            |e| match e {
+                crate::error::Error::Invalid(m) => crate::error::Error::data(path, m),
+                e => e,
+            },
+        )?;
         pb.finish_and_clear();
         forwarded += scores.windows * plan.windows.seq_len;
         datasets.insert(label, scores);

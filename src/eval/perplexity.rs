@@ -78,6 +78,39 @@ impl WindowOptions {
             Protocol::LlamaPerplexity => self.seq_len / 2,
         }
     }
+
+    /// Predictions scored per window.
+    pub fn scored_per_window(&self) -> usize {
+        self.seq_len.saturating_sub(1 + self.first_scored())
+    }
+
+    /// Refuses settings that score nothing (or divide by zero).
+    pub fn validate(&self) -> Result<()> {
+        if self.windows == 0 {
+            return Err(Error::Invalid(
+                "--windows must be at least 1 (windows scored per file)".into(),
+            ));
+        }
+        if self.batch == 0 {
+            return Err(Error::Invalid("--batch must be at least 1".into()));
+        }
+        let min = match self.protocol {
+            Protocol::Windows => 2,
+            Protocol::LlamaPerplexity => 3,
+        };
+        if self.seq_len < min || self.scored_per_window() == 0 {
+            return Err(Error::Invalid(format!(
+                "--seq-len {} scores no token{}; give at least {min}",
+                self.seq_len,
+                match self.protocol {
+                    Protocol::Windows => "",
+                    Protocol::LlamaPerplexity =>
+                        " (llama-perplexity scores the second half of each window)",
+                }
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Scores of one dataset.
@@ -217,7 +250,10 @@ pub fn base_row_stats(bl: &[f32], b: usize, t: usize, v: usize) -> Vec<RowStats>
 
 /// How many windows of `seq_len` the token stream allows (at most `wanted`).
 pub fn usable_windows(n_tokens: usize, opts: &WindowOptions) -> usize {
-    (n_tokens / opts.seq_len).min(opts.windows)
+    n_tokens
+        .checked_div(opts.seq_len)
+        .unwrap_or(0)
+        .min(opts.windows)
 }
 
 /// Scores `model` (and its divergence from `base`) on windows of `tokens`.
@@ -241,9 +277,7 @@ pub fn score_windows_multi(
     opts: &WindowOptions,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Vec<WindowScores>> {
-    if opts.seq_len < 2 {
-        return Err(Error::Invalid("seq-len must be at least 2".into()));
-    }
+    opts.validate()?;
     for m in models.iter().chain(base.as_ref()) {
         let max = m.config.max_position_embeddings;
         if opts.seq_len > max {

@@ -35,6 +35,7 @@ pub struct TaskScores {
 
 /// Reads a JSONL task file.
 pub fn load_tasks(path: &Path) -> Result<Vec<TaskItem>> {
+    crate::fsutil::check_input_file(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -50,6 +51,24 @@ pub fn load_tasks(path: &Path) -> Result<Vec<TaskItem>> {
                 ),
             )
         })?;
+        if item.context.is_empty() {
+            return Err(Error::data(
+                path,
+                format!(
+                    "line {}: empty context; every choice is scored as a continuation of the context",
+                    i + 1
+                ),
+            ));
+        }
+        if let Some(k) = item.choices.iter().position(|c| c.is_empty()) {
+            return Err(Error::data(
+                path,
+                format!(
+                    "line {}: choice {k} is empty; an empty continuation has no likelihood to compare",
+                    i + 1
+                ),
+            ));
+        }
         if item.choices.is_empty() || item.label >= item.choices.len() {
             return Err(Error::data(
                 path,
@@ -91,6 +110,11 @@ pub fn build_request(
         let cut = full.len() - max_len;
         full.drain(..cut);
         cont_start = cont_start.saturating_sub(cut).max(1);
+    }
+    if cont_start >= full.len() {
+        return Err(Error::Invalid(format!(
+            "the choice {choice:?} adds no token to the context {context:?}"
+        )));
     }
     Ok(Request {
         tokens: full,

@@ -71,10 +71,7 @@ impl SafetensorsWriter {
         while !json.len().is_multiple_of(8) {
             json.push(b' ');
         }
-        let tmp = tempfile::Builder::new()
-            .prefix(".dynapress-tmp-")
-            .tempfile_in(dir)
-            .map_err(|e| Error::io(dir, e))?;
+        let tmp = crate::fsutil::temp_file_in(dir).map_err(|e| Error::io(dir, e))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp);
         w.write_all(&(json.len() as u64).to_le_bytes())
             .and_then(|_| w.write_all(&json))
@@ -138,7 +135,6 @@ impl SafetensorsWriter {
         tmp.as_file()
             .sync_all()
             .map_err(|e| Error::io(&self.path, e))?;
-        crate::fsutil::make_readable(tmp.as_file()).map_err(|e| Error::io(&self.path, e))?;
         tmp.persist(&self.path)
             .map_err(|e| Error::io(&self.path, e.error))?;
         Ok(())

@@ -86,7 +86,8 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        // A config.json is a few KiB; a link to /dev/zero must not be read until memory runs out.
+        let text = crate::fsutil::read_text_limited(path, 16 << 20)?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
         Self::from_json(&value, path)
@@ -246,6 +247,46 @@ impl ModelConfig {
             if v == 0 {
                 return Err(Error::config(path, format!("{name} must be positive")));
             }
+        }
+        // Far beyond any real checkpoint: refused before anything is sized from them.
+        for (name, v, max) in [
+            ("vocab_size", cfg.vocab_size, 1usize << 24),
+            ("hidden_size", cfg.hidden_size, 1 << 20),
+            ("intermediate_size", cfg.intermediate_size, 1 << 22),
+            ("num_hidden_layers", cfg.num_layers, 1 << 12),
+            ("num_attention_heads", cfg.num_heads, 1 << 12),
+            ("head_dim", cfg.head_dim, 1 << 14),
+            (
+                "max_position_embeddings",
+                cfg.max_position_embeddings,
+                1 << 26,
+            ),
+        ] {
+            if v > max {
+                return Err(Error::config(
+                    path,
+                    format!("{name} = {v} is larger than any supported model (at most {max})"),
+                ));
+            }
+        }
+        // Out-of-range numbers give NaN activations, not an error, downstream.
+        if !(cfg.rope_theta.is_finite() && cfg.rope_theta > 0.0) {
+            return Err(Error::config(
+                path,
+                format!(
+                    "rope_theta = {} must be a positive number (usually 10000 or more)",
+                    cfg.rope_theta
+                ),
+            ));
+        }
+        if !(cfg.rms_norm_eps.is_finite() && cfg.rms_norm_eps >= 0.0) {
+            return Err(Error::config(
+                path,
+                format!(
+                    "rms_norm_eps = {} must be a small non-negative number (usually 1e-5 or 1e-6)",
+                    cfg.rms_norm_eps
+                ),
+            ));
         }
         Ok(cfg)
     }

@@ -103,6 +103,18 @@ impl ModelFiles {
         };
         let file = dynapress_gguf::GgufFile::open(path).map_err(gerr)?;
         let imported = dynapress_gguf::import(&file).map_err(gerr)?;
+        // A NaN or infinite epsilon becomes JSON null, which would read as the default.
+        if !imported
+            .config
+            .get("rms_norm_eps")
+            .and_then(|v| v.as_f64())
+            .is_some_and(|e| e.is_finite() && e >= 0.0)
+        {
+            return Err(Error::data(
+                path,
+                "attention.layer_norm_rms_epsilon is not a finite non-negative number; the file is corrupt",
+            ));
+        }
         let config = ModelConfig::from_json(&imported.config, path)?;
         let tokenizer = Tokenizer::from_json(
             &imported.tokenizer_json,

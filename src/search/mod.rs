@@ -94,6 +94,12 @@ impl SearchSpace {
                     }
                 }
             }
+            if opts.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "the database has no level at all for {} (every level is listed as unavailable); rebuild it with levels the layer can take",
+                    id.weight_name()
+                )));
+            }
             opts.sort_by(|a, b| {
                 a.storage_bits
                     .cmp(&b.storage_bits)
@@ -163,7 +169,12 @@ impl SearchSpace {
     pub fn check_target(&self, target: f64) -> Result<()> {
         let lo = self.bits_per_weight(&self.lowest());
         let hi = self.bits_per_weight(&self.highest());
-        if !target.is_finite() || target < lo {
+        if !(target.is_finite() && target > 0.0) {
+            return Err(Error::Invalid(format!(
+                "target {target} is not a positive number of bits per weight"
+            )));
+        }
+        if target < lo {
             return Err(Error::Invalid(format!(
                 "target {target} bits per weight is below the lowest level: every layer at {} takes {lo:.4}",
                 self.levels[0]
@@ -309,11 +320,25 @@ impl ConfigFile {
 
     /// Reads and checks a configuration file.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_text_limited(path, 256 << 20)?;
         let c: ConfigFile = serde_json::from_str(&text)
             .map_err(|e| Error::data(path, format!("not a dynapress configuration: {e}")))?;
         if c.format != "dynapress-config" {
             return Err(Error::data(path, "not a dynapress configuration file"));
+        }
+        if c.version != 1 {
+            return Err(Error::data(
+                path,
+                format!(
+                    "configuration version {} is not the version this dynapress reads (1){}",
+                    c.version,
+                    if c.version > 1 {
+                        "; upgrade dynapress"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
         }
         Ok(c)
     }
@@ -355,6 +380,15 @@ impl ConfigFile {
                         ),
                     )
                 })?;
+            if c[i] != usize::MAX {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "layer `{}` is listed twice; give every layer exactly one level",
+                        lc.layer
+                    ),
+                ));
+            }
             c[i] = k;
         }
         if let Some(i) = c.iter().position(|&k| k == usize::MAX) {

@@ -85,6 +85,7 @@ fn measure(file: &str, threads: &[usize], reps: usize, chunk: usize) {
             threads: 0, // the pool installed below
             chunk_size: chunk,
             progress: None,
+            overwrite: true,
         };
         if std::env::var_os("BENCH_PROFILE_ENCODE").is_some() {
             // Profiling aid: only pack.

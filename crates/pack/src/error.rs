@@ -79,6 +79,15 @@ pub enum Error {
         /// Why.
         detail: String,
     },
+    /// The output path is unusable: it exists (and replacing it was not
+    /// asked for), or it is, or lies inside, the input.
+    #[error("{path}: {detail}")]
+    Output {
+        /// The output file or directory.
+        path: PathBuf,
+        /// Why, and what to do.
+        detail: String,
+    },
     /// Options out of range.
     #[error("invalid pack options: {0}")]
     BadOptions(String),

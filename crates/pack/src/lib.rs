@@ -51,3 +51,18 @@ pub use error::{Error, Result};
 pub use format::{FORMAT_VERSION, FileKind};
 pub use pack::{InputFile, PackOptions, PackReport, Progress, ProgressFn, pack_dir, pack_files};
 pub use read::{FileInfo, PackedReader, UnpackOptions, UnpackReport, unpack};
+
+/// A temporary file in `dir`, named `.dynapress-tmp-<pid>-…` (so the next
+/// `dynapress` run there can tell a dead run's leftovers from a live one's)
+/// and created with mode 0666 minus the umask, the mode `File::create` gives.
+pub(crate) fn temp_file_in(dir: &std::path::Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let prefix = format!(".dynapress-tmp-{}-", std::process::id());
+    let mut b = tempfile::Builder::new();
+    b.prefix(&prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b.tempfile_in(dir)
+}

@@ -41,6 +41,8 @@ pub struct PackOptions {
     pub chunk_size: usize,
     /// Called after each batch of chunks is written.
     pub progress: Option<ProgressFn>,
+    /// [`pack_dir`]: replace an existing output file (otherwise an error).
+    pub overwrite: bool,
 }
 
 impl Default for PackOptions {
@@ -49,6 +51,7 @@ impl Default for PackOptions {
             threads: 0,
             chunk_size: 1 << 20,
             progress: None,
+            overwrite: false,
         }
     }
 }
@@ -59,6 +62,7 @@ impl std::fmt::Debug for PackOptions {
             .field("threads", &self.threads)
             .field("chunk_size", &self.chunk_size)
             .field("progress", &self.progress.is_some())
+            .field("overwrite", &self.overwrite)
             .finish()
     }
 }
@@ -859,7 +863,7 @@ impl Source {
 
 /// Regular files under `dir` (recursing into subdirectories, following
 /// symlinks to files but not to directories), as sorted relative names.
-fn list_files(dir: &Path, skip: Option<&Path>) -> Result<Vec<(String, PathBuf)>> {
+fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), String::new())];
     while let Some((d, prefix)) = stack.pop() {
@@ -878,6 +882,13 @@ fn list_files(dir: &Path, skip: Option<&Path>) -> Result<Vec<(String, PathBuf)>>
             } else {
                 format!("{prefix}/{name}")
             };
+            if rel
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(".dynapress-tmp-"))
+            {
+                continue; // another run's unfinished output
+            }
             let ft = entry.file_type().map_err(io(&path, "reading file type"))?;
             if ft.is_dir() {
                 stack.push((path, rel));
@@ -885,11 +896,6 @@ fn list_files(dir: &Path, skip: Option<&Path>) -> Result<Vec<(String, PathBuf)>>
             }
             let meta = std::fs::metadata(&path).map_err(io(&path, "reading metadata"))?;
             if !meta.is_file() {
-                continue;
-            }
-            if let Some(skip) = skip
-                && std::fs::canonicalize(&path).ok().as_deref() == Some(skip)
-            {
                 continue;
             }
             out.push((rel, path));
@@ -921,7 +927,34 @@ pub fn pack_dir(in_dir: &Path, out: &Path, opts: &PackOptions) -> Result<PackRep
             path: out.into(),
             detail: "output path has no file name".into(),
         })?);
-    let listed = list_files(in_dir, Some(&out_canon))?;
+    let in_canon =
+        std::fs::canonicalize(in_dir).map_err(io(in_dir, "resolving the input directory"))?;
+    if out_canon.starts_with(&in_canon) {
+        // Packed, it would leave itself out; written, it would replace an input.
+        return Err(Error::Output {
+            path: out.into(),
+            detail: format!(
+                "is inside the input directory {} (every file of which is packed); write the pack elsewhere",
+                in_dir.display()
+            ),
+        });
+    }
+    match std::fs::metadata(out) {
+        Ok(m) if m.is_dir() => {
+            return Err(Error::Output {
+                path: out.into(),
+                detail: "is a directory; give a file name for the pack".into(),
+            });
+        }
+        Ok(_) if !opts.overwrite => {
+            return Err(Error::Output {
+                path: out.into(),
+                detail: "exists; pass --force to replace it".into(),
+            });
+        }
+        _ => {}
+    }
+    let listed = list_files(in_dir)?;
     if listed.is_empty() {
         return Err(Error::BadInput {
             path: in_dir.into(),
@@ -948,11 +981,7 @@ pub fn pack_dir(in_dir: &Path, out: &Path, opts: &PackOptions) -> Result<PackRep
             data: s.bytes(),
         })
         .collect();
-    let tmp = tempfile::Builder::new()
-        .prefix(".dynapress-tmp-")
-        .suffix(".dpk")
-        .tempfile_in(&parent)
-        .map_err(io(&parent, "creating a temporary file"))?;
+    let tmp = crate::temp_file_in(&parent).map_err(io(&parent, "creating a temporary file"))?;
     let mut w = BufWriter::with_capacity(4 << 20, tmp.as_file());
     let report = pack_files(&inputs, &mut w, out, opts)?;
     w.flush().map_err(io(out, "writing the pack"))?;

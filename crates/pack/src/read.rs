@@ -454,6 +454,9 @@ pub struct UnpackOptions {
     pub threads: usize,
     /// Called after each file is decoded.
     pub progress: Option<ProgressFn>,
+    /// Write into an output directory that already holds files (replacing
+    /// those the container also holds); otherwise that is an error.
+    pub overwrite: bool,
 }
 
 impl std::fmt::Debug for UnpackOptions {
@@ -461,6 +464,7 @@ impl std::fmt::Debug for UnpackOptions {
         f.debug_struct("UnpackOptions")
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
+            .field("overwrite", &self.overwrite)
             .finish()
     }
 }
@@ -515,6 +519,31 @@ impl CreatedDirs {
 pub fn unpack(dpk: &Path, out_dir: &Path, opts: &UnpackOptions) -> Result<UnpackReport> {
     let start = Instant::now();
     let reader = PackedReader::open(dpk)?;
+    if let Ok(mut rd) = std::fs::read_dir(out_dir)
+        && rd.next().is_some()
+        && !opts.overwrite
+    {
+        return Err(Error::Output {
+            path: out_dir.into(),
+            detail: "exists and is not empty; pass --force to write into it".into(),
+        });
+    }
+    let dpk_canon = std::fs::canonicalize(dpk).map_err(io(dpk, "resolving the container"))?;
+    for f in &reader.files {
+        let target = f
+            .name
+            .split('/')
+            .fold(out_dir.to_path_buf(), |p, c| p.join(c));
+        if std::fs::canonicalize(&target).is_ok_and(|t| t == dpk_canon) {
+            return Err(Error::Output {
+                path: out_dir.into(),
+                detail: format!(
+                    "unpacking would replace the container itself ({}); unpack elsewhere",
+                    f.name
+                ),
+            });
+        }
+    }
     let mut created = CreatedDirs(Vec::new());
     let result = with_threads(opts.threads, || {
         unpack_inner(&reader, out_dir, opts, &mut created)
@@ -563,10 +592,7 @@ fn unpack_inner(
             .fold(out_dir.to_path_buf(), |p, c| p.join(c));
         let dir = target.parent().expect("joined under out_dir").to_path_buf();
         created.create(&dir)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".dynapress-tmp-")
-            .tempfile_in(&dir)
-            .map_err(io(&dir, "creating a temporary file"))?;
+        let tmp = crate::temp_file_in(&dir).map_err(io(&dir, "creating a temporary file"))?;
         if f.size > 0 {
             tmp.as_file()
                 .set_len(f.size)

@@ -407,3 +407,88 @@ fn reader_errors_name_the_file() {
         Err(Error::Io { .. })
     ));
 }
+
+/// Issue 11, row 4: packing into a file inside the input directory used to
+/// leave that file out of the pack and then replace it with the pack.
+#[test]
+fn pack_refuses_an_output_inside_its_input_and_an_existing_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let x = tmp.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    std::fs::write(x.join("model.safetensors"), b"weights").unwrap();
+    std::fs::write(x.join("config.json"), b"{}").unwrap();
+    for out in [x.join("model.safetensors"), x.join("new.dpk")] {
+        let err = pack_dir(&x, &out, &PackOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::Output { .. }), "{err}");
+        assert!(
+            err.to_string().contains("inside the input directory"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(x.join("model.safetensors")).unwrap(),
+        b"weights"
+    );
+    assert_eq!(list(&x), vec!["config.json", "model.safetensors"]);
+    // An existing output is replaced only when asked.
+    let out = tmp.path().join("x.dpk");
+    std::fs::write(&out, b"old").unwrap();
+    let err = pack_dir(&x, &out, &PackOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Output { .. }), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"old");
+    let o = PackOptions {
+        overwrite: true,
+        ..PackOptions::default()
+    };
+    pack_dir(&x, &out, &o).unwrap();
+    assert_eq!(PackedReader::open(&out).unwrap().files().len(), 2);
+}
+
+/// Issue 11, row 5: unpack into a non-empty directory silently overwrote it.
+#[test]
+fn unpack_refuses_a_non_empty_directory_and_never_replaces_the_container() {
+    let (c, files) = container();
+    let tmp = tempfile::tempdir().unwrap();
+    let dpk = tmp.path().join("a.bin");
+    std::fs::write(&dpk, &c).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("a.bin"), b"mine").unwrap();
+    let err = unpack(&dpk, &out, &UnpackOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Output { .. }), "{err}");
+    assert_eq!(std::fs::read(out.join("a.bin")).unwrap(), b"mine");
+    let o = UnpackOptions {
+        overwrite: true,
+        ..UnpackOptions::default()
+    };
+    unpack(&dpk, &out, &o).unwrap();
+    assert_eq!(std::fs::read(out.join("a.bin")).unwrap(), files[0].1);
+    // The container holds a file named like itself: unpacking next to it
+    // would replace it, even when overwriting is allowed.
+    let err = unpack(&dpk, tmp.path(), &o).unwrap_err();
+    assert!(matches!(err, Error::Output { .. }), "{err}");
+    assert_eq!(std::fs::read(&dpk).unwrap(), c);
+}
+
+/// Issue 11, row 16: packed and unpacked files got mode 0600.
+#[cfg(unix)]
+#[test]
+fn packed_and_unpacked_files_get_the_default_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    // The mode File::create gives under this process's umask.
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = tmp.path().join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let want = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777;
+    assert_ne!(want, 0o600, "the test needs a umask that is not 077");
+    let x = tmp.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    std::fs::write(x.join("f"), b"data").unwrap();
+    let dpk = tmp.path().join("x.dpk");
+    pack_dir(&x, &dpk, &PackOptions::default()).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dpk), want);
+    let out = tmp.path().join("out");
+    unpack(&dpk, &out, &UnpackOptions::default()).unwrap();
+    assert_eq!(mode(&out.join("f")), want);
+}

@@ -16,6 +16,7 @@ fn opts(threads: usize, chunk_size: usize) -> PackOptions {
         threads,
         chunk_size,
         progress: None,
+        overwrite: false,
     }
 }
 
@@ -35,6 +36,7 @@ fn round_trip_dir(dir: &Path, o: &PackOptions) -> u64 {
         &UnpackOptions {
             threads: o.threads,
             progress: None,
+            overwrite: false,
         },
     )
     .unwrap();
