@@ -757,7 +757,7 @@ fn parse_entry(path: &Path, bytes: &[u8]) -> Result<Variant> {
 /// The search and the reports use these numbers, so they are not trusted.
 pub fn verify_entries(m: &Manifest, dir: &Path) -> Result<()> {
     let path = dir.join("manifest.json");
-    let specs = m.method.levels()?;
+    let specs = m.method.all_levels(true)?;
     let mut seen = std::collections::HashSet::new();
     for (i, e) in m.entries.iter().enumerate() {
         let bad = |msg: String| {
