@@ -1,5 +1,6 @@
 //! Export of a searched configuration as a Hugging Face model directory:
-//! config and tokenizer files copied, every linear layer replaced by its
+//! config and tokenizer files copied (from a GGUF input: the ones it was
+//! imported into), every linear layer replaced by its
 //! chosen database variant (dequantized), other tensors unchanged, and
 //! `dynapress.json` with the configuration and the measured bits.
 //!
@@ -125,19 +126,11 @@ fn export_dir(
     crate::fsutil::clean_stale_temps(&parent);
     let tmp = crate::fsutil::temp_dir_in(&parent).map_err(|e| Error::io(&parent, e))?;
 
-    // Side files: everything that is not a weight file.
-    for entry in std::fs::read_dir(&files.dir).map_err(|e| Error::io(&files.dir, e))? {
-        let entry = entry.map_err(|e| Error::io(&files.dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !entry.path().is_file()
-            || name.ends_with(".safetensors")
-            || name == "model.safetensors.index.json"
-            || name.starts_with('.')
-        {
-            continue;
-        }
-        std::fs::copy(entry.path(), tmp.path().join(&name))
-            .map_err(|e| Error::io(entry.path(), e))?;
+    // Side files: everything that is not a weight file (for a GGUF input, the
+    // config.json and tokenizer.json it was imported into).
+    for (name, bytes) in files.side_files()? {
+        let p = tmp.path().join(&name);
+        std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
     }
 
     // The database entry chosen for every searched layer, by weight name.

@@ -12,7 +12,7 @@ use dynapress::search::{Algo, SearchOptions};
 
 #[derive(Args)]
 pub struct CompressArgs {
-    /// Hugging Face model directory. Without it, the bundled demo model with its
+    /// Hugging Face model directory or GGUF file. Without it, the bundled demo model with its
     /// bundled calibration and evaluation text.
     #[arg(long)]
     model: Option<PathBuf>,

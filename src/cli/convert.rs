@@ -8,7 +8,7 @@ use dynapress::model::ModelFiles;
 
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// Hugging Face model directory.
+    /// Hugging Face model directory or GGUF file.
     #[arg(long)]
     model: PathBuf,
     /// Output GGUF file.

@@ -11,7 +11,7 @@ use dynapress::model::{LinearKind, ModelFiles};
 
 #[derive(Args)]
 pub struct DatabaseArgs {
-    /// Hugging Face model directory.
+    /// Hugging Face model directory or GGUF file.
     #[arg(long)]
     model: PathBuf,
     /// Calibration text (plain or JSONL); repeatable. Use held-out validation text, never test text.

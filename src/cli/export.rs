@@ -14,7 +14,7 @@ use dynapress_ggml::GgmlType;
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// Hugging Face model directory (the original).
+    /// Hugging Face model directory or GGUF file (the original).
     #[arg(long)]
     model: PathBuf,
     /// Layer database.

@@ -11,7 +11,7 @@ use dynapress::search::{Algo, SearchOptions, SearchSpace, run_search};
 
 #[derive(Args)]
 pub struct SearchArgs {
-    /// Hugging Face model directory (the original the database was built from).
+    /// Hugging Face model directory or GGUF file (the original the database was built from).
     #[arg(long)]
     model: PathBuf,
     /// Layer database (`dynapress database --out`).

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use build::{BuildOptions, BuildReport, build_database, fallback_summary};
 
-use crate::calib::{CalibSource, sha256_file};
+use crate::calib::CalibSource;
 use crate::error::{Error, Result};
 use crate::model::{LinearId, LinearKind, Model, ModelFiles};
 
@@ -311,27 +311,23 @@ pub struct ModelIdentity {
     pub dir: String,
     pub architecture: String,
     pub num_layers: usize,
-    /// sha256 of config.json.
+    /// sha256 of config.json (for a GGUF input: of the imported one).
     pub config_sha256: String,
-    /// sha256 over the safetensors files (names and bytes, in name order).
+    /// sha256 over the safetensors files (names and bytes, in name order); for
+    /// a GGUF input, over the GGUF file.
     pub weights_sha256: String,
 }
 
 impl ModelIdentity {
-    /// Hashes a model's configuration and weights.
+    /// Hashes a model's configuration and weights. For a GGUF input these are
+    /// the imported `config.json` and the GGUF file itself.
     pub fn of(files: &ModelFiles) -> Result<Self> {
         use sha2::{Digest, Sha256};
-        let config_sha256 = sha256_file(&files.dir.join("config.json"))?;
+        let config_sha256 = crate::calib::hex(&Sha256::digest(files.config_json()?));
         let mut h = Sha256::new();
-        let mut paths = files.weights.file_paths();
-        paths.sort();
-        for p in paths {
-            h.update(
-                p.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            );
-            h.update(sha256_file(&p)?.as_bytes());
+        for (name, digest) in files.weight_digests()? {
+            h.update(name);
+            h.update(digest.as_bytes());
         }
         Ok(ModelIdentity {
             dir: files.dir.display().to_string(),

@@ -14,7 +14,7 @@ use std::path::Path;
 use dynapress_ggml::GgmlType;
 use dynapress_gguf::model::{gguf_tensor_name, permute_qk_rows};
 use dynapress_gguf::{
-    GgufWriter, LlamaHparams, Metadata, TensorSpec, TokenizerMetadata, model_metadata, planned_size,
+    GgufWriter, LlamaHparams, Metadata, TensorSpec, TokenizerMetadata, planned_size,
 };
 
 use crate::database::{Database, IMATRIX_FILE, Variant};
@@ -117,6 +117,81 @@ fn gerr(path: &Path) -> impl Fn(dynapress_gguf::GgufError) -> Error + '_ {
     }
 }
 
+/// What a GGUF written from `files` says besides its tensors: the
+/// hyper-parameters, `general.name` and the `tokenizer.*` keys. From a
+/// Hugging Face checkpoint they are converted from its JSON files; from a GGUF
+/// input they are the input's own (its tokenizer keys copied as they are, so
+/// a SentencePiece or any other vocabulary llama.cpp reads survives).
+struct Header {
+    hparams: LlamaHparams,
+    name: String,
+    tokenizer: Metadata,
+}
+
+impl Header {
+    fn of(files: &ModelFiles) -> Result<Self> {
+        let dir = &files.dir;
+        let name = files.name();
+        if let Some(g) = files.gguf() {
+            let mut tokenizer = Metadata::new();
+            for (k, v) in g.metadata.iter() {
+                if k.starts_with("tokenizer.") {
+                    tokenizer.set(k, v.clone());
+                }
+            }
+            return Ok(Header {
+                hparams: g.hparams.clone(),
+                name,
+                tokenizer,
+            });
+        }
+        let json = |file: &str| -> Result<Option<serde_json::Value>> {
+            match files.side_file(file)? {
+                None => Ok(None),
+                Some(bytes) => serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| Error::config(dir.join(file), format!("not valid JSON: {e}"))),
+            }
+        };
+        let config = json("config.json")?
+            .ok_or_else(|| Error::config(dir.join("config.json"), "file not found"))?;
+        let hparams = LlamaHparams::from_hf_config(&config).map_err(gerr(dir))?;
+        let tokenizer_json = json("tokenizer.json")?.ok_or_else(|| {
+            Error::data(
+                dir.join("tokenizer.json"),
+                "not found (only tokenizer.json tokenizers are supported)",
+            )
+        })?;
+        let tok = TokenizerMetadata::from_hf_json(
+            &tokenizer_json,
+            json("tokenizer_config.json")?.as_ref(),
+            Some(&config),
+            json("generation_config.json")?.as_ref(),
+            Some(hparams.vocab_size as usize),
+        )
+        .map_err(gerr(dir))?;
+        let mut tokenizer = Metadata::new();
+        tok.write_metadata(&mut tokenizer);
+        Ok(Header {
+            hparams,
+            name,
+            tokenizer,
+        })
+    }
+
+    /// The file's metadata, in the order [`dynapress_gguf::model_metadata`]
+    /// writes it.
+    fn metadata(&self, file_type: u32) -> Metadata {
+        let mut md = Metadata::new();
+        self.hparams.write_metadata(&mut md);
+        dynapress_gguf::model::write_general(&mut md, &self.name, file_type);
+        for (k, v) in self.tokenizer.iter() {
+            md.set(k, v.clone());
+        }
+        md
+    }
+}
+
 /// What goes into the file: metadata, and for every tensor its GGUF spec and
 /// where its bytes come from.
 struct Plan {
@@ -142,14 +217,8 @@ fn plan(
     types: GgufTypes,
 ) -> Result<Plan> {
     let dir = &files.dir;
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("config.json"))
-            .map_err(|e| Error::io(dir.join("config.json"), e))?,
-    )
-    .map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
-    let hparams = LlamaHparams::from_hf_config(&config).map_err(gerr(dir))?;
-    let tok = TokenizerMetadata::from_hf_dir(dir, Some(hparams.vocab_size as usize))
-        .map_err(gerr(dir))?;
+    let header = Header::of(files)?;
+    let hparams = header.hparams.clone();
     // The file type is the most common linear type.
     let mut counts: BTreeMap<GgmlType, usize> = BTreeMap::new();
     let mut linear_types = Vec::with_capacity(space.layers.len());
@@ -175,17 +244,7 @@ fn plan(
         .max_by_key(|(_, n)| **n)
         .map(|(t, _)| *t)
         .unwrap_or(GgmlType::Q4K);
-    let name = files
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let mut metadata = model_metadata(
-        &name,
-        &hparams,
-        &tok,
-        dynapress_gguf::model::file_type_for(main),
-    );
+    let mut metadata = header.metadata(dynapress_gguf::model::file_type_for(main));
     // The same provenance keys llama-quantize writes when given an imatrix.
     if db.manifest.method.imatrix && db.manifest.method.is_ggml() {
         let im = db.dir.join(IMATRIX_FILE);
@@ -456,24 +515,9 @@ pub fn convert_gguf(
     imatrix: Option<&dynapress_gguf::Imatrix>,
 ) -> Result<GgufReport> {
     let dir = &files.dir;
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("config.json"))
-            .map_err(|e| Error::io(dir.join("config.json"), e))?,
-    )
-    .map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
-    let hparams = LlamaHparams::from_hf_config(&config).map_err(gerr(dir))?;
-    let tok = TokenizerMetadata::from_hf_dir(dir, Some(hparams.vocab_size as usize))
-        .map_err(gerr(dir))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let metadata = model_metadata(
-        &name,
-        &hparams,
-        &tok,
-        dynapress_gguf::model::file_type_for(ty),
-    );
+    let header = Header::of(files)?;
+    let hparams = &header.hparams;
+    let metadata = header.metadata(dynapress_gguf::model::file_type_for(ty));
     let mut items: Vec<(TensorSpec, Option<String>)> = Vec::new();
     for hf in files.weights.names() {
         let Some(gname) = gguf_tensor_name(&hf).map_err(gerr(dir))? else {

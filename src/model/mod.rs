@@ -1,7 +1,8 @@
 //! Hugging Face causal LMs of the Llama family: loading and the forward pass.
 //!
-//! [`ModelFiles`] opens a checkpoint directory (config, tokenizer, memory-mapped
-//! safetensors). [`Model`] holds the weights as f32 tensors and runs
+//! [`ModelFiles`] opens a checkpoint: a directory (config, tokenizer,
+//! memory-mapped safetensors), a GGUF file (imported in memory) or a packed
+//! directory; [`ModelSource`] says which, and what is known about it. [`Model`] holds the weights as f32 tensors and runs
 //! `embed → blocks → head`; each part is public so calibration can run the
 //! model block by block, and every linear weight can be read or replaced by
 //! its Hugging Face name.
@@ -16,9 +17,12 @@ pub mod synthetic;
 pub mod tokenizer;
 pub mod weights;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
+use dynapress_ggml::GgmlType;
 
 pub use attention::{AttentionParams, attention, attention_reference};
 pub use config::{Architecture, ModelConfig, RopeScaling};
@@ -29,13 +33,43 @@ pub use weights::WeightSource;
 
 use crate::error::{Error, Result};
 
-/// The files of a checkpoint directory, opened but not yet loaded.
+/// The files of a checkpoint, opened but not yet loaded.
 #[derive(Clone)]
 pub struct ModelFiles {
+    /// The path the model was opened from: a directory, a `.gguf` file or a
+    /// `.dpk` pack. Read its files through [`ModelFiles::side_file`] and
+    /// [`ModelFiles::side_files`], which know each kind.
     pub dir: PathBuf,
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
     pub weights: WeightSource,
+    /// What kind of checkpoint this is.
+    pub source: ModelSource,
+}
+
+/// Where a model's files are.
+#[derive(Clone)]
+pub enum ModelSource {
+    /// A Hugging Face directory: its files are on disk.
+    Dir,
+    /// A GGUF file, imported into Hugging Face form in memory.
+    Gguf(Arc<GgufInput>),
+    /// A directory packed with `dynapress pack`: its non-weight files, decoded.
+    Packed(Arc<Vec<(String, Vec<u8>)>>),
+}
+
+/// What a GGUF input keeps besides its imported weights.
+pub struct GgufInput {
+    /// The file's metadata (`general.*`, the architecture, `tokenizer.*`).
+    pub metadata: dynapress_gguf::Metadata,
+    /// The hyper-parameters as read from the metadata.
+    pub hparams: dynapress_gguf::LlamaHparams,
+    /// Each weight's storage type in the file, by Hugging Face name.
+    pub types: BTreeMap<String, GgmlType>,
+    /// The imported `config.json` (pretty-printed).
+    pub config_json: String,
+    /// The imported `tokenizer.json`.
+    pub tokenizer_json: String,
 }
 
 impl ModelFiles {
@@ -92,14 +126,25 @@ impl ModelFiles {
             config,
             tokenizer,
             weights,
+            source: ModelSource::Dir,
         })
     }
 
-    /// Imports a GGUF model file.
+    /// Imports a GGUF model file: F32, F16 and BF16 tensors keep their values
+    /// and dtype (F32 stays f32, F16/BF16 are held as 16-bit safetensors);
+    /// quantized tensors are dequantized to f32.
     pub fn open_gguf(path: &Path) -> Result<Self> {
-        let gerr = |e: dynapress_gguf::GgufError| Error::Data {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
+        // Most GGUF errors already begin with the file's path.
+        let gerr = |e: dynapress_gguf::GgufError| {
+            let msg = e.to_string();
+            if msg.starts_with(&path.display().to_string()) {
+                Error::Invalid(msg)
+            } else {
+                Error::Data {
+                    path: path.to_path_buf(),
+                    msg,
+                }
+            }
         };
         let file = dynapress_gguf::GgufFile::open(path).map_err(gerr)?;
         let imported = dynapress_gguf::import(&file).map_err(gerr)?;
@@ -115,35 +160,85 @@ impl ModelFiles {
                 "attention.layer_norm_rms_epsilon is not a finite non-negative number; the file is corrupt",
             ));
         }
-        let config = ModelConfig::from_json(&imported.config, path)?;
+        let mut config_value = imported.config.clone();
+        // The dtype the weights are held in: 16-bit when every matrix is.
+        let dtype_of = |ty: GgmlType| match ty {
+            GgmlType::F16 => safetensors::Dtype::F16,
+            GgmlType::BF16 => safetensors::Dtype::BF16,
+            _ => safetensors::Dtype::F32,
+        };
+        let matrix_dtypes: std::collections::BTreeSet<_> = imported
+            .tensors
+            .iter()
+            .filter(|t| t.shape.len() == 2)
+            .map(|t| dtype_of(imported.types[&t.name]))
+            .collect();
+        if let (Some(&d), 1) = (matrix_dtypes.first(), matrix_dtypes.len()) {
+            let name = match d {
+                safetensors::Dtype::F16 => "float16",
+                safetensors::Dtype::BF16 => "bfloat16",
+                _ => "float32",
+            };
+            if let Some(o) = config_value.as_object_mut() {
+                o.insert("torch_dtype".into(), name.into());
+            }
+        }
+        let config = ModelConfig::from_json(&config_value, path)?;
         let tokenizer = Tokenizer::from_json(
             &imported.tokenizer_json,
             path,
             config.eos_token_ids.first().copied(),
         )?;
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = imported
+        let encoded: Vec<(safetensors::Dtype, Vec<u8>)> = imported
             .tensors
             .iter()
             .map(|t| {
-                let view = safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::F32,
-                    t.shape.clone(),
-                    bytemuck::cast_slice(&t.data),
-                )
-                .expect("imported shapes match their data");
-                (t.name.clone(), view)
+                let d = dtype_of(imported.types[&t.name]);
+                let bytes = match d {
+                    safetensors::Dtype::F16 => t
+                        .data
+                        .iter()
+                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                        .collect(),
+                    safetensors::Dtype::BF16 => t
+                        .data
+                        .iter()
+                        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                        .collect(),
+                    _ => bytemuck::cast_slice::<f32, u8>(&t.data).to_vec(),
+                };
+                (d, bytes)
             })
             .collect();
+        let views = imported
+            .tensors
+            .iter()
+            .zip(&encoded)
+            .map(|(t, (d, bytes))| {
+                safetensors::tensor::TensorView::new(*d, t.shape.clone(), bytes)
+                    .map(|v| (t.name.clone(), v))
+                    .map_err(|e| Error::data(path, format!("{}: {e}", t.name)))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let bytes = safetensors::serialize(views, None).map_err(|e| Error::Data {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
+        drop(encoded);
         let weights = WeightSource::from_buffers(path, vec![(path.to_path_buf(), bytes)])?;
+        let source = ModelSource::Gguf(Arc::new(GgufInput {
+            metadata: file.metadata().clone(),
+            hparams: imported.hparams.clone(),
+            types: imported.types.clone(),
+            config_json: serde_json::to_string_pretty(&config_value).expect("json") + "\n",
+            tokenizer_json: imported.tokenizer_json,
+        }));
         Ok(ModelFiles {
             dir: path.to_path_buf(),
             config,
             tokenizer,
             weights,
+            source,
         })
     }
 
@@ -189,9 +284,12 @@ impl ModelFiles {
             config.eos_token_ids.first().copied(),
         )?;
         let mut buffers = Vec::new();
+        let mut side = Vec::new();
         for f in reader.files() {
             if f.name.ends_with(".safetensors") {
                 buffers.push((path.join(&f.name), reader.read_file(&f.name).map_err(perr)?));
+            } else if f.name != "model.safetensors.index.json" {
+                side.push((f.name.clone(), reader.read_file(&f.name).map_err(perr)?));
             }
         }
         if buffers.is_empty() {
@@ -203,7 +301,126 @@ impl ModelFiles {
             config,
             tokenizer,
             weights,
+            source: ModelSource::Packed(Arc::new(side)),
         })
+    }
+
+    /// The imported GGUF, when the model is one.
+    pub fn gguf(&self) -> Option<&GgufInput> {
+        match &self.source {
+            ModelSource::Gguf(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The contents of one of the checkpoint's non-weight files
+    /// (`config.json`, `tokenizer.json`, `tokenizer_config.json`, …), or
+    /// `None` when it has none by that name. A GGUF input has the
+    /// `config.json` and `tokenizer.json` it was imported into.
+    pub fn side_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match &self.source {
+            ModelSource::Dir => {
+                let p = self.dir.join(name);
+                match std::fs::read(&p) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(Error::io(&p, e)),
+                }
+            }
+            ModelSource::Gguf(g) => Ok(match name {
+                "config.json" => Some(g.config_json.clone().into_bytes()),
+                "tokenizer.json" => Some(g.tokenizer_json.clone().into_bytes()),
+                _ => None,
+            }),
+            ModelSource::Packed(side) => {
+                Ok(side.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone()))
+            }
+        }
+    }
+
+    /// `config.json`, which every checkpoint has.
+    pub fn config_json(&self) -> Result<Vec<u8>> {
+        self.side_file("config.json")?
+            .ok_or_else(|| Error::config(self.dir.join("config.json"), "file not found"))
+    }
+
+    /// Every non-weight file of the checkpoint (what a Hugging Face export
+    /// copies), by file name: a directory's files other than safetensors and
+    /// hidden ones; a GGUF's imported `config.json` and `tokenizer.json`.
+    pub fn side_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        match &self.source {
+            ModelSource::Dir => {
+                let dir = &self.dir;
+                let mut out = Vec::new();
+                for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+                    let entry = entry.map_err(|e| Error::io(dir, e))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !entry.path().is_file()
+                        || name.ends_with(".safetensors")
+                        || name == "model.safetensors.index.json"
+                        || name.starts_with('.')
+                    {
+                        continue;
+                    }
+                    let bytes =
+                        std::fs::read(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+                    out.push((name, bytes));
+                }
+                out.sort();
+                Ok(out)
+            }
+            ModelSource::Gguf(g) => Ok(vec![
+                ("config.json".into(), g.config_json.clone().into_bytes()),
+                (
+                    "tokenizer.json".into(),
+                    g.tokenizer_json.clone().into_bytes(),
+                ),
+            ]),
+            ModelSource::Packed(side) => Ok(side.as_ref().clone()),
+        }
+    }
+
+    /// A short name for the model: a GGUF's `general.name`, else the file or
+    /// directory name (without `.gguf`/`.dpk`).
+    pub fn name(&self) -> String {
+        if let Some(n) = self
+            .gguf()
+            .and_then(|g| g.metadata.get("general.name"))
+            .and_then(|v| v.as_str())
+            .filter(|n| !n.is_empty())
+        {
+            return n.to_string();
+        }
+        let stem = match self.source {
+            ModelSource::Dir => self.dir.file_name(),
+            _ => self.dir.file_stem(),
+        };
+        stem.map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    }
+
+    /// sha256 (hex) of every weight file, by file name, in path order: a
+    /// directory's safetensors files, a pack's decoded safetensors, or the GGUF
+    /// file itself.
+    pub fn weight_digests(&self) -> Result<Vec<(String, String)>> {
+        use sha2::{Digest, Sha256};
+        let name_of = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        if let ModelSource::Gguf(_) = self.source {
+            return Ok(vec![(
+                name_of(&self.dir),
+                crate::calib::sha256_file(&self.dir)?,
+            )]);
+        }
+        let mut files = self.weights.file_bytes();
+        files.sort_by(|a, b| a.0.cmp(b.0));
+        Ok(files
+            .into_iter()
+            .map(|(p, bytes)| (name_of(p), crate::calib::hex(&Sha256::digest(bytes))))
+            .collect())
     }
 
     /// Loads the embedding matrix `[vocab, hidden]`.

@@ -284,6 +284,14 @@ impl WeightSource {
         self.files.iter().map(|f| f.path.clone()).collect()
     }
 
+    /// Every safetensors file's path and bytes (mapped or in memory).
+    pub fn file_bytes(&self) -> Vec<(&Path, &[u8])> {
+        self.files
+            .iter()
+            .map(|f| (f.path.as_path(), &*f.bytes))
+            .collect()
+    }
+
     /// Per-file tensor names (file path → names), for writers that keep the sharding.
     pub fn names_by_file(&self) -> BTreeMap<PathBuf, Vec<String>> {
         let mut out: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
