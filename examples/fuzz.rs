@@ -184,7 +184,7 @@ fn fuzz_manifest(data: &[u8], _: &Scratch) {
         return;
     };
     let _ = m.method.levels();
-    if let Ok(space) = dynapress::search::SearchSpace::from_manifest(&m) {
+    if let Ok(space) = dynapress::database::SearchSpace::from_manifest(&m) {
         let _ = space.bits_per_weight(&space.lowest());
         let _ = space.bits_per_weight(&space.highest());
         let _ = space.check_target(3.0);
@@ -723,7 +723,7 @@ mod seeds {
         let gguf = tmp.path().join("tiny.gguf");
         let m = tiny_model(tmp.path());
         let files = dynapress::model::ModelFiles::open(&m).unwrap();
-        dynapress::formats::gguf::convert_gguf(&files, &gguf, dynapress_ggml::GgmlType::F32, None)
+        dynapress::export::convert_gguf(&files, &gguf, dynapress_ggml::GgmlType::F32, None)
             .unwrap();
         put("gguf", "tiny-llama.gguf", &std::fs::read(&gguf).unwrap());
 

@@ -19,7 +19,7 @@ cd "$root/src"
 
 # Flow order; modules with the same rank are one stage. fsutil, progress and
 # error are infrastructure (rank 0: anyone may import them).
-order="error:0 fsutil:0 progress:0 model:1 calib:2 database:3 search:4 export:5 formats:5 eval:6 report:7 pipeline:8 estimate:8 cli:9"
+order="error:0 fsutil:0 progress:0 formats:0 model:1 data:2 calib:3 database:4 selection:5 search:6 export:7 eval:8 report:9 pipeline:10 estimate:10 cli:11"
 
 # Files of each module: src/X.rs or everything under src/X/.
 files_of() {

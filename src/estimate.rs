@@ -18,10 +18,11 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::eval::compare::{Compare, eval_batch};
 use crate::model::{ModelFiles, Rope, Scratch};
-use crate::pipeline::{Compare, CompressOptions, eval_batch};
-use crate::search::Algo;
+use crate::pipeline::CompressOptions;
 use crate::search::fitness::SEARCH_BATCH;
+use crate::selection::Algo;
 
 /// One stage's predicted cost.
 #[derive(Debug, Clone, Serialize)]

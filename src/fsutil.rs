@@ -422,6 +422,27 @@ pub fn check_input_file(path: &Path) -> Result<()> {
     }
 }
 
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        sha2::Digest::update(&mut h, &buf[..n]);
+    }
+    Ok(hex(&sha2::Digest::finalize(h)))
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

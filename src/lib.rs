@@ -15,6 +15,7 @@
 //! ```
 
 pub mod calib;
+pub mod data;
 pub mod database;
 pub mod error;
 pub mod estimate;
@@ -27,5 +28,6 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod search;
+pub mod selection;
 
 pub use error::{Error, Result};

@@ -5,10 +5,110 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
 use crate::error::Result;
+use crate::eval::perplexity::WindowScores;
 use crate::fsutil::write_atomic;
 use crate::model::LinearKind;
-use crate::pipeline::{CompressReport, EvalRow};
+use crate::search::evopress::GenerationLog;
+use crate::search::fitness::EvalStats;
+use crate::selection::Algo;
+
+/// One evaluated configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalRow {
+    pub name: String,
+    /// `uniform`, `knapsack`, `evopress`, `exported` or `base`.
+    pub kind: String,
+    pub bits_per_weight: f64,
+    pub datasets: BTreeMap<String, WindowScores>,
+    /// KL averaged over the evaluation files.
+    pub mean_kl: Option<f64>,
+}
+
+/// A layer's level in the result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportLayer {
+    pub layer: String,
+    pub block: usize,
+    pub kind: String,
+    pub level: String,
+    pub bits: u8,
+    pub bits_per_weight: f64,
+}
+
+/// Everything `report.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompressReport {
+    pub dynapress_version: String,
+    pub machine: String,
+    pub threads: usize,
+    pub model: String,
+    pub architecture: String,
+    pub linear_params: u64,
+    pub target_bits: f64,
+    /// The GGUF file-size target the bits budget was derived from, if any.
+    pub target_size: Option<u64>,
+    pub achieved_bits_per_weight: f64,
+    pub algo: Algo,
+    pub database: String,
+    pub levels: Vec<String>,
+    pub config: String,
+    pub exported: String,
+    /// Bytes of the exported model (the GGUF file, or the dequantized safetensors).
+    pub exported_bytes: u64,
+    /// Safetensors export: the same model with every searched layer in its
+    /// compressed form (`export --format dynapress`), and its bytes.
+    pub compressed: Option<String>,
+    pub compressed_bytes: Option<u64>,
+    pub search_fitness: Option<f64>,
+    pub search_history: Vec<GenerationLog>,
+    pub search_stats: Option<EvalStats>,
+    pub layers: Vec<ReportLayer>,
+    /// Which levels and tensor types layers could not take, and what they
+    /// have instead (rows a ggml type's block cannot hold; GGUF embeddings).
+    #[serde(default)]
+    pub level_notes: Vec<String>,
+    pub eval_files: Vec<String>,
+    pub eval_seq_len: usize,
+    pub eval_windows: usize,
+    pub rows: Vec<EvalRow>,
+    /// Uniform levels' KL interpolated linearly to the target (mean over files).
+    pub uniform_interpolated_kl: Option<f64>,
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// The CPU model, for the report.
+pub fn machine() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Mean KL of the uniform levels, interpolated linearly in bits to `target`.
+pub fn interpolate_uniform(rows: &[EvalRow], target: f64) -> Option<f64> {
+    let mut pts: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.kind == "uniform")
+        .filter_map(|r| r.mean_kl.map(|k| (r.bits_per_weight, k)))
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let i = pts.iter().position(|p| p.0 >= target)?;
+    if i == 0 {
+        return (pts[0].0 == target).then_some(pts[0].1);
+    }
+    let (a, b) = (pts[i - 1], pts[i]);
+    Some(a.1 + (target - a.0) / (b.0 - a.0) * (b.1 - a.1))
+}
 
 /// Writes the three report files into `dir`.
 pub fn write_reports(r: &CompressReport, dir: &Path) -> Result<()> {

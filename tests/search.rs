@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use dynapress::search::ConfigFile;
+use dynapress::selection::ConfigFile;
 
 fn run(args: &[&str]) -> Output {
     Command::new(common::bin())
@@ -454,7 +454,7 @@ fn compress_runs_end_to_end_and_writes_the_reports() {
     let compact = r["compressed_bytes"].as_u64().unwrap();
     assert_eq!(
         compact,
-        std::fs::metadata(out.join("model-compressed/model.safetensors"))
+        std::fs::metadata(out.join("model-dynapress/model.safetensors"))
             .unwrap()
             .len()
     );

@@ -6,13 +6,12 @@
 //! the original model's activations, so an entry does not depend on the
 //! levels other layers will get later (see docs/database.md).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::Device;
-use sha2::{Digest, Sha256};
 
+use crate::data::load_tokens;
 use crate::error::{Error, Result};
-use crate::eval::data::load_tokens;
 use crate::model::{Block, Capture, ModelConfig, ModelFiles, Rope, Scratch, Site, Tokenizer};
 
 /// Where calibration tokens come from.
@@ -47,26 +46,7 @@ impl CalibSet {
     }
 }
 
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::fsutil::{hex, sha256_file};
 
 /// Builds `tokens / seq_len` windows split evenly across `files`, each file's
 /// windows spread evenly over it (deterministic; no window crosses another).

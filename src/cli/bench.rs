@@ -3,7 +3,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use dynapress::eval::data::load_tokens;
+use dynapress::data::load_tokens;
 use dynapress::model::Model;
 use dynapress::model::synthetic::{SyntheticSpec, write_synthetic};
 

@@ -1,14 +1,16 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use dynapress::database::{DEFAULT_GGML_TYPES, Method, MethodSpec};
+use dynapress::database::Method;
 use dynapress::estimate::estimate;
+use dynapress::eval::compare::Compare;
 use dynapress::export::ExportDtype;
-use dynapress::formats::gguf::GgufTypes;
 use dynapress::fsutil::{Input, OutputKind, check_output};
-use dynapress::pipeline::{Compare, CompressOptions, compress};
-use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
-use dynapress::search::{Algo, SearchOptions};
+use dynapress::pipeline::{CompressOptions, compress};
+use dynapress::search::SearchOptions;
+use dynapress::selection::Algo;
+
+use super::args::{BudgetArgs, EvoArgs, Format, GgufTypeArgs, MethodArgs};
 
 #[derive(Args)]
 pub struct CompressArgs {
@@ -22,64 +24,32 @@ pub struct CompressArgs {
     /// Held-out evaluation text (repeatable).
     #[arg(long)]
     eval: Vec<PathBuf>,
-    /// Budget: average storage bits per weight of the linear layers.
-    #[arg(long, default_value_t = 3.0)]
-    target_bits: f64,
-    /// Budget instead: size in bytes of the exported GGUF file (--format gguf).
-    #[arg(long)]
-    target_size: Option<u64>,
-    /// Export format: safetensors (a Hugging Face directory) or gguf (a file
-    /// llama.cpp runs; the database then uses ggml types).
-    #[arg(long, default_value = "safetensors")]
-    format: String,
-    /// gguf: type of token_embd.weight.
-    #[arg(long, default_value = "Q6_K")]
-    embed_type: String,
-    /// gguf: type of output.weight.
-    #[arg(long, default_value = "Q6_K")]
-    output_type: String,
+    #[command(flatten)]
+    budget: BudgetArgs,
+    /// Export format: safetensors (a Hugging Face directory, and the same in
+    /// dynapress's format in model-dynapress/) or gguf (a file llama.cpp runs;
+    /// the database then uses ggml types).
+    #[arg(long, value_enum, default_value = "safetensors")]
+    format: Format,
+    #[command(flatten)]
+    gguf_types: GgufTypeArgs,
     /// Output directory (database/, config.json, model/, report.*). Default: out/demo for the demo.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Database directory (default <out>/database; reused if it matches).
     #[arg(long)]
     db: Option<PathBuf>,
-    /// Compressor: gptq or rtn (grids of --bits), kquant or gptq-kquant
-    /// (ggml --types). Default: gptq, or gptq-kquant with --format gguf.
-    #[arg(long)]
-    method: Option<Method>,
-    /// ggml types of the database levels (kquant, gptq-kquant).
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_GGML_TYPES)]
-    types: Vec<String>,
-    /// Bit widths of the database levels.
-    #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
-    bits: Vec<u8>,
-    #[arg(long, default_value_t = 128)]
-    group_size: usize,
-    /// GPTQ act-order (static groups).
-    #[arg(long)]
-    act_order: bool,
+    #[command(flatten)]
+    method: MethodArgs,
     #[arg(long, default_value_t = 32768)]
     calib_tokens: usize,
     #[arg(long, default_value_t = 256)]
     seq_len: usize,
-    /// Allocator: evopress, knapsack or uniform.
-    #[arg(long, default_value = "evopress")]
+    /// Allocator: evopress (whole-model KL), knapsack (sum of per-layer errors) or uniform.
+    #[arg(long, value_enum, default_value = "evopress")]
     algo: Algo,
-    #[arg(long, default_value_t = EvoParams::default().generations)]
-    generations: usize,
-    #[arg(long, default_value_t = EvoParams::default().offspring)]
-    offspring: usize,
-    #[arg(long, default_value = DEFAULT_STAGES_ARG)]
-    stages: String,
-    /// Racing: drop an offspring once it is this many standard errors worse
-    /// (paired, per window) than the stage's last survivor; 0 turns it off.
-    #[arg(long, default_value_t = EvoParams::default().race_z)]
-    race_z: f64,
-    #[arg(long, default_value = "knapsack")]
-    init: Init,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    evo: EvoArgs,
     /// Evaluation windows per file.
     #[arg(long, default_value_t = 64)]
     eval_windows: usize,
@@ -94,7 +64,7 @@ pub struct CompressArgs {
     #[arg(long, value_enum, default_value_t = Compare::Auto)]
     compare: Compare,
     /// Dtype of the exported weights.
-    #[arg(long, default_value = "original")]
+    #[arg(long, value_enum, default_value = "original")]
     dtype: ExportDtype,
     /// Print the estimated time, peak memory and disk of each stage, and stop.
     #[arg(long)]
@@ -151,27 +121,15 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         (None, true) => PathBuf::from("out/demo"),
         (None, false) => anyhow::bail!("give an output directory with --out DIR"),
     };
-    let stages = match parse_stages(&a.stages) {
-        Ok(s) => s,
-        Err(e) => crate::bad_arg!("--stages: {e}"),
-    };
-    super::check_evo_args(a.offspring, &stages)?;
-    let gguf = match a.format.as_str() {
-        "safetensors" => None,
-        "gguf" => Some(GgufTypes {
-            embed: super::export::parse_type(&a.embed_type)?,
-            output: super::export::parse_type(&a.output_type)?,
-        }),
-        other => crate::bad_arg!("unknown --format `{other}`: choose safetensors or gguf"),
-    };
-    match a.target_size {
-        Some(0) => crate::bad_arg!("--target-size must be a positive number of bytes"),
-        Some(_) if gguf.is_none() => crate::bad_arg!(
-            "--target-size is the size of a GGUF file: it needs --format gguf (or give --target-bits)"
+    let evo = a.evo.params()?;
+    let gguf = match a.format {
+        Format::Safetensors => None,
+        Format::Gguf => Some(a.gguf_types.types()?),
+        Format::Dynapress => crate::bad_arg!(
+            "compress writes dynapress's format with --format safetensors (in model-dynapress/); choose safetensors or gguf"
         ),
-        Some(_) => {}
-        None => super::check_target_bits(a.target_bits)?,
-    }
+    };
+    let budget = a.budget.budget(Some(3.0), gguf.is_some())?;
     if a.calib_tokens == 0 {
         crate::bad_arg!("--calib-tokens must be positive");
     }
@@ -191,7 +149,7 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         check_output(db, "--db", OutputKind::ResumeDir, &inputs, true)?;
     }
     dynapress::fsutil::clean_stale_temps(&out);
-    let method = a.method.unwrap_or(if gguf.is_some() {
+    let method = a.method.spec(if gguf.is_some() {
         Method::GptqKquant
     } else {
         Method::Gptq
@@ -200,32 +158,16 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         model,
         calib,
         eval,
-        target_bits: a.target_bits,
-        target_size: a.target_size,
+        budget,
         gguf,
         out: out.clone(),
         db_dir: a.db,
-        method: MethodSpec {
-            method,
-            bits: a.bits,
-            types: a.types,
-            group_size: a.group_size,
-            act_order: a.act_order,
-            ..Default::default()
-        },
+        method,
         calib_tokens: a.calib_tokens,
         seq_len: a.seq_len,
         search: SearchOptions {
             algo: a.algo,
-            evo: EvoParams {
-                generations: a.generations,
-                offspring: a.offspring,
-                stages,
-                init: a.init,
-                seed: a.seed,
-                race_z: a.race_z,
-                ..Default::default()
-            },
+            evo,
             quiet: a.quiet,
             ..Default::default()
         },

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use dynapress::formats::gguf::convert_gguf;
+use dynapress::export::convert_gguf;
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::ModelFiles;
 
@@ -26,7 +26,7 @@ pub struct ConvertArgs {
 }
 
 pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
-    let ty = super::export::parse_type(&a.r#type)?;
+    let ty = super::args::parse_type(&a.r#type)?;
     let mut inputs = vec![Input::Dir(&a.model)];
     inputs.extend(a.imatrix.as_deref().map(Input::File));
     check_output(&a.out, "--out", OutputKind::File, &inputs, a.force)?;

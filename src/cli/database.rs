@@ -3,11 +3,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dynapress::calib::load_calibration;
-use dynapress::database::{
-    BuildOptions, DEFAULT_GGML_TYPES, Manifest, Method, MethodSpec, build_database,
-};
+use dynapress::database::{BuildOptions, Manifest, Method, build_database};
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::{LinearKind, ModelFiles};
+
+use super::args::MethodArgs;
 
 #[derive(Args)]
 pub struct DatabaseArgs {
@@ -26,34 +26,8 @@ pub struct DatabaseArgs {
     /// Output database directory (created; an interrupted build in it is resumed).
     #[arg(long)]
     out: PathBuf,
-    /// Compressor: gptq or rtn (grids of --bits with --group-size), kquant
-    /// (ggml's encoders) or gptq-kquant (GPTQ inside ggml's grids) for --types.
-    #[arg(long, default_value = "gptq")]
-    method: Method,
-    /// Bit widths, one level each (gptq, rtn).
-    #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
-    bits: Vec<u8>,
-    /// ggml types, one level each (kquant, gptq-kquant).
-    #[arg(long, value_delimiter = ',', default_value = DEFAULT_GGML_TYPES)]
-    types: Vec<String>,
-    /// kquant, gptq-kquant: do not weight by the calibration importance matrix.
-    #[arg(long)]
-    no_imatrix: bool,
-    /// Weights per quantization group along the input dimension (0 = whole row).
-    #[arg(long, default_value_t = 128)]
-    group_size: usize,
-    /// GPTQ: process columns in descending Hessian-diagonal order (static groups).
-    #[arg(long)]
-    act_order: bool,
-    /// Symmetric grid (scale only, no zero point).
-    #[arg(long)]
-    sym: bool,
-    /// GPTQ dampening, relative to the mean Hessian diagonal.
-    #[arg(long, default_value_t = 0.01)]
-    damp: f64,
-    /// Search the MSE-optimal clipping range per group.
-    #[arg(long)]
-    clip: bool,
+    #[command(flatten)]
+    method: MethodArgs,
     /// Also store the Hessians (needed by later sparse/low-rank compressors).
     #[arg(long)]
     keep_hessians: bool,
@@ -93,17 +67,7 @@ pub fn run(a: DatabaseArgs) -> anyhow::Result<()> {
     let files = ModelFiles::open(&a.model).context("loading the model")?;
     let calib = load_calibration(&a.calib, &files.tokenizer, a.calib_tokens, a.seq_len)?;
     let opts = BuildOptions {
-        spec: MethodSpec {
-            method: a.method,
-            bits: a.bits,
-            types: a.types,
-            imatrix: !a.no_imatrix,
-            group_size: a.group_size,
-            sym: a.sym,
-            act_order: a.act_order,
-            damp: a.damp,
-            clip: a.clip,
-        },
+        spec: a.method.spec(Method::Gptq),
         batch: a.batch,
         keep_hessians: a.keep_hessians,
         force: a.force,

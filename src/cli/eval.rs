@@ -6,7 +6,7 @@ use dynapress::database::Database;
 use dynapress::eval::perplexity::Protocol;
 use dynapress::eval::{self, EvalPlan, WindowOptions};
 use dynapress::model::{Model, ModelFiles};
-use dynapress::search::ConfigFile;
+use dynapress::selection::ConfigFile;
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -82,7 +82,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         label = Some(match (&a.config, a.bits) {
             (Some(path), _) => {
                 let cfg = ConfigFile::read(path)?;
-                db.apply_config(&mut model, &cfg, path)?;
+                db.resolve(&cfg, path)?.apply(&mut model)?;
                 format!(
                     "{} with {} ({}, {:.4} bits per weight)",
                     a.model.display(),
@@ -109,7 +109,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         tasks: a.tasks,
         windows: WindowOptions {
             batch: a.batch.unwrap_or_else(|| {
-                dynapress::pipeline::eval_batch(a.seq_len, model.config.vocab_size)
+                dynapress::eval::compare::eval_batch(a.seq_len, model.config.vocab_size)
             }),
             ..windows
         },

@@ -3,14 +3,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
-use dynapress::export::{ExportDtype, export_native, export_safetensors};
-use dynapress::formats::gguf::{
-    GgufTypes, export_gguf, llama_quantize_command, llama_quantize_recipe,
+use dynapress::export::{
+    ExportDtype, export_dynapress, export_gguf, export_safetensors, llama_quantize_command,
+    llama_quantize_recipe,
 };
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::ModelFiles;
-use dynapress::search::ConfigFile;
-use dynapress_ggml::GgmlType;
+use dynapress::selection::ConfigFile;
+
+use super::args::{Format, GgufTypeArgs};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -30,17 +31,13 @@ pub struct ExportArgs {
     /// (a directory with each searched layer in its compressed form: codes,
     /// scales, zeros or ggml blocks; `eval`, `generate` and `pack` read it), or
     /// gguf (the exact ggml blocks; needs a kquant or gptq-kquant database).
-    #[arg(long, default_value = "safetensors")]
-    format: String,
-    /// safetensors: dtype of the exported weights (original, f32, bf16, f16).
-    #[arg(long, default_value = "original")]
+    #[arg(long, value_enum, default_value = "safetensors")]
+    format: Format,
+    /// safetensors: dtype of the exported weights.
+    #[arg(long, value_enum, default_value = "original")]
     dtype: ExportDtype,
-    /// gguf: type of token_embd.weight.
-    #[arg(long, default_value = "Q6_K")]
-    embed_type: String,
-    /// gguf: type of output.weight.
-    #[arg(long, default_value = "Q6_K")]
-    output_type: String,
+    #[command(flatten)]
+    gguf_types: GgufTypeArgs,
     /// gguf: also write a llama-quantize --tensor-type-file reproducing the mix.
     #[arg(long)]
     recipe: Option<PathBuf>,
@@ -51,25 +48,17 @@ pub struct ExportArgs {
     json: bool,
 }
 
-pub fn parse_type(s: &str) -> anyhow::Result<GgmlType> {
-    GgmlType::from_name(s)
-        .with_context(|| format!("unknown ggml type `{s}` (e.g. Q4_K, Q6_K, Q8_0, F16)"))
-}
-
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     let inputs = [
         Input::Dir(&a.model),
         Input::Dir(&a.db),
         Input::File(&a.config),
     ];
-    let kind = match a.format.as_str() {
-        "safetensors" | "dynapress" => OutputKind::Dir,
-        "gguf" => OutputKind::File,
-        other => {
-            crate::bad_arg!("unknown --format `{other}`: choose safetensors, dynapress or gguf")
-        }
+    let kind = match a.format {
+        Format::Safetensors | Format::Dynapress => OutputKind::Dir,
+        Format::Gguf => OutputKind::File,
     };
-    if a.recipe.is_some() && a.format != "gguf" {
+    if a.recipe.is_some() && a.format != Format::Gguf {
         crate::bad_arg!("--recipe is for --format gguf");
     }
     check_output(&a.out, "--out", kind, &inputs, a.force)?;
@@ -84,9 +73,10 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     let db = Database::open(&a.db)?;
     db.check_model(&files)?;
     let config = ConfigFile::read(&a.config)?;
-    match a.format.as_str() {
-        "safetensors" => {
-            let r = export_safetensors(&files, &db, &config, &a.config, &a.out, a.dtype, a.force)?;
+    let sel = db.resolve(&config, &a.config)?;
+    match a.format {
+        Format::Safetensors => {
+            let r = export_safetensors(&files, &sel, &a.out, a.dtype, a.force)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -99,8 +89,8 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        "dynapress" => {
-            let r = export_native(&files, &db, &config, &a.config, &a.out, a.force)?;
+        Format::Dynapress => {
+            let r = export_dynapress(&files, &sel, &a.out, a.force)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -113,17 +103,14 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        "gguf" => {
-            let types = GgufTypes {
-                embed: parse_type(&a.embed_type)?,
-                output: parse_type(&a.output_type)?,
-            };
+        Format::Gguf => {
+            let types = a.gguf_types.types()?;
             // The recipe is written completely (under a temporary name) before
             // the .gguf and renamed into place after it: an unwritable --recipe
             // fails before the long step and leaves no .gguf behind.
             let recipe = match &a.recipe {
                 Some(path) => {
-                    let text = llama_quantize_recipe(&db, &config, &a.config)?;
+                    let text = llama_quantize_recipe(&sel)?;
                     let dir = dynapress::fsutil::parent_dir(path);
                     let mut tmp = dynapress::fsutil::temp_file_in(&dir)
                         .with_context(|| format!("{}: cannot write there", path.display()))?;
@@ -134,7 +121,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let r = export_gguf(&files, &db, &config, &a.config, &a.out, types)?;
+            let r = export_gguf(&files, &sel, &a.out, types)?;
             let recipe = match recipe {
                 Some((path, tmp)) => {
                     tmp.persist(path)
@@ -163,7 +150,6 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        other => anyhow::bail!("unknown --format `{other}`: choose safetensors, dynapress or gguf"),
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Command-line interface (clap derive). Exit codes: 0 success, 1 error (one
 //! line on stderr), 2 bad arguments.
 
+mod args;
 mod bench;
 mod compress;
 mod convert;

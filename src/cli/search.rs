@@ -3,11 +3,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
-use dynapress::formats::gguf::{GgufTypes, bits_for_file_size};
+use dynapress::export::resolve_budget;
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::ModelFiles;
-use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
-use dynapress::search::{Algo, SearchOptions, SearchSpace, run_search};
+use dynapress::search::{SearchOptions, run_search};
+use dynapress::selection::{Algo, Budget};
+
+use super::args::{BudgetArgs, EvoArgs, GgufTypeArgs};
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -20,47 +22,18 @@ pub struct SearchArgs {
     /// Calibration text for EvoPress's fitness (plain or JSONL; repeatable).
     #[arg(long)]
     calib: Vec<PathBuf>,
-    /// Budget: average storage bits per weight over the linear layers (scales and zeros included).
-    #[arg(
-        long,
-        required_unless_present = "target_size",
-        conflicts_with = "target_size"
-    )]
-    target_bits: Option<f64>,
-    /// Budget: size in bytes of the GGUF file `export --format gguf` writes
-    /// (needs a database of ggml types; embeddings/output at --embed-type/--output-type).
-    #[arg(long)]
-    target_size: Option<u64>,
-    /// With --target-size: type of token_embd.weight.
-    #[arg(long, default_value = "Q6_K")]
-    embed_type: String,
-    /// With --target-size: type of output.weight.
-    #[arg(long, default_value = "Q6_K")]
-    output_type: String,
+    #[command(flatten)]
+    budget: BudgetArgs,
+    #[command(flatten)]
+    gguf_types: GgufTypeArgs,
     /// evopress (whole-model KL), knapsack (sum of per-layer errors) or uniform.
-    #[arg(long, default_value = "evopress")]
+    #[arg(long, value_enum, default_value = "evopress")]
     algo: Algo,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Output configuration (JSON). A checkpoint `<out>.state` is kept next to it.
     #[arg(long)]
     out: PathBuf,
-    /// EvoPress generations.
-    #[arg(long, default_value_t = EvoParams::default().generations)]
-    generations: usize,
-    /// Offspring per generation.
-    #[arg(long, default_value_t = EvoParams::default().offspring)]
-    offspring: usize,
-    /// Selection stages TOKENS:SURVIVORS,... (the last keeps 1; the parent joins it).
-    #[arg(long, default_value = DEFAULT_STAGES_ARG)]
-    stages: String,
-    /// Racing: drop an offspring once it is this many standard errors worse
-    /// (paired, per window) than the stage's last survivor; 0 turns it off.
-    #[arg(long, default_value_t = EvoParams::default().race_z)]
-    race_z: f64,
-    /// Starting point: knapsack, or random (all layers at the target if it is a level).
-    #[arg(long, default_value = "knapsack")]
-    init: Init,
+    #[command(flatten)]
+    evo: EvoArgs,
     /// Calibration tokens in the pool the stages sample from (default: 32768, or
     /// what the text holds; at least the largest stage).
     #[arg(long)]
@@ -84,17 +57,10 @@ pub struct SearchArgs {
 }
 
 pub fn run(a: SearchArgs) -> anyhow::Result<()> {
-    let stages = match parse_stages(&a.stages) {
-        Ok(s) => s,
-        Err(e) => crate::bad_arg!("--stages: {e}"),
-    };
-    super::check_evo_args(a.offspring, &stages)?;
-    if let Some(b) = a.target_bits {
-        super::check_target_bits(b)?;
-    }
-    if a.target_size == Some(0) {
-        crate::bad_arg!("--target-size must be a positive number of bytes");
-    }
+    let evo = a.evo.params()?;
+    // --target-size is a GGUF file size: the database's types decide later
+    // whether it can be one.
+    let budget = a.budget.budget(None, true)?;
     if a.calib_tokens == Some(0) {
         crate::bad_arg!("--calib-tokens must be positive (or left out: the largest stage)");
     }
@@ -121,36 +87,20 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let files = ModelFiles::open(&a.model).context("loading the model")?;
     let db = Database::open(&a.db)?;
     db.check_model(&files)?;
-    let target_bits = match (a.target_bits, a.target_size) {
-        (Some(b), _) => b,
-        (None, Some(bytes)) => {
-            let types = GgufTypes {
-                embed: super::export::parse_type(&a.embed_type)?,
-                output: super::export::parse_type(&a.output_type)?,
-            };
-            let space = SearchSpace::from_manifest(&db.manifest)?;
-            let b = bits_for_file_size(&files, &db, &space, types, bytes)?;
-            if !a.quiet {
-                eprintln!(
-                    "a {bytes}-byte GGUF leaves {b:.4} bits per weight for the linear layers"
-                );
-            }
-            b
-        }
-        (None, None) => unreachable!("clap requires one"),
-    };
+    let gguf = matches!(budget, Budget::GgufBytes(_))
+        .then(|| a.gguf_types.types())
+        .transpose()?;
+    let target = resolve_budget(budget, &files, &db, gguf)?;
+    if let (Budget::GgufBytes(bytes), false) = (budget, a.quiet) {
+        eprintln!(
+            "a {bytes}-byte GGUF leaves {:.4} bits per weight for the linear layers",
+            target.bits
+        );
+    }
     let opts = SearchOptions {
         algo: a.algo,
-        target_bits,
-        evo: EvoParams {
-            generations: a.generations,
-            offspring: a.offspring,
-            stages,
-            init: a.init,
-            seed: a.seed,
-            race_z: a.race_z,
-            ..Default::default()
-        },
+        target,
+        evo,
         calib: a.calib,
         pool_tokens: a.calib_tokens,
         seq_len: a.seq_len,

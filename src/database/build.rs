@@ -14,8 +14,9 @@ use super::{
     Manifest, Method, MethodSpec, ModelIdentity, Unavailable, Variant, entry_bytes,
     load_entry_file,
 };
-use crate::calib::{BlockStream, CalibSet, HessianCapture, hex};
+use crate::calib::{BlockStream, CalibSet, HessianCapture};
 use crate::error::{Error, Result};
+use crate::fsutil::hex;
 use crate::fsutil::write_atomic;
 use crate::model::{LinearId, ModelFiles, Site};
 use crate::progress;
@@ -349,7 +350,7 @@ pub fn build_database(
     let (head, tokens) = stream.head_sum_sq(files)?;
     // llama-imatrix records the output's statistics under the weight the
     // matmul reads: token_embd.weight when the embeddings are tied.
-    let head_name = if crate::formats::gguf::is_tied(files) {
+    let head_name = if files.is_tied() {
         "token_embd.weight"
     } else {
         "output.weight"
@@ -544,7 +545,7 @@ fn sort_entries(m: &mut Manifest) {
 }
 
 fn file_sha(path: &Path) -> Result<String> {
-    crate::calib::sha256_file(path)
+    crate::fsutil::sha256_file(path)
 }
 
 fn write_entry(

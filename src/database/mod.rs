@@ -14,6 +14,7 @@
 //! entry is reused only if its file's sha256 matches the manifest.
 
 mod build;
+pub mod space;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 pub use build::{BuildOptions, BuildReport, build_database, fallback_summary};
+pub use space::{Choice, LevelOption, SearchSpace, SpaceLayer};
 
 use crate::calib::CalibSource;
 use crate::error::{Error, Result};
@@ -217,7 +219,7 @@ fn sort_ggml_levels(v: &mut [LevelSpec]) {
 }
 
 /// Which compressor built the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// GPTQ (Frantar et al. 2022) with error feedback from the Hessian.
@@ -323,7 +325,7 @@ impl ModelIdentity {
     /// the imported `config.json` and the GGUF file itself.
     pub fn of(files: &ModelFiles) -> Result<Self> {
         use sha2::{Digest, Sha256};
-        let config_sha256 = crate::calib::hex(&Sha256::digest(files.config_json()?));
+        let config_sha256 = crate::fsutil::hex(&Sha256::digest(files.config_json()?));
         let mut h = Sha256::new();
         for (name, digest) in files.weight_digests()? {
             h.update(name);
@@ -334,7 +336,7 @@ impl ModelIdentity {
             architecture: files.config.arch.model_type().to_string(),
             num_layers: files.config.num_layers,
             config_sha256,
-            weights_sha256: crate::calib::hex(&h.finalize()),
+            weights_sha256: crate::fsutil::hex(&h.finalize()),
         })
     }
 
@@ -511,6 +513,8 @@ impl Manifest {
 pub struct Database {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// The searched layers and their levels, read once from the manifest.
+    pub space: SearchSpace,
 }
 
 impl Database {
@@ -530,9 +534,11 @@ impl Database {
             ));
         }
         verify_entries(&manifest, dir)?;
+        let space = SearchSpace::from_manifest(&manifest)?;
         Ok(Database {
             dir: dir.to_path_buf(),
             manifest,
+            space,
         })
     }
 
@@ -565,6 +571,24 @@ impl Database {
             }
         }
         Ok(())
+    }
+
+    /// Where the database keeps its importance matrix (ggml-type methods).
+    pub fn imatrix_path(&self) -> PathBuf {
+        self.dir.join(IMATRIX_FILE)
+    }
+
+    /// The importance matrix, if the method made one (read once per caller).
+    pub fn imatrix(&self) -> Result<Option<dynapress_gguf::Imatrix>> {
+        if !(self.manifest.method.imatrix && self.manifest.method.is_ggml()) {
+            return Ok(None);
+        }
+        let p = self.imatrix_path();
+        match dynapress_gguf::Imatrix::read_gguf(&p) {
+            Ok(m) => Ok(Some(m)),
+            Err(_) if !p.exists() => Ok(None),
+            Err(e) => Err(Error::data(&p, e.to_string())),
+        }
     }
 
     /// Loads and verifies one entry.
@@ -613,19 +637,6 @@ impl Database {
         })?;
         self.apply(model, |_| Some(level.clone()))?;
         Ok(level)
-    }
-
-    /// Gives every linear layer its level from a search configuration.
-    pub fn apply_config(
-        &self,
-        model: &mut Model,
-        config: &crate::search::ConfigFile,
-        config_path: &Path,
-    ) -> Result<()> {
-        let space = crate::search::SearchSpace::from_manifest(&self.manifest)?;
-        let choice = config.choice(&space, config_path)?;
-        let levels = space.level_names(&choice);
-        self.apply(model, |id| levels.get(&id).cloned())
     }
 }
 
@@ -677,7 +688,7 @@ pub fn load_entry_file(dir: &Path, entry: &Entry) -> Result<Variant> {
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let sha = {
         use sha2::{Digest, Sha256};
-        crate::calib::hex(&Sha256::digest(&bytes))
+        crate::fsutil::hex(&Sha256::digest(&bytes))
     };
     if sha != entry.sha256 {
         return Err(Error::data(

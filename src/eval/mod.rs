@@ -1,7 +1,9 @@
 //! Evaluation: perplexity, KL divergence and top-1 agreement against a base
 //! model on held-out text, and multiple-choice accuracy.
 
-pub mod data;
+/// Text loading lives before calibration in the flow; re-exported here.
+pub use crate::data;
+pub mod compare;
 pub mod perplexity;
 pub mod tasks;
 

@@ -125,31 +125,7 @@ pub struct WindowScores {
     pub top1_agreement: Option<f64>,
 }
 
-/// Per-row statistics of a logits matrix.
-#[derive(Debug, Clone, Copy)]
-pub struct RowStats {
-    /// log Σ exp(logits)
-    pub lse: f64,
-    pub argmax: u32,
-}
-
-/// log-sum-exp and argmax (first on ties) of one row of logits. Exponentials
-/// are computed in f32 (within 2 ulp) and summed in f64.
-pub fn row_stats(row: &[f32]) -> RowStats {
-    let mut r = crate::model::kernels::RowSum::default();
-    crate::model::kernels::row_sum_exp(row, &mut r);
-    RowStats {
-        lse: r.max as f64 + r.sum_exp.ln(),
-        argmax: r.argmax,
-    }
-}
-
-/// KL(p ‖ q) for two rows of logits with precomputed log-sum-exps.
-pub fn row_kl(base: &[f32], base_lse: f64, model: &[f32], model_lse: f64) -> f64 {
-    let mut s = 0.0;
-    crate::model::kernels::row_kl_sum(base, base_lse, model, model_lse, &mut s);
-    s.max(0.0)
-}
+pub use crate::model::logits::{RowStats, row_kl, row_stats};
 
 /// Running sums over scored positions.
 #[derive(Debug, Clone, Copy, Default)]

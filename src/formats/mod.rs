@@ -1,4 +1,5 @@
-//! File formats written and read by dynapress (bytes, not numerics).
+//! Container formats dynapress writes and reads (bytes, not numerics). The GGUF
+//! container is in the `dynapress-gguf` crate; the exporters that fill them are
+//! in `crate::export`.
 
-pub mod gguf;
 pub mod safetensors;

@@ -12,6 +12,7 @@ pub mod config;
 mod decoder;
 pub mod generate;
 pub(crate) mod kernels;
+pub mod logits;
 mod rope;
 pub mod synthetic;
 pub mod tokenizer;
@@ -380,6 +381,12 @@ impl ModelFiles {
         }
     }
 
+    /// Whether the checkpoint has no `lm_head.weight` (tied embeddings): the
+    /// embedding is the output layer too.
+    pub fn is_tied(&self) -> bool {
+        !self.weights.names().iter().any(|n| n == "lm_head.weight")
+    }
+
     /// A short name for the model: a GGUF's `general.name`, else the file or
     /// directory name (without `.gguf`/`.dpk`).
     pub fn name(&self) -> String {
@@ -412,14 +419,14 @@ impl ModelFiles {
         if let ModelSource::Gguf(_) = self.source {
             return Ok(vec![(
                 name_of(&self.dir),
-                crate::calib::sha256_file(&self.dir)?,
+                crate::fsutil::sha256_file(&self.dir)?,
             )]);
         }
         let mut files = self.weights.file_bytes();
         files.sort_by(|a, b| a.0.cmp(b.0));
         Ok(files
             .into_iter()
-            .map(|(p, bytes)| (name_of(p), crate::calib::hex(&Sha256::digest(bytes))))
+            .map(|(p, bytes)| (name_of(p), crate::fsutil::hex(&Sha256::digest(bytes))))
             .collect())
     }
 

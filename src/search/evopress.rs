@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::fitness::{BaseTargets, EvalStats, Evaluator, RaceRule};
-use super::{Choice, SearchSpace};
+use crate::database::{Choice, SearchSpace};
 use crate::error::{Error, Result};
 
 /// One selection stage: evaluate on `tokens` calibration tokens, keep `survivors`.
@@ -96,7 +96,7 @@ pub fn parse_stages(s: &str) -> std::result::Result<Vec<Stage>, String> {
 }
 
 /// How the first parent is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Init {
     /// All layers at the target if it is a level; otherwise the fittest of

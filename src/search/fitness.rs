@@ -16,10 +16,10 @@ use std::collections::{HashMap, VecDeque};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::{Choice, SearchSpace};
 use crate::database::Database;
+use crate::database::{Choice, SearchSpace};
 use crate::error::{Error, Result};
-use crate::eval::perplexity::row_stats;
+use crate::model::logits::row_stats;
 use crate::model::{Model, Scratch};
 
 /// Windows per forward pass during the search (and per racing step).
@@ -195,7 +195,7 @@ impl BaseTargets {
         for id in &self.ids {
             h.update(id.to_le_bytes());
         }
-        crate::calib::hex(&h.finalize())
+        crate::fsutil::hex(&h.finalize())
     }
 
     /// Number of windows.

@@ -7,7 +7,7 @@
 //! need more than [`MAX_UNITS`] units, costs are rounded *up* to a coarser unit:
 //! the result then remains feasible and is optimal for the rounded costs.
 
-use super::{Choice, SearchSpace};
+use crate::database::{Choice, SearchSpace};
 use crate::error::Result;
 
 /// Largest DP table width.

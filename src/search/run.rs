@@ -7,18 +7,20 @@ use candle_core::Device;
 
 use super::evopress::{DEFAULT_POOL_TOKENS, EvoParams, GenerationLog, evopress};
 use super::fitness::{BaseTargets, EvalStats, Evaluator};
-use super::{Algo, ConfigFile, SearchSpace, knapsack, uniform};
+use super::{knapsack, uniform};
 use crate::calib::load_calibration;
 use crate::database::Database;
 use crate::error::Result;
 use crate::model::{Model, ModelFiles};
 use crate::progress;
+use crate::selection::{Algo, ConfigFile, Target};
 
 /// Everything a search needs besides the model and database.
 #[derive(Debug, Clone)]
 pub struct SearchOptions {
     pub algo: Algo,
-    pub target_bits: f64,
+    /// The budget, resolved to bits per weight of the searched layers.
+    pub target: Target,
     pub evo: EvoParams,
     /// Calibration text for the fitness (EvoPress only).
     pub calib: Vec<PathBuf>,
@@ -44,7 +46,7 @@ impl Default for SearchOptions {
     fn default() -> Self {
         SearchOptions {
             algo: Algo::Evopress,
-            target_bits: 3.0,
+            target: Target::bits(3.0),
             evo: EvoParams::default(),
             calib: vec![],
             pool_tokens: None,
@@ -75,16 +77,12 @@ pub fn run_search(
     opts: &SearchOptions,
 ) -> Result<SearchOutcome> {
     let start = Instant::now();
-    let space = SearchSpace::from_manifest(&db.manifest)?;
-    space.check_target(opts.target_bits)?;
+    let space = &db.space;
+    let target_bits = opts.target.bits;
+    space.check_target(target_bits)?;
     let (choice, fitness, history, stats) = match opts.algo {
-        Algo::Uniform => (uniform(&space, opts.target_bits)?, None, vec![], None),
-        Algo::Knapsack => (
-            knapsack::knapsack(&space, opts.target_bits)?,
-            None,
-            vec![],
-            None,
-        ),
+        Algo::Uniform => (uniform(space, target_bits)?, None, vec![], None),
+        Algo::Knapsack => (knapsack::knapsack(space, target_bits)?, None, vec![], None),
         Algo::Evopress => {
             if opts.calib.is_empty() {
                 return Err(crate::error::Error::Invalid(
@@ -115,7 +113,7 @@ pub fn run_search(
                 |n| pb.inc(n as u64),
             )?;
             pb.finish_and_clear();
-            let mut eval = Evaluator::new(base, db, &space, opts.weight_cache_budget);
+            let mut eval = Evaluator::new(base, db, space, opts.weight_cache_budget);
             let pb = progress::bar(opts.evo.generations as u64, "evopress", "gen", opts.quiet);
             if let Some(ck) = &opts.checkpoint
                 && ck.exists()
@@ -123,10 +121,10 @@ pub fn run_search(
                 pb.set_message("resuming");
             }
             let r = evopress(
-                &space,
+                space,
                 &mut eval,
                 &targets,
-                opts.target_bits,
+                target_bits,
                 &opts.evo,
                 opts.checkpoint.as_deref(),
                 opts.abort_after,
@@ -145,11 +143,11 @@ pub fn run_search(
     let seed = (opts.algo == Algo::Evopress).then_some(opts.evo.seed);
     Ok(SearchOutcome {
         config: ConfigFile::new(
-            &space,
+            space,
             &db.manifest,
             &choice,
             opts.algo,
-            opts.target_bits,
+            opts.target,
             seed,
             fitness,
         ),

@@ -13,20 +13,23 @@ use std::path::{Path, PathBuf};
 use safetensors::Dtype;
 use serde::Serialize;
 
-use crate::database::Database;
+use super::TensorSink;
 use crate::error::{Error, Result};
 use crate::formats::safetensors::{SafetensorsWriter, TensorSpec, encode_f32};
 use crate::model::ModelFiles;
 use crate::model::weights::to_f32;
-use crate::search::{ConfigFile, SearchSpace};
+use crate::selection::Selection;
 
 /// Element type of exported floating-point tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportDtype {
     /// Each tensor keeps the checkpoint's dtype.
     Original,
+    #[value(alias = "float32")]
     F32,
+    #[value(alias = "bfloat16")]
     Bf16,
+    #[value(alias = "float16")]
     F16,
 }
 
@@ -62,65 +65,32 @@ pub struct ExportReport {
 /// dequantized (a directory transformers loads).
 pub fn export_safetensors(
     files: &ModelFiles,
-    db: &Database,
-    config: &ConfigFile,
-    config_path: &Path,
+    sel: &Selection,
     out: &Path,
     dtype: ExportDtype,
     force: bool,
 ) -> Result<ExportReport> {
-    export_dir(files, db, config, config_path, out, Some(dtype), force)
+    export_dir(files, sel, out, Some(dtype), force)
 }
 
-/// Writes `out` with every searched layer stored in its compressed form
-/// (`NAME.codes`, `.scales`, `.zeros`, `.perm`, or `NAME.ggml` blocks, listed
-/// in the `dynapress.quant` metadata): a directory `dynapress eval`/`generate`
-/// load directly, about `bits/16` the size of the original, and which
-/// `dynapress pack` entropy-codes further.
-pub fn export_native(
+/// The directory export: dequantized at `dtype`, or with the layers as
+/// stored when `dtype` is `None` (the native format).
+pub(super) fn export_dir(
     files: &ModelFiles,
-    db: &Database,
-    config: &ConfigFile,
-    config_path: &Path,
-    out: &Path,
-    force: bool,
-) -> Result<ExportReport> {
-    export_dir(files, db, config, config_path, out, None, force)
-}
-
-fn export_dir(
-    files: &ModelFiles,
-    db: &Database,
-    config: &ConfigFile,
-    config_path: &Path,
+    sel: &Selection,
     out: &Path,
     dtype: Option<ExportDtype>,
     force: bool,
 ) -> Result<ExportReport> {
     let native = dtype.is_none();
     let dtype = dtype.unwrap_or(ExportDtype::Original);
-    let space = SearchSpace::from_manifest(&db.manifest)?;
-    if !config.model.same_model(&db.manifest.model) {
-        return Err(Error::data(
-            config_path,
-            format!(
-                "this configuration was searched for another model ({}) than the database's ({})",
-                config.model.dir, db.manifest.model.dir
-            ),
-        ));
-    }
-    let choice = config.choice(&space, config_path)?;
-    crate::fsutil::check_output(
-        out,
-        "--out",
-        crate::fsutil::OutputKind::Dir,
-        &[
-            crate::fsutil::Input::Dir(&files.dir),
-            crate::fsutil::Input::Dir(&db.dir),
-            crate::fsutil::Input::File(config_path),
-        ],
-        force,
-    )?;
+    let db = sel.db;
+    let mut inputs = vec![
+        crate::fsutil::Input::Dir(&files.dir),
+        crate::fsutil::Input::Dir(&db.dir),
+    ];
+    inputs.extend(sel.source.as_deref().map(crate::fsutil::Input::File));
+    crate::fsutil::check_output(out, "--out", crate::fsutil::OutputKind::Dir, &inputs, force)?;
     let parent = crate::fsutil::parent_dir(out);
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     crate::fsutil::clean_stale_temps(&parent);
@@ -134,17 +104,9 @@ fn export_dir(
     }
 
     // The database entry chosen for every searched layer, by weight name.
-    let chosen: BTreeMap<String, &crate::database::Entry> = space
-        .layers
-        .iter()
-        .zip(&choice)
-        .map(|(l, &k)| {
-            let entry = db
-                .manifest
-                .entry(l.id, &l.levels[k].level)
-                .expect("config.choice validated every level");
-            (l.id.weight_name(), entry)
-        })
+    let chosen: BTreeMap<String, &crate::database::Entry> = sel
+        .layers()
+        .map(|(l, _, entry)| (l.id.weight_name(), entry))
         .collect();
     let names = files.weights.names();
     // Native export: the chosen entries, loaded once (their buffers become tensors).
@@ -219,32 +181,32 @@ fn export_dir(
     let mut w = SafetensorsWriter::create(&st_path, specs.clone(), &md)?;
     for (spec, part) in specs.iter().zip(&parts) {
         if !part.is_empty() || spec.nbytes() == 0 {
-            w.write(&spec.name, part)?;
+            w.tensor(&spec.name, part)?;
             continue;
         }
         let raw = files.weights.raw(&spec.name)?;
         match chosen.get(&spec.name) {
             Some(entry) => {
                 let q = db.load(entry)?;
-                w.write(&spec.name, &encode_f32(&q.dequantize()?, spec.dtype)?)?;
+                w.tensor(&spec.name, &encode_f32(&q.dequantize()?, spec.dtype)?)?;
             }
-            None if spec.dtype == raw.dtype => w.write(&spec.name, raw.data)?,
+            None if spec.dtype == raw.dtype => w.tensor(&spec.name, raw.data)?,
             None => {
                 let v = to_f32(&raw, &spec.name)?;
-                w.write(&spec.name, &encode_f32(&v, spec.dtype)?)?;
+                w.tensor(&spec.name, &encode_f32(&v, spec.dtype)?)?;
             }
         }
         files.weights.release(&spec.name);
     }
-    w.finish()?;
+    TensorSink::finish(w)?;
     let safetensors_bytes = std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0);
     let report = ExportReport {
         out: out.to_path_buf(),
-        searched_bits_per_weight: space.bits_per_weight(&choice),
-        searched_params: space.total_params,
+        searched_bits_per_weight: sel.space().bits_per_weight(&sel.choice),
+        searched_params: sel.space().total_params,
         safetensors_bytes,
     };
-    let meta = serde_json::json!({ "config": config, "export": report });
+    let meta = serde_json::json!({ "config": sel.config, "export": report });
     crate::fsutil::write_atomic(
         &tmp.path().join("dynapress.json"),
         serde_json::to_string_pretty(&meta)
@@ -254,4 +216,14 @@ fn export_dir(
     crate::fsutil::replace_dir(tmp.path(), out)?;
     let _ = tmp.keep(); // renamed away: nothing left to delete
     Ok(report)
+}
+
+impl TensorSink for SafetensorsWriter {
+    fn tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.write(name, bytes)
+    }
+
+    fn finish(self) -> Result<()> {
+        SafetensorsWriter::finish(self)
+    }
 }

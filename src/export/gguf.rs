@@ -4,9 +4,11 @@
 //! chosen types (encoded with our ggml codecs, bit-exact with llama-quantize),
 //! norms in F32, and the tokenizer and hyper-parameters as metadata.
 //!
-//! The same search result can also be written as a recipe for llama-quantize
-//! (`--tensor-type` overrides), so the mix can be reproduced with llama.cpp
-//! alone (with the database's `imatrix.gguf`).
+//! [`gguf_target`] converts a file-size budget into the bits per weight the
+//! searched layers may use (the one place that does). The same search result
+//! can also be written as a recipe for llama-quantize (`super::recipe`), and a
+//! checkpoint converted at one type (`super::convert`); all three write
+//! through [`write_gguf`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,11 +19,12 @@ use dynapress_gguf::{
     GgufWriter, LlamaHparams, Metadata, TensorSpec, TokenizerMetadata, planned_size,
 };
 
-use crate::database::{Database, IMATRIX_FILE, Variant};
+use super::TensorSink;
+use crate::database::{Choice, Database, Manifest, Variant};
 use crate::error::{Error, Result};
 use crate::model::weights::to_f32;
 use crate::model::{LinearId, ModelFiles};
-use crate::search::{Choice, ConfigFile, SearchSpace};
+use crate::selection::{Budget, Selection, Target};
 
 /// Types of the tensors the search does not choose.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +57,7 @@ impl EffectiveTypes {
     /// The types for `files` (tied when the checkpoint has no `lm_head.weight`).
     pub fn of(files: &ModelFiles, types: GgufTypes) -> Self {
         let cols = files.config.hidden_size;
-        let tied = is_tied(files);
+        let tied = files.is_tied();
         EffectiveTypes {
             cols,
             embed_asked: types.embed,
@@ -95,12 +98,6 @@ impl EffectiveTypes {
     }
 }
 
-/// Whether the GGUF file has no `output.weight` (the checkpoint has no
-/// `lm_head.weight`: tied embeddings), so `token_embd` is the output layer too.
-pub fn is_tied(files: &ModelFiles) -> bool {
-    !files.weights.names().iter().any(|n| n == "lm_head.weight")
-}
-
 impl Default for GgufTypes {
     fn default() -> Self {
         GgufTypes {
@@ -110,7 +107,7 @@ impl Default for GgufTypes {
     }
 }
 
-fn gerr(path: &Path) -> impl Fn(dynapress_gguf::GgufError) -> Error + '_ {
+pub(super) fn gerr(path: &Path) -> impl Fn(dynapress_gguf::GgufError) -> Error + '_ {
     move |e| Error::Data {
         path: path.to_path_buf(),
         msg: e.to_string(),
@@ -122,14 +119,14 @@ fn gerr(path: &Path) -> impl Fn(dynapress_gguf::GgufError) -> Error + '_ {
 /// Hugging Face checkpoint they are converted from its JSON files; from a GGUF
 /// input they are the input's own (its tokenizer keys copied as they are, so
 /// a SentencePiece or any other vocabulary llama.cpp reads survives).
-struct Header {
-    hparams: LlamaHparams,
+pub(super) struct Header {
+    pub(super) hparams: LlamaHparams,
     name: String,
     tokenizer: Metadata,
 }
 
 impl Header {
-    fn of(files: &ModelFiles) -> Result<Self> {
+    pub(super) fn of(files: &ModelFiles) -> Result<Self> {
         let dir = &files.dir;
         let name = files.name();
         if let Some(g) = files.gguf() {
@@ -181,7 +178,7 @@ impl Header {
 
     /// The file's metadata, in the order [`dynapress_gguf::model_metadata`]
     /// writes it.
-    fn metadata(&self, file_type: u32) -> Metadata {
+    pub(super) fn metadata(&self, file_type: u32) -> Metadata {
         let mut md = Metadata::new();
         self.hparams.write_metadata(&mut md);
         dynapress_gguf::model::write_general(&mut md, &self.name, file_type);
@@ -212,10 +209,11 @@ enum Source {
 fn plan(
     files: &ModelFiles,
     db: &Database,
-    space: &SearchSpace,
     choice: &Choice,
     types: GgufTypes,
+    imatrix: Option<&dynapress_gguf::Imatrix>,
 ) -> Result<Plan> {
+    let space = &db.space;
     let dir = &files.dir;
     let header = Header::of(files)?;
     let hparams = header.hparams.clone();
@@ -246,14 +244,12 @@ fn plan(
         .unwrap_or(GgmlType::Q4K);
     let mut metadata = header.metadata(dynapress_gguf::model::file_type_for(main));
     // The same provenance keys llama-quantize writes when given an imatrix.
-    if db.manifest.method.imatrix && db.manifest.method.is_ggml() {
-        let im = db.dir.join(IMATRIX_FILE);
-        if let Ok(m) = dynapress_gguf::Imatrix::read_gguf(&im) {
-            metadata.set("quantize.imatrix.file", im.display().to_string());
-            metadata.set("quantize.imatrix.dataset", m.datasets.join(", "));
-            metadata.set("quantize.imatrix.entries_count", m.entries.len() as u32);
-            metadata.set("quantize.imatrix.chunks_count", m.chunk_count);
-        }
+    if let Some(m) = imatrix {
+        let im = db.imatrix_path();
+        metadata.set("quantize.imatrix.file", im.display().to_string());
+        metadata.set("quantize.imatrix.dataset", m.datasets.join(", "));
+        metadata.set("quantize.imatrix.entries_count", m.entries.len() as u32);
+        metadata.set("quantize.imatrix.chunks_count", m.chunk_count);
     }
 
     let index: BTreeMap<LinearId, usize> = space
@@ -309,37 +305,34 @@ fn plan(
 }
 
 /// The ggml type of a database level, if it is one.
-pub fn ggml_type_of(manifest: &crate::database::Manifest, level: &str) -> Option<GgmlType> {
+pub fn ggml_type_of(manifest: &Manifest, level: &str) -> Option<GgmlType> {
     manifest.method.level(level).and_then(|l| l.ggml)
 }
 
 /// Bytes of the file outside the searched linear layers' data (header,
 /// metadata, embeddings, output, norms, alignment), for converting a file-size
 /// budget into a bits-per-weight budget.
-pub fn fixed_bytes(
-    files: &ModelFiles,
-    db: &Database,
-    space: &SearchSpace,
-    types: GgufTypes,
-) -> Result<u64> {
+pub fn fixed_bytes(files: &ModelFiles, db: &Database, types: GgufTypes) -> Result<u64> {
+    let space = &db.space;
     let low = space.lowest();
-    let p = plan(files, db, space, &low, types)?;
+    let p = plan(files, db, &low, types, None)?;
     let specs: Vec<TensorSpec> = p.tensors.iter().map(|(s, _)| s.clone()).collect();
     let total = planned_size(&p.metadata, &specs).map_err(gerr(&files.dir))?;
     let linear: u64 = space.storage_bits(&low) / 8;
     Ok(total - linear)
 }
 
-/// The bits-per-weight budget of the searched layers that makes the GGUF
-/// file at most `bytes` long.
-pub fn bits_for_file_size(
+/// The budget of a GGUF file at most `bytes` long: the bits per weight its
+/// searched layers may average once the fixed part is paid. The only place a
+/// file size becomes bits.
+pub fn gguf_target(
     files: &ModelFiles,
     db: &Database,
-    space: &SearchSpace,
     types: GgufTypes,
     bytes: u64,
-) -> Result<f64> {
-    let fixed = fixed_bytes(files, db, space, types)?;
+) -> Result<Target> {
+    let space = &db.space;
+    let fixed = fixed_bytes(files, db, types)?;
     let eff = EffectiveTypes::of(files, types);
     if bytes <= fixed {
         return Err(Error::Invalid(format!(
@@ -364,7 +357,10 @@ pub fn bits_for_file_size(
             eff.smaller_hint(),
         )));
     }
-    Ok(bits)
+    Ok(Target {
+        budget: Budget::GgufBytes(bytes),
+        bits,
+    })
 }
 
 /// What was written.
@@ -375,29 +371,24 @@ pub struct GgufReport {
     pub tensor_types: BTreeMap<String, String>,
 }
 
-/// Writes the GGUF model file of `config`.
+/// Writes the GGUF model file of a selection.
 pub fn export_gguf(
     files: &ModelFiles,
-    db: &Database,
-    config: &ConfigFile,
-    config_path: &Path,
+    sel: &Selection,
     out: &Path,
     types: GgufTypes,
 ) -> Result<GgufReport> {
-    let space = SearchSpace::from_manifest(&db.manifest)?;
-    let choice = config.choice(&space, config_path)?;
-    let p = plan(files, db, &space, &choice, types)?;
-    let head_importance = read_head_importance(db);
-    let specs: Vec<TensorSpec> = p.tensors.iter().map(|(s, _)| s.clone()).collect();
-    let mut w = GgufWriter::create(out, &p.metadata, specs).map_err(gerr(out))?;
-    let mut tensor_types = BTreeMap::new();
-    for (spec, src) in &p.tensors {
-        let bytes = match src {
+    let db = sel.db;
+    let imatrix = db.imatrix()?;
+    let p = plan(files, db, &sel.choice, types, imatrix.as_ref())?;
+    let head_importance = imatrix.as_ref().and_then(head_importance);
+    write_gguf(out, &p.metadata, &p.hparams, p.tensors, |spec, src| {
+        Ok(match src {
             Source::Linear(i) => {
-                let l = &space.layers[*i];
+                let l = &db.space.layers[*i];
                 let e = db
                     .manifest
-                    .entry(l.id, &l.levels[choice[*i]].level)
+                    .entry(l.id, &l.levels[sel.choice[*i]].level)
                     .expect("planned");
                 let Variant::Ggml(g) = db.load(e)? else {
                     return Err(Error::data(&db.dir, "not a ggml entry"));
@@ -405,29 +396,46 @@ pub fn export_gguf(
                 g.bytes
             }
             Source::Checkpoint(hf) => {
-                let raw = files.weights.raw(hf)?;
-                let values = to_f32(&raw, hf)?;
-                let cols = *raw.shape.last().unwrap_or(&1);
                 // The output's importance; a tied token_embd is the output.
                 let head = spec.name == "output.weight"
-                    || (spec.name == "token_embd.weight" && is_tied(files));
+                    || (spec.name == "token_embd.weight" && files.is_tied());
                 let imatrix = head.then_some(head_importance.as_deref()).flatten();
-                encode(spec.ggml_type, &values, cols, imatrix)
-                    .map_err(|e| Error::Invalid(format!("{hf}: {e}")))?
+                encode_checkpoint(files, hf, spec.ggml_type, imatrix)?
             }
             Source::RopeFreqs(f) => f.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        };
-        let bytes = match p.hparams.qk_permute_heads(&spec.name) {
+        })
+    })
+}
+
+/// Writes a GGUF file: `tensors` in order, each one's bytes from `bytes_of`
+/// (Q/K rows permuted as llama.cpp expects), through the file's
+/// [`TensorSink`]; the file appears complete or not at all.
+pub(super) fn write_gguf<S>(
+    out: &Path,
+    metadata: &Metadata,
+    hparams: &LlamaHparams,
+    tensors: Vec<(TensorSpec, S)>,
+    mut bytes_of: impl FnMut(&TensorSpec, &S) -> Result<Vec<u8>>,
+) -> Result<GgufReport> {
+    let specs: Vec<TensorSpec> = tensors.iter().map(|(s, _)| s.clone()).collect();
+    let mut w = GgufSink {
+        writer: GgufWriter::create(out, metadata, specs).map_err(gerr(out))?,
+        path: out,
+    };
+    let mut tensor_types = BTreeMap::new();
+    for (spec, src) in &tensors {
+        let bytes = bytes_of(spec, src)?;
+        let bytes = match hparams.qk_permute_heads(&spec.name) {
             Some(n_head) => {
                 let rows = spec.dims.get(1).copied().unwrap_or(1) as usize;
                 permute_qk_rows(&bytes, rows, n_head).map_err(gerr(out))?
             }
             None => bytes,
         };
-        w.write_tensor(&spec.name, &bytes).map_err(gerr(out))?;
+        w.tensor(&spec.name, &bytes)?;
         tensor_types.insert(spec.name.clone(), spec.ggml_type.name().to_string());
     }
-    w.finish().map_err(gerr(out))?;
+    w.finish()?;
     let bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
     Ok(GgufReport {
         path: out.display().to_string(),
@@ -436,9 +444,39 @@ pub fn export_gguf(
     })
 }
 
+/// A GGUF file being written, as a [`TensorSink`].
+struct GgufSink<'a> {
+    writer: GgufWriter,
+    path: &'a Path,
+}
+
+impl TensorSink for GgufSink<'_> {
+    fn tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.writer
+            .write_tensor(name, bytes)
+            .map_err(gerr(self.path))
+    }
+
+    fn finish(self) -> Result<()> {
+        self.writer.finish().map_err(gerr(self.path))
+    }
+}
+
+/// A checkpoint tensor encoded at `ty` (F32 as is, else our ggml codecs).
+pub(super) fn encode_checkpoint(
+    files: &ModelFiles,
+    hf: &str,
+    ty: GgmlType,
+    imatrix: Option<&[f32]>,
+) -> Result<Vec<u8>> {
+    let raw = files.weights.raw(hf)?;
+    let values = to_f32(&raw, hf)?;
+    let cols = *raw.shape.last().unwrap_or(&1);
+    encode(ty, &values, cols, imatrix).map_err(|e| Error::Invalid(format!("{hf}: {e}")))
+}
+
 /// The output layer's importance from the database's imatrix, if present.
-fn read_head_importance(db: &Database) -> Option<Vec<f32>> {
-    let im = dynapress_gguf::Imatrix::read_gguf(db.dir.join(IMATRIX_FILE)).ok()?;
+fn head_importance(im: &dynapress_gguf::Imatrix) -> Option<Vec<f32>> {
     im.entries
         .get("output.weight")
         .or_else(|| im.entries.get("token_embd.weight"))
@@ -455,133 +493,4 @@ fn encode(
         GgmlType::F32 => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         _ => dynapress_ggml::quantize(ty, values, cols, imatrix).map_err(|e| e.to_string()),
     }
-}
-
-/// A `--tensor-type-file` for llama-quantize that reproduces the
-/// configuration's linear types (one `^name$=type` per line; llama-quantize
-/// reads the file as whitespace-separated overrides, so it holds nothing else).
-pub fn llama_quantize_recipe(
-    db: &Database,
-    config: &ConfigFile,
-    config_path: &Path,
-) -> Result<String> {
-    let space = SearchSpace::from_manifest(&db.manifest)?;
-    let choice = config.choice(&space, config_path)?;
-    let mut lines = Vec::new();
-    for (l, &k) in space.layers.iter().zip(&choice) {
-        let ty = ggml_type_of(&db.manifest, &l.levels[k].level).ok_or_else(|| {
-            Error::data(
-                &db.dir,
-                "a llama-quantize recipe needs a database of ggml types",
-            )
-        })?;
-        let name = gguf_tensor_name(&l.id.weight_name())
-            .ok()
-            .flatten()
-            .ok_or_else(|| Error::Invalid(format!("no GGUF name for {}", l.id.weight_name())))?;
-        lines.push(format!(
-            "^{}$={}",
-            regex_escape(&name),
-            ty.name().to_lowercase()
-        ));
-    }
-    Ok(lines.join("\n") + "\n")
-}
-
-/// The llama-quantize command line that applies a recipe file.
-pub fn llama_quantize_command(db: &Database, recipe: &Path, types: GgufTypes) -> String {
-    format!(
-        "llama-quantize --imatrix {} --token-embedding-type {} --output-tensor-type {} --tensor-type-file {} MODEL-F32-OR-BF16.gguf OUT.gguf Q4_K_M",
-        db.dir.join(IMATRIX_FILE).display(),
-        types.embed.name().to_lowercase(),
-        types.output.name().to_lowercase(),
-        recipe.display()
-    )
-}
-
-fn regex_escape(s: &str) -> String {
-    s.replace('.', "\\.")
-}
-
-/// Writes the checkpoint as a GGUF file with every matrix at `ty` (F32, F16,
-/// BF16 or a quantized type, encoded as llama-quantize would with
-/// `imatrix`; a matrix whose rows cannot hold `ty` gets llama-quantize's
-/// fallback type, as with `--pure`), norms in F32: the input llama.cpp's tools
-/// start from.
-pub fn convert_gguf(
-    files: &ModelFiles,
-    out: &Path,
-    ty: GgmlType,
-    imatrix: Option<&dynapress_gguf::Imatrix>,
-) -> Result<GgufReport> {
-    let dir = &files.dir;
-    let header = Header::of(files)?;
-    let hparams = &header.hparams;
-    let metadata = header.metadata(dynapress_gguf::model::file_type_for(ty));
-    let mut items: Vec<(TensorSpec, Option<String>)> = Vec::new();
-    for hf in files.weights.names() {
-        let Some(gname) = gguf_tensor_name(&hf).map_err(gerr(dir))? else {
-            continue;
-        };
-        let shape = files.weights.shape(&hf)?;
-        let cols = *shape.last().unwrap_or(&1);
-        // Rows a block type cannot hold get llama-quantize's fallback type.
-        let t = if shape.len() == 1 {
-            GgmlType::F32
-        } else {
-            ty.fallback_for_row(cols)
-        };
-        items.push((TensorSpec::from_shape(gname, t, &shape), Some(hf)));
-    }
-    if let Some(freqs) = hparams.rope_freqs() {
-        let n = freqs.len();
-        items.push((
-            TensorSpec::from_shape(
-                dynapress_gguf::model::ROPE_FREQS_TENSOR,
-                GgmlType::F32,
-                &[n],
-            ),
-            None,
-        ));
-    }
-    items.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    let specs: Vec<TensorSpec> = items.iter().map(|(s, _)| s.clone()).collect();
-    let mut w = GgufWriter::create(out, &metadata, specs).map_err(gerr(out))?;
-    let mut tensor_types = BTreeMap::new();
-    for (spec, hf) in &items {
-        let bytes = match hf {
-            Some(hf) => {
-                let raw = files.weights.raw(hf)?;
-                let values = to_f32(&raw, hf)?;
-                let cols = *raw.shape.last().unwrap_or(&1);
-                let im = imatrix
-                    .and_then(|m| m.entries.get(&spec.name))
-                    .map(|e| e.mean_squares());
-                encode(spec.ggml_type, &values, cols, im.as_deref())
-                    .map_err(|e| Error::Invalid(format!("{hf}: {e}")))?
-            }
-            None => hparams
-                .rope_freqs()
-                .unwrap_or_default()
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-        };
-        let bytes = match hparams.qk_permute_heads(&spec.name) {
-            Some(n_head) => {
-                let rows = spec.dims.get(1).copied().unwrap_or(1) as usize;
-                permute_qk_rows(&bytes, rows, n_head).map_err(gerr(out))?
-            }
-            None => bytes,
-        };
-        w.write_tensor(&spec.name, &bytes).map_err(gerr(out))?;
-        tensor_types.insert(spec.name.clone(), spec.ggml_type.name().to_string());
-    }
-    w.finish().map_err(gerr(out))?;
-    let bytes = std::fs::metadata(out).map_err(|e| Error::io(out, e))?.len();
-    Ok(GgufReport {
-        path: out.display().to_string(),
-        bytes,
-        tensor_types,
-    })
 }

@@ -1,0 +1,180 @@
+//! Flag groups shared by several commands, flattened into each command's
+//! arguments and converted here into the library's parameter types, so a flag
+//! means the same thing (and has the same default) everywhere.
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use dynapress::database::{DEFAULT_GGML_TYPES, Method, MethodSpec};
+use dynapress::export::GgufTypes;
+use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
+use dynapress::selection::Budget;
+use dynapress_ggml::GgmlType;
+
+/// What to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A Hugging Face directory with dequantized weights (transformers loads it).
+    Safetensors,
+    /// dynapress's own format: a Hugging Face directory with every searched
+    /// layer as stored (codes, scales, zeros or ggml blocks); `eval`,
+    /// `generate` and `pack` read it.
+    Dynapress,
+    /// A GGUF file llama.cpp runs (needs a database of ggml types).
+    Gguf,
+}
+
+/// The compressor and the levels of the database.
+#[derive(Args, Debug, Clone)]
+pub struct MethodArgs {
+    /// Compressor: gptq or rtn (grids of --bits with --group-size), kquant
+    /// (ggml's encoders) or gptq-kquant (GPTQ inside ggml's grids) for --types.
+    /// Default: gptq, or gptq-kquant with --format gguf.
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// Bit widths, one level each (gptq, rtn).
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
+    pub bits: Vec<u8>,
+    /// ggml types, one level each (kquant, gptq-kquant).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_GGML_TYPES)]
+    pub types: Vec<String>,
+    /// kquant, gptq-kquant: do not weight by the calibration importance matrix.
+    #[arg(long)]
+    pub no_imatrix: bool,
+    /// Weights per quantization group along the input dimension (0 = whole row).
+    #[arg(long, default_value_t = 128)]
+    pub group_size: usize,
+    /// GPTQ: process columns in descending Hessian-diagonal order (static groups).
+    #[arg(long)]
+    pub act_order: bool,
+    /// Symmetric grid (scale only, no zero point).
+    #[arg(long)]
+    pub sym: bool,
+    /// GPTQ dampening, relative to the mean Hessian diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub damp: f64,
+    /// Search the MSE-optimal clipping range per group.
+    #[arg(long)]
+    pub clip: bool,
+}
+
+impl MethodArgs {
+    /// The method spec, with `default` when --method is not given.
+    pub fn spec(&self, default: Method) -> MethodSpec {
+        MethodSpec {
+            method: self.method.unwrap_or(default),
+            bits: self.bits.clone(),
+            types: self.types.clone(),
+            imatrix: !self.no_imatrix,
+            group_size: self.group_size,
+            sym: self.sym,
+            act_order: self.act_order,
+            damp: self.damp,
+            clip: self.clip,
+        }
+    }
+}
+
+/// EvoPress's parameters.
+#[derive(Args, Debug, Clone)]
+pub struct EvoArgs {
+    /// EvoPress generations.
+    #[arg(long, default_value_t = EvoParams::default().generations)]
+    pub generations: usize,
+    /// Offspring per generation.
+    #[arg(long, default_value_t = EvoParams::default().offspring)]
+    pub offspring: usize,
+    /// Selection stages TOKENS:SURVIVORS,... (the last keeps 1; the parent joins it).
+    #[arg(long, default_value = DEFAULT_STAGES_ARG)]
+    pub stages: String,
+    /// Racing: drop an offspring once it is this many standard errors worse
+    /// (paired, per window) than the stage's last survivor; 0 turns it off.
+    #[arg(long, default_value_t = EvoParams::default().race_z)]
+    pub race_z: f64,
+    /// Starting point: knapsack, or random (all layers at the target if it is a level).
+    #[arg(long, value_enum, default_value = "knapsack")]
+    pub init: Init,
+    /// Seed of every random choice of the search.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl EvoArgs {
+    /// The checked parameters.
+    pub fn params(&self) -> anyhow::Result<EvoParams> {
+        let stages = match parse_stages(&self.stages) {
+            Ok(s) => s,
+            Err(e) => crate::bad_arg!("--stages: {e}"),
+        };
+        super::check_evo_args(self.offspring, &stages)?;
+        Ok(EvoParams {
+            generations: self.generations,
+            offspring: self.offspring,
+            stages,
+            init: self.init,
+            seed: self.seed,
+            race_z: self.race_z,
+            ..Default::default()
+        })
+    }
+}
+
+/// The budget: bits per weight, or the byte size of a GGUF file.
+#[derive(Args, Debug, Clone)]
+pub struct BudgetArgs {
+    /// Budget: average storage bits per weight of the linear layers (scales
+    /// and zeros included). Default 3 unless --target-size is given.
+    #[arg(long, conflicts_with = "target_size")]
+    pub target_bits: Option<f64>,
+    /// Budget instead: size in bytes of the exported GGUF file (--format gguf;
+    /// embeddings/output at --embed-type/--output-type).
+    #[arg(long)]
+    pub target_size: Option<u64>,
+}
+
+impl BudgetArgs {
+    /// The budget; `default_bits` when neither flag is given (`None`: one is required).
+    pub fn budget(&self, default_bits: Option<f64>, gguf: bool) -> anyhow::Result<Budget> {
+        match (self.target_bits, self.target_size) {
+            (_, Some(0)) => crate::bad_arg!("--target-size must be a positive number of bytes"),
+            (_, Some(_)) if !gguf => crate::bad_arg!(
+                "--target-size is the size of a GGUF file: it needs --format gguf (or give --target-bits)"
+            ),
+            (_, Some(n)) => Ok(Budget::GgufBytes(n)),
+            (Some(b), None) => {
+                super::check_target_bits(b)?;
+                Ok(Budget::Bits(b))
+            }
+            (None, None) => match default_bits {
+                Some(b) => Ok(Budget::Bits(b)),
+                None => crate::bad_arg!("give a budget: --target-bits B or --target-size BYTES"),
+            },
+        }
+    }
+}
+
+/// The GGUF types of the tensors the search does not choose.
+#[derive(Args, Debug, Clone)]
+pub struct GgufTypeArgs {
+    /// gguf: type of token_embd.weight (for tied embeddings, the output too).
+    #[arg(long, default_value = "Q6_K")]
+    pub embed_type: String,
+    /// gguf: type of output.weight.
+    #[arg(long, default_value = "Q6_K")]
+    pub output_type: String,
+}
+
+impl GgufTypeArgs {
+    /// The parsed types.
+    pub fn types(&self) -> anyhow::Result<GgufTypes> {
+        Ok(GgufTypes {
+            embed: parse_type(&self.embed_type)?,
+            output: parse_type(&self.output_type)?,
+        })
+    }
+}
+
+/// A ggml type by name (`Q4_K`, `q6_k`, `F16`, …).
+pub fn parse_type(s: &str) -> anyhow::Result<GgmlType> {
+    GgmlType::from_name(s)
+        .with_context(|| format!("unknown ggml type `{s}` (e.g. Q4_K, Q6_K, Q8_0, F16)"))
+}

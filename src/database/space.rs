@@ -1,0 +1,233 @@
+//! The search space of a database: every searched layer, the levels it can
+//! take (smallest first) and what each costs, read once from the manifest.
+//!
+//! A level is whatever the database stored for a layer (a bit width, a ggml
+//! type, …); the space knows only its name, its exact storage bits and its
+//! per-layer error. [`Choice`] picks one level per layer by index.
+
+use crate::database::Manifest;
+use crate::error::{Error, Result};
+use crate::model::LinearId;
+
+/// One level of one layer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LevelOption {
+    pub level: String,
+    /// Index of the level in [`SearchSpace::levels`].
+    pub global: usize,
+    pub bits: u8,
+    pub storage_bits: u64,
+    pub rel_error: f64,
+}
+
+/// A searched layer and the levels it can take (smallest first).
+#[derive(Debug, Clone)]
+pub struct SpaceLayer {
+    pub id: LinearId,
+    pub params: u64,
+    pub levels: Vec<LevelOption>,
+}
+
+/// A level per layer: indices into each layer's own [`SpaceLayer::levels`].
+pub type Choice = Vec<usize>;
+
+/// The layers, their levels and costs.
+#[derive(Debug, Clone)]
+pub struct SearchSpace {
+    pub layers: Vec<SpaceLayer>,
+    /// Every level name of the database, smallest first. A layer may lack
+    /// some (a ggml type whose block does not divide its rows).
+    pub levels: Vec<String>,
+    pub total_params: u64,
+}
+
+impl SearchSpace {
+    /// Every layer of a complete database with the levels it has.
+    pub fn from_manifest(m: &Manifest) -> Result<Self> {
+        let mut ids: Vec<LinearId> = m.entries.iter().map(|e| e.id()).collect();
+        ids.sort();
+        ids.dedup();
+        let levels: Vec<String> = m.levels.clone();
+        let mut layers = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mut opts = Vec::with_capacity(levels.len());
+            let mut params = 0;
+            for (g, name) in levels.iter().enumerate() {
+                match m.entry(id, name) {
+                    Some(e) => {
+                        params = (e.rows * e.cols) as u64;
+                        opts.push(LevelOption {
+                            level: name.clone(),
+                            global: g,
+                            bits: e.bits,
+                            storage_bits: e.storage_bits,
+                            rel_error: e.rel_error,
+                        });
+                    }
+                    None => {
+                        let known = m
+                            .unavailable
+                            .iter()
+                            .any(|u| u.layer == id.weight_name() && u.level == *name);
+                        if !known {
+                            return Err(Error::Invalid(format!(
+                                "the database has no {name} entry for {}",
+                                id.weight_name()
+                            )));
+                        }
+                    }
+                }
+            }
+            if opts.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "the database has no level at all for {} (every level is listed as unavailable); rebuild it with levels the layer can take",
+                    id.weight_name()
+                )));
+            }
+            opts.sort_by(|a, b| {
+                a.storage_bits
+                    .cmp(&b.storage_bits)
+                    .then(a.global.cmp(&b.global))
+            });
+            layers.push(SpaceLayer {
+                id,
+                params,
+                levels: opts,
+            });
+        }
+        if layers.is_empty() {
+            return Err(Error::Invalid("the database has no entries".into()));
+        }
+        let total_params = layers.iter().map(|l| l.params).sum();
+        Ok(SearchSpace {
+            layers,
+            levels,
+            total_params,
+        })
+    }
+
+    /// Total storage bits of a choice.
+    pub fn storage_bits(&self, c: &[usize]) -> u64 {
+        self.layers
+            .iter()
+            .zip(c)
+            .map(|(l, &k)| l.levels[k].storage_bits)
+            .sum()
+    }
+
+    /// Average bits per weight of a choice.
+    pub fn bits_per_weight(&self, c: &[usize]) -> f64 {
+        self.storage_bits(c) as f64 / self.total_params as f64
+    }
+
+    /// The budget in bits for a target average.
+    pub fn budget_bits(&self, target: f64) -> u64 {
+        (target * self.total_params as f64).floor() as u64
+    }
+
+    /// The highest level index of layer `i`.
+    pub fn top(&self, i: usize) -> usize {
+        self.layers[i].levels.len() - 1
+    }
+
+    /// Every layer at global level `g`, or, for a layer without it, the
+    /// largest level it has below (its smallest if none).
+    pub fn all_at(&self, g: usize) -> Choice {
+        self.layers
+            .iter()
+            .map(|l| l.levels.iter().rposition(|o| o.global <= g).unwrap_or(0))
+            .collect()
+    }
+
+    /// Every layer at its smallest level.
+    pub fn lowest(&self) -> Choice {
+        vec![0; self.layers.len()]
+    }
+
+    /// Every layer at its largest level.
+    pub fn highest(&self) -> Choice {
+        (0..self.layers.len()).map(|i| self.top(i)).collect()
+    }
+
+    /// Checks that a target lies between the lowest and highest levels.
+    pub fn check_target(&self, target: f64) -> Result<()> {
+        let lo = self.bits_per_weight(&self.lowest());
+        let hi = self.bits_per_weight(&self.highest());
+        if !(target.is_finite() && target > 0.0) {
+            return Err(Error::Invalid(format!(
+                "target {target} is not a positive number of bits per weight"
+            )));
+        }
+        if target < lo {
+            return Err(Error::Invalid(format!(
+                "target {target} bits per weight is below the lowest level: every layer at {} takes {lo:.4}",
+                self.levels[0]
+            )));
+        }
+        if target > hi {
+            return Err(Error::Invalid(format!(
+                "target {target} bits per weight is above the highest level: every layer at {} takes {hi:.4}; nothing to search",
+                self.levels[self.levels.len() - 1]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sum of the manifest's per-layer relative errors.
+    pub fn error_sum(&self, c: &[usize]) -> f64 {
+        self.layers
+            .iter()
+            .zip(c)
+            .map(|(l, &k)| l.levels[k].rel_error)
+            .sum()
+    }
+
+    /// The level name each layer gets under `c`.
+    pub fn level_names(&self, c: &[usize]) -> std::collections::HashMap<LinearId, String> {
+        self.layers
+            .iter()
+            .zip(c)
+            .map(|(l, &k)| (l.id, l.levels[k].level.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small synthetic space: `n` layers of `params` weights, levels with
+    /// bits 2,3,4,8 costing `bits·params + 64` and errors `w_i · 4^-bits`.
+    pub fn toy_space(n: usize) -> SearchSpace {
+        let bits = [2u8, 3, 4, 8];
+        let layers = (0..n)
+            .map(|i| {
+                let params = 1024 * (1 + (i % 3) as u64);
+                SpaceLayer {
+                    id: LinearId {
+                        block: i / 7,
+                        kind: crate::model::LinearKind::ALL[i % 7],
+                    },
+                    params,
+                    levels: bits
+                        .iter()
+                        .enumerate()
+                        .map(|(g, &b)| LevelOption {
+                            level: format!("b{b}"),
+                            global: g,
+                            bits: b,
+                            storage_bits: b as u64 * params + 64,
+                            rel_error: (1.0 + (i * 37 % 11) as f64) * 4f64.powi(-(b as i32)),
+                        })
+                        .collect(),
+                }
+            })
+            .collect::<Vec<_>>();
+        let total_params = layers.iter().map(|l| l.params).sum();
+        SearchSpace {
+            layers,
+            levels: bits.iter().map(|b| format!("b{b}")).collect(),
+            total_params,
+        }
+    }
+}

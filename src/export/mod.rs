@@ -1,0 +1,60 @@
+//! Export of a searched configuration ([`Selection`]): one file per format.
+//!
+//! - [`safetensors`]: a Hugging Face directory, dequantized (transformers loads it);
+//! - [`dynapress`]: the same directory with the searched layers as stored (codes,
+//!   scales, zeros or ggml blocks), read by `eval`, `generate` and `pack`;
+//! - [`gguf`]: a GGUF file llama.cpp runs, and the file-size budget
+//!   ([`gguf::gguf_target`]);
+//! - [`recipe`]: the llama-quantize overrides that reproduce a GGUF selection;
+//! - [`convert`]: a checkpoint at one ggml type (no selection).
+//!
+//! Writers stream: the safetensors and GGUF writers (`formats::safetensors`,
+//! `dynapress_gguf::GgufWriter`) are both driven through [`TensorSink`], one
+//! tensor at a time, to a temporary name renamed into place when complete.
+//! A new export format is a new file here with a sink for its container.
+
+pub mod convert;
+pub mod dynapress;
+pub mod gguf;
+pub mod recipe;
+pub mod safetensors;
+
+pub use convert::convert_gguf;
+pub use dynapress::export_dynapress;
+pub use gguf::{GgufReport, GgufTypes, export_gguf, gguf_target};
+pub use recipe::{llama_quantize_command, llama_quantize_recipe};
+pub use safetensors::{ExportDtype, ExportReport, export_safetensors};
+
+use crate::database::Database;
+use crate::error::Result;
+use crate::model::ModelFiles;
+use crate::selection::{Budget, Target};
+
+/// A container being written tensor by tensor, in the order its header
+/// declared them (begin is the writer's constructor, which takes the header).
+pub trait TensorSink {
+    /// Appends the next tensor's bytes.
+    fn tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Completes the file (renames it into place).
+    fn finish(self) -> Result<()>
+    where
+        Self: Sized;
+}
+
+/// Resolves a budget against a database: bits per weight as given, a GGUF
+/// file size through [`gguf_target`] (which needs the GGUF types of the
+/// tensors the search does not choose).
+pub fn resolve_budget(
+    budget: Budget,
+    files: &ModelFiles,
+    db: &Database,
+    gguf: Option<GgufTypes>,
+) -> Result<Target> {
+    match (budget, gguf) {
+        (Budget::Bits(b), _) => Ok(Target::bits(b)),
+        (Budget::GgufBytes(bytes), Some(types)) => gguf_target(files, db, types, bytes),
+        (Budget::GgufBytes(_), None) => Err(crate::Error::Invalid(
+            "a file-size target needs the GGUF format (--format gguf)".into(),
+        )),
+    }
+}
