@@ -70,8 +70,31 @@ pub enum Error {
     )]
     UnknownLayer { name: String },
 
+    /// A command-line option (or the library parameter behind it) is out of
+    /// range or inconsistent with another; `flag` names it.
+    #[error("{msg}")]
+    Option { flag: &'static str, msg: String },
+
+    /// The budget cannot be met by the database's levels (or the file-size
+    /// budget by the fixed part of the file).
+    #[error("{msg}")]
+    Budget { msg: String },
+
+    /// A problem with one linear layer (its database entry, its Hessian, its
+    /// quantizer).
+    #[error("{layer}: {msg}")]
+    Layer { layer: String, msg: String },
+
+    /// A checkpoint tensor could not be encoded or decoded.
+    #[error("tensor `{name}`: {msg}")]
+    Tensor { name: String, msg: String },
+
+    /// Anything else that is wrong with the request.
     #[error("{0}")]
     Invalid(String),
+
+    #[error(transparent)]
+    Method(#[from] dynapress_compress::MethodError),
 
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
@@ -93,6 +116,27 @@ impl Error {
     pub fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Config {
             path: path.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// An option error about `flag`.
+    pub fn option(flag: &'static str, msg: impl Into<String>) -> Self {
+        Error::Option {
+            flag,
+            msg: msg.into(),
+        }
+    }
+
+    /// A budget error.
+    pub fn budget(msg: impl Into<String>) -> Self {
+        Error::Budget { msg: msg.into() }
+    }
+
+    /// An error about one linear layer.
+    pub fn layer(layer: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Layer {
+            layer: layer.into(),
             msg: msg.into(),
         }
     }

@@ -321,33 +321,38 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
 pub fn validate(opts: &CompressOptions, files: &ModelFiles) -> Result<()> {
     let levels = opts.method.levels()?;
     if levels.is_empty() {
-        return Err(Error::Invalid(
-            "no database levels: give --bits or --types".into(),
+        return Err(Error::option(
+            "--bits",
+            "no database levels: give --bits or --types",
         ));
     }
     match (opts.budget, opts.gguf) {
         (Budget::GgufBytes(_), None) => {
-            return Err(Error::Invalid(
-                "a file-size target (--target-size) needs the GGUF format (--format gguf)".into(),
+            return Err(Error::option(
+                "--target-size",
+                "a file-size target (--target-size) needs the GGUF format (--format gguf)",
             ));
         }
         (Budget::GgufBytes(0), _) => {
-            return Err(Error::Invalid(
-                "--target-size must be a positive number of bytes".into(),
+            return Err(Error::option(
+                "--target-size",
+                "--target-size must be a positive number of bytes",
             ));
         }
         _ => {}
     }
     if opts.gguf.is_some() && !opts.method.is_ggml() {
-        return Err(Error::Invalid(
-            "--format gguf needs a database of ggml types: --method kquant or gptq-kquant".into(),
+        return Err(Error::option(
+            "--format",
+            "--format gguf needs a database of ggml types: --method kquant or gptq-kquant",
         ));
     }
     if let Budget::Bits(t) = opts.budget {
         if !(t.is_finite() && t > 0.0) {
-            return Err(Error::Invalid(format!(
-                "--target-bits {t} is not a positive number of bits per weight"
-            )));
+            return Err(Error::option(
+                "--target-bits",
+                format!("--target-bits {t} is not a positive number of bits per weight"),
+            ));
         }
         // Every layer at the lowest / highest level (ggml levels a layer cannot
         // take only narrow the range, so these bounds never refuse a reachable target).
@@ -366,7 +371,7 @@ pub fn validate(opts: &CompressOptions, files: &ModelFiles) -> Result<()> {
         };
         let (lo, hi) = (bpw(&levels[0]), bpw(&levels[levels.len() - 1]));
         if t < lo * (1.0 - 1e-3) || t > hi * (1.0 + 1e-3) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::budget(format!(
                 "--target-bits {t} is outside what the levels reach: from about {lo:.3} (every layer at {}) to {hi:.3} (every layer at {}); change --target-bits or the levels",
                 levels[0].name,
                 levels[levels.len() - 1].name

@@ -57,20 +57,23 @@ pub fn load_calibration(
     seq_len: usize,
 ) -> Result<CalibSet> {
     if files.is_empty() {
-        return Err(Error::Invalid(
-            "no calibration file given (--calib FILE)".into(),
+        return Err(Error::option(
+            "--calib",
+            "no calibration file given (--calib FILE)",
         ));
     }
     if seq_len < 2 {
-        return Err(Error::Invalid(
-            "calibration seq-len must be at least 2".into(),
+        return Err(Error::option(
+            "--seq-len",
+            "calibration seq-len must be at least 2",
         ));
     }
     let want = tokens / seq_len;
     if want == 0 {
-        return Err(Error::Invalid(format!(
-            "--calib-tokens {tokens} is less than one window of {seq_len} tokens"
-        )));
+        return Err(Error::option(
+            "--calib-tokens",
+            format!("--calib-tokens {tokens} is less than one window of {seq_len} tokens"),
+        ));
     }
     let mut streams = Vec::new();
     for path in files {
@@ -106,10 +109,13 @@ pub fn load_calibration(
     }
     if left > 0 {
         let have: usize = quota.iter().sum();
-        return Err(Error::Invalid(format!(
-            "the calibration files hold {have} windows of {seq_len} tokens ({} tokens); --calib-tokens asks for {want} windows",
-            have * seq_len
-        )));
+        return Err(Error::option(
+            "--calib-tokens",
+            format!(
+                "the calibration files hold {have} windows of {seq_len} tokens ({} tokens); --calib-tokens asks for {want} windows",
+                have * seq_len
+            ),
+        ));
     }
     let mut ids = Vec::with_capacity(want * seq_len);
     let mut sources = Vec::new();
@@ -389,8 +395,9 @@ impl Capture for HessianCapture {
         add_sum_sq(acc, x, width);
         if let Some((_, h)) = self.sites.iter_mut().find(|(s, _)| *s == site) {
             debug_assert_eq!(h.dim(), width);
-            h.add_batch(x)
-                .map_err(|e| Error::Invalid(format!("block {block}, {}: {e}", site.name())))?;
+            h.add_batch(x).map_err(|e| {
+                Error::layer(format!("block {block}, {}", site.name()), e.to_string())
+            })?;
         }
         Ok(())
     }

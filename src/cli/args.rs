@@ -29,7 +29,7 @@ pub struct MethodArgs {
     /// Compressor: gptq or rtn (grids of --bits with --group-size), kquant
     /// (ggml's encoders) or gptq-kquant (GPTQ inside ggml's grids) for --types.
     /// Default: gptq, or gptq-kquant with --format gguf.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = method_parser())]
     pub method: Option<Method>,
     /// Bit widths, one level each (gptq, rtn).
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
@@ -171,6 +171,13 @@ impl GgufTypeArgs {
             output: parse_type(&self.output_type)?,
         })
     }
+}
+
+/// `--method`: the closed set of compressors, listed in `--help` and errors.
+fn method_parser() -> impl clap::builder::TypedValueParser<Value = Method> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["gptq", "rtn", "kquant", "gptq-kquant"])
+        .map(|s| s.parse::<Method>().expect("every listed value parses"))
 }
 
 /// A ggml type by name (`Q4_K`, `q6_k`, `F16`, …).

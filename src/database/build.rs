@@ -4,15 +4,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use dynapress_compress::{
-    ClipSearch, FactorParams, GptqFactor, GptqQuantParams, Hessian, QuantScheme, RtnParams,
-    relative_output_error, rtn,
+    FactorParams, GptqFactor, Hessian, compress_layer, relative_output_error,
 };
 use sha2::{Digest, Sha256};
 
 use super::{
-    CalibIdentity, Entry, FORMAT_VERSION, GgmlBlocks, HessianEntry, IMATRIX_FILE, LevelSpec,
-    Manifest, Method, MethodSpec, ModelIdentity, Unavailable, Variant, entry_bytes,
-    load_entry_file,
+    CalibIdentity, Entry, FORMAT_VERSION, HessianEntry, IMATRIX_FILE, LevelSpec, Manifest, Method,
+    MethodSpec, ModelIdentity, Unavailable, Variant, entry_bytes, load_entry_file,
 };
 use crate::calib::{BlockStream, CalibSet, HessianCapture};
 use crate::error::{Error, Result};
@@ -286,7 +284,10 @@ pub fn build_database(
                         },
                     )
                     .map_err(|e| {
-                        Error::Invalid(format!("block {block_idx}, {} Hessian: {e}", site.name()))
+                        Error::layer(
+                            format!("block {block_idx}, {}", site.name()),
+                            format!("Hessian: {e}"),
+                        )
                     })?,
                 ),
                 Method::Rtn | Method::Kquant => None,
@@ -331,8 +332,9 @@ pub fn build_database(
                         pb.inc(1);
                         continue;
                     }
-                    let q = compress(&w, h, factor.as_ref(), importance.as_deref(), spec, level)
-                        .map_err(|e| Error::Invalid(format!("{}: {e}", id.weight_name())))?;
+                    let q =
+                        compress_layer(&w, h, factor.as_ref(), importance.as_deref(), spec, level)
+                            .map_err(|e| Error::layer(id.weight_name(), e.to_string()))?;
                     let entry = write_entry(dir, id, level, &w, h, &q)?;
                     manifest.entries.push(entry);
                     sort_entries(&mut manifest);
@@ -450,87 +452,42 @@ pub fn fallback_summary(spec: &MethodSpec, files: &ModelFiles) -> Result<Vec<Str
 fn validate_spec(spec: &MethodSpec) -> Result<()> {
     if spec.is_ggml() {
         if spec.types.is_empty() {
-            return Err(Error::Invalid(
-                "--types needs at least one ggml type".into(),
+            return Err(Error::option(
+                "--types",
+                "--types needs at least one ggml type",
             ));
         }
         if spec.act_order {
-            return Err(Error::Invalid(
-                "--act-order does not apply to ggml types (their blocks follow the column order)"
-                    .into(),
+            return Err(Error::option(
+                "--act-order",
+                "--act-order does not apply to ggml types (their blocks follow the column order)",
             ));
         }
         spec.levels()?;
         return Ok(());
     }
     if spec.bits.is_empty() {
-        return Err(Error::Invalid("--bits needs at least one bit width".into()));
+        return Err(Error::option(
+            "--bits",
+            "--bits needs at least one bit width",
+        ));
     }
     if let Some(b) = spec.bits.iter().find(|&&b| !(2..=8).contains(&b)) {
-        return Err(Error::Invalid(format!(
-            "bit width {b} is not supported (2 to 8)"
-        )));
+        return Err(Error::option(
+            "--bits",
+            format!("bit width {b} is not supported (2 to 8)"),
+        ));
     }
     if !(spec.damp > 0.0 && spec.damp.is_finite()) {
-        return Err(Error::Invalid("--damp must be a positive number".into()));
+        return Err(Error::option("--damp", "--damp must be a positive number"));
     }
     if spec.act_order && spec.method == Method::Rtn {
-        return Err(Error::Invalid("--act-order applies to GPTQ only".into()));
+        return Err(Error::option(
+            "--act-order",
+            "--act-order applies to GPTQ only",
+        ));
     }
     Ok(())
-}
-
-fn compress(
-    w: &[f32],
-    h: &Hessian,
-    factor: Option<&GptqFactor>,
-    imatrix: Option<&[f32]>,
-    spec: &MethodSpec,
-    level: &LevelSpec,
-) -> std::result::Result<Variant, String> {
-    let cols = h.dim();
-    if let Some(ty) = level.ggml {
-        let rows = w.len() / cols;
-        let bytes = match (spec.method, factor) {
-            (Method::GptqKquant, Some(f)) => {
-                dynapress_compress::ggml_gptq::gptq_ggml(f, w, ty, imatrix)
-                    .map_err(|e| e.to_string())?
-                    .into_bytes()
-            }
-            _ => dynapress_ggml::quantize(ty, w, cols, imatrix).map_err(|e| e.to_string())?,
-        };
-        return Ok(Variant::Ggml(GgmlBlocks {
-            ty,
-            rows,
-            cols,
-            bytes,
-        }));
-    }
-    let scheme = QuantScheme {
-        bits: level.bits,
-        group_size: spec.group_size,
-        sym: spec.sym,
-    };
-    let clip = spec.clip.then(ClipSearch::default);
-    match factor {
-        Some(f) => f
-            .quantize(
-                w,
-                &GptqQuantParams {
-                    scheme,
-                    clip,
-                    // With act-order, groups are fitted on the original column
-                    // order so no permutation needs storing.
-                    static_groups: spec.act_order,
-                    ..Default::default()
-                },
-            )
-            .map(Variant::Grid)
-            .map_err(|e| e.to_string()),
-        None => rtn(w, cols, &RtnParams { scheme, clip })
-            .map(Variant::Grid)
-            .map_err(|e| e.to_string()),
-    }
 }
 
 fn sort_entries(m: &mut Manifest) {

@@ -70,19 +70,19 @@ impl SearchSpace {
                             .iter()
                             .any(|u| u.layer == id.weight_name() && u.level == *name);
                         if !known {
-                            return Err(Error::Invalid(format!(
-                                "the database has no {name} entry for {}",
-                                id.weight_name()
-                            )));
+                            return Err(Error::layer(
+                                id.weight_name(),
+                                format!("the database has no {name} entry for this layer"),
+                            ));
                         }
                     }
                 }
             }
             if opts.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "the database has no level at all for {} (every level is listed as unavailable); rebuild it with levels the layer can take",
-                    id.weight_name()
-                )));
+                return Err(Error::layer(
+                    id.weight_name(),
+                    "the database has no level at all for this layer (every level is listed as unavailable); rebuild it with levels the layer can take",
+                ));
             }
             opts.sort_by(|a, b| {
                 a.storage_bits
@@ -154,18 +154,18 @@ impl SearchSpace {
         let lo = self.bits_per_weight(&self.lowest());
         let hi = self.bits_per_weight(&self.highest());
         if !(target.is_finite() && target > 0.0) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::budget(format!(
                 "target {target} is not a positive number of bits per weight"
             )));
         }
         if target < lo {
-            return Err(Error::Invalid(format!(
+            return Err(Error::budget(format!(
                 "target {target} bits per weight is below the lowest level: every layer at {} takes {lo:.4}",
                 self.levels[0]
             )));
         }
         if target > hi {
-            return Err(Error::Invalid(format!(
+            return Err(Error::budget(format!(
                 "target {target} bits per weight is above the highest level: every layer at {} takes {hi:.4}; nothing to search",
                 self.levels[self.levels.len() - 1]
             )));

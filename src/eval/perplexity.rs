@@ -87,27 +87,31 @@ impl WindowOptions {
     /// Refuses settings that score nothing (or divide by zero).
     pub fn validate(&self) -> Result<()> {
         if self.windows == 0 {
-            return Err(Error::Invalid(
-                "--windows must be at least 1 (windows scored per file)".into(),
+            return Err(Error::option(
+                "--windows",
+                "--windows must be at least 1 (windows scored per file)",
             ));
         }
         if self.batch == 0 {
-            return Err(Error::Invalid("--batch must be at least 1".into()));
+            return Err(Error::option("--batch", "--batch must be at least 1"));
         }
         let min = match self.protocol {
             Protocol::Windows => 2,
             Protocol::LlamaPerplexity => 3,
         };
         if self.seq_len < min || self.scored_per_window() == 0 {
-            return Err(Error::Invalid(format!(
-                "--seq-len {} scores no token{}; give at least {min}",
-                self.seq_len,
-                match self.protocol {
-                    Protocol::Windows => "",
-                    Protocol::LlamaPerplexity =>
-                        " (llama-perplexity scores the second half of each window)",
-                }
-            )));
+            return Err(Error::option(
+                "--seq-len",
+                format!(
+                    "--seq-len {} scores no token{}; give at least {min}",
+                    self.seq_len,
+                    match self.protocol {
+                        Protocol::Windows => "",
+                        Protocol::LlamaPerplexity =>
+                            " (llama-perplexity scores the second half of each window)",
+                    }
+                ),
+            ));
         }
         Ok(())
     }
@@ -257,10 +261,13 @@ pub fn score_windows_multi(
     for m in models.iter().chain(base.as_ref()) {
         let max = m.config.max_position_embeddings;
         if opts.seq_len > max {
-            return Err(Error::Invalid(format!(
-                "seq-len {} exceeds the model's max_position_embeddings ({max})",
-                opts.seq_len
-            )));
+            return Err(Error::option(
+                "--seq-len",
+                format!(
+                    "seq-len {} exceeds the model's max_position_embeddings ({max})",
+                    opts.seq_len
+                ),
+            ));
         }
     }
     let n = usable_windows(tokens.len(), opts);

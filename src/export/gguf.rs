@@ -222,11 +222,10 @@ fn plan(
     let mut linear_types = Vec::with_capacity(space.layers.len());
     for (l, &k) in space.layers.iter().zip(choice) {
         let e = db.manifest.entry(l.id, &l.levels[k].level).ok_or_else(|| {
-            Error::Invalid(format!(
-                "no database entry for {} at {}",
+            Error::layer(
                 l.id.weight_name(),
-                l.levels[k].level
-            ))
+                format!("no database entry at {}", l.levels[k].level),
+            )
         })?;
         let ty = ggml_type_of(&db.manifest, &e.level).ok_or_else(|| {
             Error::data(
@@ -335,7 +334,7 @@ pub fn gguf_target(
     let fixed = fixed_bytes(files, db, types)?;
     let eff = EffectiveTypes::of(files, types);
     if bytes <= fixed {
-        return Err(Error::Invalid(format!(
+        return Err(Error::budget(format!(
             "a {bytes}-byte file cannot hold this model: metadata, {} and norms alone take {fixed} bytes; \
              raise --target-size or choose {}",
             eff.describe(),
@@ -347,7 +346,7 @@ pub fn gguf_target(
     if bits < lowest {
         // The smallest file this database can make with these types.
         let min_bytes = fixed + (lowest * space.total_params as f64 / 8.0).ceil() as u64;
-        return Err(Error::Invalid(format!(
+        return Err(Error::budget(format!(
             "a {bytes}-byte file leaves {bits:.4} bits per weight for the linear layers after \
              {}, below the lowest level ({} at {lowest:.4}); \
              the smallest file with these types is about {min_bytes} bytes: raise --target-size \
@@ -472,7 +471,10 @@ pub(super) fn encode_checkpoint(
     let raw = files.weights.raw(hf)?;
     let values = to_f32(&raw, hf)?;
     let cols = *raw.shape.last().unwrap_or(&1);
-    encode(ty, &values, cols, imatrix).map_err(|e| Error::Invalid(format!("{hf}: {e}")))
+    encode(ty, &values, cols, imatrix).map_err(|msg| Error::Tensor {
+        name: hf.to_string(),
+        msg,
+    })
 }
 
 /// The output layer's importance from the database's imatrix, if present.

@@ -53,8 +53,9 @@ pub fn resolve_budget(
     match (budget, gguf) {
         (Budget::Bits(b), _) => Ok(Target::bits(b)),
         (Budget::GgufBytes(bytes), Some(types)) => gguf_target(files, db, types, bytes),
-        (Budget::GgufBytes(_), None) => Err(crate::Error::Invalid(
-            "a file-size target needs the GGUF format (--format gguf)".into(),
+        (Budget::GgufBytes(_), None) => Err(crate::Error::option(
+            "--target-size",
+            "a file-size target needs the GGUF format (--format gguf)",
         )),
     }
 }

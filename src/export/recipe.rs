@@ -27,7 +27,7 @@ pub fn llama_quantize_recipe(sel: &Selection) -> Result<String> {
         let name = gguf_tensor_name(&l.id.weight_name())
             .ok()
             .flatten()
-            .ok_or_else(|| Error::Invalid(format!("no GGUF name for {}", l.id.weight_name())))?;
+            .ok_or_else(|| Error::layer(l.id.weight_name(), "no GGUF tensor name"))?;
         lines.push(format!(
             "^{}$={}",
             regex_escape(&name),

@@ -396,16 +396,18 @@ impl Block {
     pub fn set_linear_weight(&mut self, kind: LinearKind, w: &Tensor) -> Result<()> {
         let old = self.linear_weight(kind)?;
         if old.dims() != w.dims() {
-            return Err(Error::Invalid(format!(
-                "new weight for {} has shape {:?}, expected {:?}",
+            return Err(Error::layer(
                 LinearId {
                     block: self.index,
-                    kind
+                    kind,
                 }
                 .weight_name(),
-                w.dims(),
-                old.dims()
-            )));
+                format!(
+                    "new weight has shape {:?}, expected {:?}",
+                    w.dims(),
+                    old.dims()
+                ),
+            ));
         }
         let w = w.to_dtype(old.dtype())?.to_device(old.device())?;
         self.fused_mut(kind).set_part(kind, &w)

@@ -47,12 +47,13 @@ pub fn generate(
         ));
     }
     if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
-        return Err(Error::Invalid(
-            "temperature must be a finite number ≥ 0".into(),
+        return Err(Error::option(
+            "--temperature",
+            "temperature must be a finite number ≥ 0",
         ));
     }
     if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
-        return Err(Error::Invalid("top-p must be in (0, 1]".into()));
+        return Err(Error::option("--top-p", "top-p must be in (0, 1]"));
     }
     let eos = model.tokenizer.eos_id();
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);

@@ -25,23 +25,7 @@ impl Tokenizer {
         }
         // Large vocabularies take tens of MiB; a link to a device must not be read forever.
         let json = crate::fsutil::read_text_limited(path, 1 << 30)?;
-        let inner = parse(&json, path)?;
-        let eos = eos.or_else(|| {
-            [
-                "<|endoftext|>",
-                "</s>",
-                "<|end_of_text|>",
-                "<|im_end|>",
-                "<eos>",
-            ]
-            .iter()
-            .find_map(|t| inner.token_to_id(t))
-        });
-        Ok(Tokenizer {
-            inner,
-            path: path.to_path_buf(),
-            eos,
-        })
+        Self::from_json(&json, path, eos)
     }
 
     /// A tokenizer from `tokenizer.json` contents; `origin` names it in errors.

@@ -365,7 +365,10 @@ pub fn evopress(
 ) -> Result<EvoResult> {
     space.check_target(target_bits)?;
     if params.offspring == 0 {
-        return Err(Error::Invalid("--offspring must be at least 1".into()));
+        return Err(Error::option(
+            "--offspring",
+            "--offspring must be at least 1",
+        ));
     }
     let budget = space.budget_bits(target_bits);
     let mutator = Mutator {
@@ -459,8 +462,8 @@ pub fn evopress(
             }
         }
         if offspring.is_empty() {
-            return Err(Error::Invalid(
-                "no feasible mutation of the current configuration exists (the budget leaves no room to move)".into(),
+            return Err(Error::budget(
+                "no feasible mutation of the current configuration exists (the budget leaves no room to move)",
             ));
         }
         let mut candidates = offspring;

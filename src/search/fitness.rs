@@ -328,9 +328,7 @@ impl<'a> Evaluator<'a> {
             .db
             .manifest
             .entry(l.id, &l.levels[level].level)
-            .ok_or_else(|| {
-                Error::Invalid(format!("no database entry for {}", l.id.weight_name()))
-            })?;
+            .ok_or_else(|| Error::layer(l.id.weight_name(), "no database entry"))?;
         let q = self.db.load(entry)?;
         let t = Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), self.model.device())?;
         let size = q.rows() * q.cols() * 4;

@@ -63,8 +63,8 @@ pub fn solve(space: &SearchSpace, budget: u64) -> Result<Choice> {
         .min_by(|&x, &y| best[x].total_cmp(&best[y]).then(x.cmp(&y)))
         .expect("non-empty");
     if !best[b].is_finite() {
-        return Err(crate::error::Error::Invalid(
-            "no configuration fits the budget".into(),
+        return Err(crate::error::Error::budget(
+            "no configuration fits the budget",
         ));
     }
     let mut choice = vec![0usize; n];

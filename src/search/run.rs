@@ -85,8 +85,9 @@ pub fn run_search(
         Algo::Knapsack => (knapsack::knapsack(space, target_bits)?, None, vec![], None),
         Algo::Evopress => {
             if opts.calib.is_empty() {
-                return Err(crate::error::Error::Invalid(
-                    "EvoPress needs calibration text (--calib FILE) for its fitness".into(),
+                return Err(crate::error::Error::option(
+                    "--calib",
+                    "EvoPress needs calibration text (--calib FILE) for its fitness",
                 ));
             }
             let max_stage = opts.evo.stages.iter().map(|s| s.tokens).max().unwrap_or(0);

@@ -60,6 +60,7 @@ pub mod gptq;
 pub mod grid;
 pub mod hessian;
 mod isa;
+pub mod method;
 pub mod metrics;
 pub mod pack;
 pub mod quantized;
@@ -69,6 +70,7 @@ pub use ggml_gptq::{GgmlGptqError, GgmlQuantized, gptq_ggml, imatrix_from_hessia
 pub use gptq::{FactorParams, GptqFactor, GptqParams, GptqQuantParams, gptq};
 pub use grid::{ClipSearch, GroupGrid, QuantScheme};
 pub use hessian::{Accumulation, Hessian};
+pub use method::{GgmlBlocks, LevelSpec, Method, MethodError, MethodSpec, Variant, compress_layer};
 pub use metrics::{quadratic_trace, relative_output_error};
 pub use quantized::{BufferDtype, NamedBuffer, Provenance, QuantMeta, QuantizedLinear};
 pub use rtn::{RtnParams, rtn};

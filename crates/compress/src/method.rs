@@ -1,0 +1,366 @@
+//! The compressors of a layer database: which method, at which levels, and the
+//! dispatch from a level to the compressor that makes its [`Variant`].
+//!
+//! A level is a grid bit width (GPTQ or RTN on [`QuantScheme`] grids) or a
+//! ggml type (ggml's own encoder, or GPTQ inside the type's block grid). The
+//! database stores one [`Variant`] per layer and level; [`compress_layer`] is
+//! the one place that turns `(W, H, spec, level)` into it.
+
+use dynapress_ggml::GgmlType;
+use serde::{Deserialize, Serialize};
+
+use crate::gptq::{GptqFactor, GptqQuantParams};
+use crate::grid::{ClipSearch, QuantScheme};
+use crate::hessian::Hessian;
+use crate::quantized::QuantizedLinear;
+use crate::rtn::{RtnParams, rtn};
+
+/// Errors of the method description and the stored variants.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MethodError {
+    /// A `--types` entry is not a quantized ggml type.
+    #[error(
+        "unknown ggml type `{0}`; choose among Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1, Q8_0"
+    )]
+    UnknownGgmlType(String),
+    /// Stored ggml blocks do not decode.
+    #[error("{ty} blocks: {msg}")]
+    Blocks {
+        /// The block type.
+        ty: GgmlType,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// The compressor and its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodSpec {
+    /// `gptq`, `rtn`, `kquant` or `gptq-kquant`.
+    pub method: Method,
+    /// Grid methods (gptq, rtn): bit widths, one level each.
+    pub bits: Vec<u8>,
+    /// ggml methods (kquant, gptq-kquant): ggml types, one level each.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// ggml methods: weight the encoder's scale search by the calibration
+    /// importance (mean of x² per input channel, as llama-imatrix computes).
+    #[serde(default)]
+    pub imatrix: bool,
+    /// Group size along the input dimension (0 = one group per row).
+    pub group_size: usize,
+    /// Symmetric grid (no zero point).
+    pub sym: bool,
+    /// GPTQ: columns in descending diag(H) order, with static groups.
+    pub act_order: bool,
+    /// GPTQ: relative dampening λ = damp · mean(diag H).
+    pub damp: f64,
+    /// MSE-optimal clipping search per group.
+    pub clip: bool,
+}
+
+impl Default for MethodSpec {
+    fn default() -> Self {
+        MethodSpec {
+            method: Method::Gptq,
+            bits: vec![2, 3, 4, 5, 6, 8],
+            types: vec![],
+            imatrix: true,
+            group_size: 128,
+            sym: false,
+            act_order: false,
+            damp: 0.01,
+            clip: false,
+        }
+    }
+}
+
+/// The ggml types a ggml database uses by default.
+pub const DEFAULT_GGML_TYPES: &str = "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0";
+
+/// The 32-value types a ggml database adds as *fallback levels* for layers
+/// whose rows a chosen type cannot hold (rows that are not a multiple of the
+/// k-quants' 256): llama-quantize's fallback types (`tensor_type_fallback`:
+/// Q2_K, Q3_K → Q4_0; Q4_K → Q5_0; Q5_K → Q5_1; Q6_K → Q8_0), IQ4_NL (its
+/// fallback for the i-quants: a non-linear 4.5-bit grid) and Q4_1 between
+/// them, each with its own database entry (GPTQ inside its grid for
+/// gptq-kquant). Types already among `--types` are not repeated.
+pub const FALLBACK_GGML_TYPES: [GgmlType; 6] = [
+    GgmlType::Q4_0,
+    GgmlType::IQ4NL,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+];
+
+/// One level of a database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelSpec {
+    /// The level's name in the database (`gptq-b3-g128`, `gptq-Q4_K`, …).
+    pub name: String,
+    /// Nominal bits per code (for ggml types: the integer part of its bits per weight).
+    pub bits: u8,
+    /// The ggml type, for ggml methods.
+    pub ggml: Option<GgmlType>,
+    /// A fallback level (see [`FALLBACK_GGML_TYPES`]): built only for layers
+    /// whose rows one of the chosen types cannot hold.
+    pub fallback: bool,
+}
+
+impl MethodSpec {
+    /// Whether levels are ggml types.
+    pub fn is_ggml(&self) -> bool {
+        matches!(self.method, Method::Kquant | Method::GptqKquant)
+    }
+
+    /// The levels, lowest bits per weight first.
+    pub fn levels(&self) -> Result<Vec<LevelSpec>, MethodError> {
+        let mut v = Vec::new();
+        if self.is_ggml() {
+            for t in &self.types {
+                let ty = GgmlType::from_name(t)
+                    .filter(|t| t.is_quantized())
+                    .ok_or_else(|| MethodError::UnknownGgmlType(t.clone()))?;
+                v.push(self.ggml_level(ty, false));
+            }
+            sort_ggml_levels(&mut v);
+        } else {
+            let m = if self.method == Method::Gptq {
+                "gptq"
+            } else {
+                "rtn"
+            };
+            for &b in &self.bits {
+                v.push(LevelSpec {
+                    name: format!("{m}-b{b}-g{}", self.group_size),
+                    bits: b,
+                    ggml: None,
+                    fallback: false,
+                });
+            }
+            v.sort_by_key(|l| l.bits);
+        }
+        v.dedup_by(|a, b| a.name == b.name);
+        Ok(v)
+    }
+
+    fn ggml_level(&self, ty: GgmlType, fallback: bool) -> LevelSpec {
+        let prefix = if self.method == Method::GptqKquant {
+            "gptq-"
+        } else {
+            ""
+        };
+        LevelSpec {
+            name: format!("{prefix}{}", ty.name()),
+            bits: ty.bits_per_weight().floor() as u8,
+            ggml: Some(ty),
+            fallback,
+        }
+    }
+
+    /// The fallback levels of a ggml method ([`FALLBACK_GGML_TYPES`] not
+    /// already among its types); empty for grid methods.
+    pub fn fallback_levels(&self) -> Result<Vec<LevelSpec>, MethodError> {
+        if !self.is_ggml() {
+            return Ok(vec![]);
+        }
+        let main = self.levels()?;
+        let mut v: Vec<LevelSpec> = FALLBACK_GGML_TYPES
+            .into_iter()
+            .filter(|&t| !main.iter().any(|l| l.ggml == Some(t)))
+            .map(|t| self.ggml_level(t, true))
+            .collect();
+        sort_ggml_levels(&mut v);
+        Ok(v)
+    }
+
+    /// Whether a layer with rows of `cols` weights needs the fallback levels:
+    /// one of the chosen ggml types cannot hold its rows.
+    pub fn needs_fallback(&self, cols: usize) -> Result<bool, MethodError> {
+        Ok(self
+            .levels()?
+            .iter()
+            .any(|l| l.ggml.is_some_and(|t| t.row_bytes(cols).is_none())))
+    }
+
+    /// The levels plus, when `with_fallback`, the fallback levels, lowest bits
+    /// per weight first.
+    pub fn all_levels(&self, with_fallback: bool) -> Result<Vec<LevelSpec>, MethodError> {
+        let mut v = self.levels()?;
+        if with_fallback && self.is_ggml() {
+            v.extend(self.fallback_levels()?);
+            sort_ggml_levels(&mut v);
+        }
+        Ok(v)
+    }
+
+    /// The level called `name` (main or fallback).
+    pub fn level(&self, name: &str) -> Option<LevelSpec> {
+        self.all_levels(true)
+            .ok()?
+            .into_iter()
+            .find(|l| l.name == name)
+    }
+}
+
+fn sort_ggml_levels(v: &mut [LevelSpec]) {
+    v.sort_by(|a, b| {
+        let (x, y) = (a.ggml.expect("ggml"), b.ggml.expect("ggml"));
+        x.bits_per_weight()
+            .total_cmp(&y.bits_per_weight())
+            .then(a.name.cmp(&b.name))
+    });
+}
+
+/// Which compressor built the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// GPTQ (Frantar et al. 2022) with error feedback from the Hessian.
+    Gptq,
+    /// Round to nearest on the same grid.
+    Rtn,
+    /// ggml's own encoders (llama-quantize's), optionally imatrix-weighted.
+    Kquant,
+    /// GPTQ error feedback inside ggml's block grids.
+    GptqKquant,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "gptq" => Ok(Method::Gptq),
+            "rtn" => Ok(Method::Rtn),
+            "kquant" => Ok(Method::Kquant),
+            "gptq-kquant" => Ok(Method::GptqKquant),
+            other => Err(format!(
+                "unknown method `{other}`; choose gptq, rtn, kquant or gptq-kquant"
+            )),
+        }
+    }
+}
+
+/// A stored variant: a grid-quantized layer, or ggml blocks.
+#[derive(Debug, Clone)]
+pub enum Variant {
+    /// Codes, scales and zeros on a [`QuantScheme`] grid.
+    Grid(QuantizedLinear),
+    /// ggml blocks of one type.
+    Ggml(GgmlBlocks),
+}
+
+/// A layer encoded as ggml blocks (exactly the bytes a GGUF file stores).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgmlBlocks {
+    /// The block type.
+    pub ty: GgmlType,
+    /// Rows (output features).
+    pub rows: usize,
+    /// Columns (input features).
+    pub cols: usize,
+    /// The blocks, row after row.
+    pub bytes: Vec<u8>,
+}
+
+impl Variant {
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        match self {
+            Variant::Grid(q) => q.rows(),
+            Variant::Ggml(g) => g.rows,
+        }
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        match self {
+            Variant::Grid(q) => q.cols(),
+            Variant::Ggml(g) => g.cols,
+        }
+    }
+
+    /// The weights as f32 `[rows, cols]`.
+    pub fn dequantize(&self) -> Result<Vec<f32>, MethodError> {
+        match self {
+            Variant::Grid(q) => Ok(q.dequantize()),
+            Variant::Ggml(g) => dynapress_ggml::dequantize(g.ty, &g.bytes, g.rows * g.cols)
+                .map_err(|e| MethodError::Blocks {
+                    ty: g.ty,
+                    msg: e.to_string(),
+                }),
+        }
+    }
+
+    /// Exact stored bits.
+    pub fn storage_bits(&self) -> u64 {
+        match self {
+            Variant::Grid(q) => q.storage_bits(),
+            Variant::Ggml(g) => 8 * g.bytes.len() as u64,
+        }
+    }
+
+    /// The damping GPTQ finally used, if any.
+    pub fn damp(&self) -> Option<f64> {
+        match self {
+            Variant::Grid(q) => q.damp(),
+            Variant::Ggml(_) => None,
+        }
+    }
+}
+
+/// Compresses one layer `w` (`rows × cols`, row-major) at `level`: ggml
+/// levels with ggml's encoder (or GPTQ inside the type's grid when the method
+/// is gptq-kquant and `factor` is given), grid levels with GPTQ (`factor`) or
+/// RTN. `imatrix` weights the ggml encoders; errors are one-line messages.
+pub fn compress_layer(
+    w: &[f32],
+    h: &Hessian,
+    factor: Option<&GptqFactor>,
+    imatrix: Option<&[f32]>,
+    spec: &MethodSpec,
+    level: &LevelSpec,
+) -> std::result::Result<Variant, String> {
+    let cols = h.dim();
+    if let Some(ty) = level.ggml {
+        let rows = w.len() / cols;
+        let bytes = match (spec.method, factor) {
+            (Method::GptqKquant, Some(f)) => crate::ggml_gptq::gptq_ggml(f, w, ty, imatrix)
+                .map_err(|e| e.to_string())?
+                .into_bytes(),
+            _ => dynapress_ggml::quantize(ty, w, cols, imatrix).map_err(|e| e.to_string())?,
+        };
+        return Ok(Variant::Ggml(GgmlBlocks {
+            ty,
+            rows,
+            cols,
+            bytes,
+        }));
+    }
+    let scheme = QuantScheme {
+        bits: level.bits,
+        group_size: spec.group_size,
+        sym: spec.sym,
+    };
+    let clip = spec.clip.then(ClipSearch::default);
+    match factor {
+        Some(f) => f
+            .quantize(
+                w,
+                &GptqQuantParams {
+                    scheme,
+                    clip,
+                    // With act-order, groups are fitted on the original column
+                    // order so no permutation needs storing.
+                    static_groups: spec.act_order,
+                    ..Default::default()
+                },
+            )
+            .map(Variant::Grid)
+            .map_err(|e| e.to_string()),
+        None => rtn(w, cols, &RtnParams { scheme, clip })
+            .map(Variant::Grid)
+            .map_err(|e| e.to_string()),
+    }
+}
