@@ -11,7 +11,7 @@ use candle_core::Device;
 
 use crate::calib::load_calibration;
 use crate::data::load_tokens;
-use crate::database::{BuildOptions, Database, MethodSpec, build_database};
+use crate::database::{BuildOptions, Database, MethodSpec, SearchSpace, build_database};
 use crate::error::{Error, Result};
 use crate::eval::compare::{Compare, Contender, compare, eval_batch};
 use crate::eval::file_label;
@@ -166,47 +166,11 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     let base = Model::from_files(&files, &Device::Cpu)?;
     // What to evaluate, built lazily: holding every compared model at once
     // would take (levels + 5) copies of the linear weights.
-    let mut named: Vec<(String, String, f64, Contender)> = Vec::new();
-    let how = opts.compare.resolve(files.config.num_parameters());
-    if how != Compare::None {
-        let all = how == Compare::All;
-        let bits: Vec<f64> = (0..space.levels.len())
-            .map(|k| space.bits_per_weight(&space.all_at(k)))
-            .collect();
-        // Neighbours: the highest level at or under the target, the lowest above.
-        let below = bits.iter().rposition(|&b| b <= target_bits);
-        let above = bits.iter().position(|&b| b > target_bits);
-        for (k, level) in space.levels.iter().enumerate() {
-            if !all && Some(k) != below && Some(k) != above {
-                continue;
-            }
-            named.push((
-                format!("uniform {level}"),
-                "uniform".into(),
-                bits[k],
-                Contender::Uniform(level.clone()),
-            ));
-        }
-        let lo = bits[0];
-        let hi = bits[bits.len() - 1];
-        let targets: &[f64] = if all {
-            &[target_bits - 0.5, target_bits, target_bits + 0.5]
-        } else {
-            &[target_bits]
-        };
-        for &tb in targets {
-            if tb < lo || tb > hi {
-                continue;
-            }
-            let c = knapsack::knapsack(space, tb)?;
-            named.push((
-                format!("knapsack @ {tb}"),
-                "knapsack".into(),
-                space.bits_per_weight(&c),
-                Contender::Choice(c),
-            ));
-        }
-    }
+    let mut named = comparison_rows(
+        space,
+        target_bits,
+        opts.compare.resolve(files.config.num_parameters()),
+    )?;
     named.push((
         format!("{} @ {target_bits:.4}", found.config.algo),
         found.config.algo.to_string(),
@@ -313,6 +277,56 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     };
     crate::report::write_reports(&report, &opts.out)?;
     Ok(report)
+}
+
+/// The uniform and knapsack rows the report compares with the search, as
+/// `(name, kind, bits per weight, contender)`.
+fn comparison_rows(
+    space: &SearchSpace,
+    target_bits: f64,
+    how: Compare,
+) -> Result<Vec<(String, String, f64, Contender)>> {
+    let mut named = Vec::new();
+    if how != Compare::None {
+        let all = how == Compare::All;
+        let bits: Vec<f64> = (0..space.levels.len())
+            .map(|k| space.bits_per_weight(&space.all_at(k)))
+            .collect();
+        // Neighbours: the highest level at or under the target, the lowest above.
+        let below = bits.iter().rposition(|&b| b <= target_bits);
+        let above = bits.iter().position(|&b| b > target_bits);
+        for (k, level) in space.levels.iter().enumerate() {
+            if !all && Some(k) != below && Some(k) != above {
+                continue;
+            }
+            named.push((
+                format!("uniform {level}"),
+                "uniform".into(),
+                bits[k],
+                Contender::Uniform(level.clone()),
+            ));
+        }
+        let lo = bits[0];
+        let hi = bits[bits.len() - 1];
+        let targets: &[f64] = if all {
+            &[target_bits - 0.5, target_bits, target_bits + 0.5]
+        } else {
+            &[target_bits]
+        };
+        for &tb in targets {
+            if tb < lo || tb > hi {
+                continue;
+            }
+            let c = knapsack::knapsack(space, tb)?;
+            named.push((
+                format!("knapsack @ {tb}"),
+                "knapsack".into(),
+                space.bits_per_weight(&c),
+                Contender::Choice(c),
+            ));
+        }
+    }
+    Ok(named)
 }
 
 /// Everything `compress` can check before its first expensive step: the
