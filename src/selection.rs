@@ -354,3 +354,53 @@ impl Selection<'_> {
         self.db.apply(model, |id| levels.get(&id).cloned())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(target_size: Option<u64>) -> ConfigFile {
+        ConfigFile {
+            format: "dynapress-config".into(),
+            version: 1,
+            model: ModelIdentity {
+                dir: "m".into(),
+                architecture: "llama".into(),
+                num_layers: 1,
+                config_sha256: "c".into(),
+                weights_sha256: "w".into(),
+            },
+            levels: vec!["a".into()],
+            algo: Algo::Evopress,
+            target_bits: 4.25,
+            target_size,
+            seed: Some(0),
+            bits_per_weight: 4.2,
+            storage_bits: 42,
+            params: 10,
+            fitness: None,
+            layers: vec![],
+        }
+    }
+
+    #[test]
+    fn the_config_records_the_budget_it_was_searched_under() {
+        // A bits budget writes no `target_size` (configs stay as before) …
+        let bits = serde_json::to_value(config(None)).unwrap();
+        assert!(bits.get("target_size").is_none());
+        let back: ConfigFile = serde_json::from_value(bits).unwrap();
+        assert_eq!(back.target(), Target::bits(4.25));
+        // … a file-size budget records the size next to the bits it left.
+        let size = serde_json::to_value(config(Some(6_500_000))).unwrap();
+        assert_eq!(size["target_size"], 6_500_000);
+        let back: ConfigFile = serde_json::from_value(size).unwrap();
+        assert_eq!(
+            back.target(),
+            Target {
+                budget: Budget::GgufBytes(6_500_000),
+                bits: 4.25
+            }
+        );
+        assert_eq!(back.target().file_bytes(), Some(6_500_000));
+    }
+}
