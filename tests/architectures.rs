@@ -6,74 +6,40 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use common::{max_diff, read_json, reference_logits};
 use dynapress::model::Model;
 use dynapress::model::generate::{GenerateOptions, generate};
-use safetensors::SafeTensors;
 
 /// Copies a fixture and the demo tokenizer into a temp dir and loads it.
 fn load(name: &str) -> (Model, tempfile::TempDir, PathBuf) {
-    let src = common::root().join("tests/fixtures/tiny").join(name);
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(
-        common::demo_model().join("tokenizer.json"),
-        tmp.path().join("tokenizer.json"),
-    )
-    .unwrap();
+    let src = common::tiny_model(name, tmp.path());
     let m = Model::load(tmp.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
     (m, tmp, src)
 }
 
-fn reference(dir: &Path) -> (Vec<u32>, usize, usize, Vec<f32>) {
-    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let ids = st.tensor("input_ids").unwrap();
-    let (b, t) = (ids.shape()[0], ids.shape()[1]);
-    let ids = ids
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-        .collect();
-    let logits = st
-        .tensor("logits")
+/// The logits of `ids` (`b` rows of `t`), flattened: by the fused CPU path,
+/// or by the candle-ops path when `reference`.
+fn logits(model: &Model, ids: &[u32], b: usize, t: usize, reference: bool) -> Vec<f32> {
+    let out = if reference {
+        model.forward_reference(ids, b, t)
+    } else {
+        model.forward(ids, b, t)
+    };
+    out.unwrap()
+        .flatten_all()
         .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (ids, b, t, logits)
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+        .to_vec1::<f32>()
+        .unwrap()
 }
 
 fn check(name: &str) {
     let (model, _tmp, src) = load(name);
-    let (ids, b, t, want) = reference(&src);
-    let fast = model
-        .forward(&ids, b, t)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let slow = model
-        .forward_reference(&ids, b, t)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let (ids, b, t, want) = reference_logits(&src.join("reference.safetensors"));
+    let fast = logits(&model, &ids, b, t, false);
+    let slow = logits(&model, &ids, b, t, true);
     let (df, ds) = (max_diff(&fast, &want), max_diff(&slow, &want));
     eprintln!("{name}: max |Δlogit| fused {df:e}, candle ops {ds:e}");
     assert!(
@@ -85,24 +51,15 @@ fn check(name: &str) {
         "{name}: candle-ops path differs from transformers by {ds}"
     );
 
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("reference.json")).unwrap())
-            .unwrap();
+    let r = read_json(&src.join("reference.json"));
     let g = &r["greedy_generation"];
-    let v = |k: &str| -> Vec<u32> {
-        g[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
-    let want_ids = v("generated_ids");
+    let want_ids = common::ids(&g["generated_ids"]);
     let opts = GenerateOptions {
         max_new_tokens: want_ids.len(),
         stop_at_eos: false,
         ..Default::default()
     };
-    let got = generate(&model, &v("prompt_ids"), &opts, |_| Ok(())).unwrap();
+    let got = generate(&model, &common::ids(&g["prompt_ids"]), &opts, |_| Ok(())).unwrap();
     assert_eq!(got, want_ids, "{name}: greedy generation with KV cache");
 }
 
@@ -141,20 +98,8 @@ fn fused_path_matches_candle_ops_on_demo_model() {
         .unwrap();
     let (b, t) = (3, 200);
     let ids = &ids[..b * t];
-    let a = model
-        .forward(ids, b, t)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let r = model
-        .forward_reference(ids, b, t)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let a = logits(&model, ids, b, t, false);
+    let r = logits(&model, ids, b, t, true);
     let d = max_diff(&a, &r);
     eprintln!("fused vs candle ops: {d:e}");
     assert!(d < 1e-4, "{d}");

@@ -4,69 +4,54 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
+use common::cli::{eval_json, fails, ok, run, stderr};
 use safetensors::SafeTensors;
 use safetensors::tensor::TensorView;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(common::bin())
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .unwrap()
+/// Evaluates (two windows of docs.test.txt) a copy of the demo model that
+/// `edit` has changed in its directory.
+fn eval_broken_demo(edit: impl FnOnce(&Path)) -> std::process::Output {
+    let tmp = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::demo_model(), tmp.path());
+    edit(tmp.path());
+    run(&[
+        "eval",
+        "--model",
+        common::s(tmp.path()),
+        "--data",
+        "assets/data/docs.test.txt",
+        "--windows",
+        "2",
+        "--quiet",
+    ])
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts a clean failure: non-zero exit, no panic, one `error:` line containing every needle.
-fn assert_clean_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(
-        !o.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line: {err}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
-    }
-}
-
-fn copy_demo(dir: &Path) {
-    for e in std::fs::read_dir(common::demo_model()).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-    }
-}
-
-fn eval_args(model: &Path) -> Vec<String> {
-    vec![
-        "eval".into(),
-        "--model".into(),
-        model.display().to_string(),
-        "--data".into(),
-        "assets/data/docs.test.txt".into(),
-        "--windows".into(),
-        "2".into(),
-        "--quiet".into(),
-    ]
-}
-
-fn run_eval(model: &Path) -> Output {
-    let args = eval_args(model);
-    run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+/// Rewrites `model.safetensors` in `dir` with the tensor `name` replaced by
+/// what `change` makes of it (its dtype, shape and bytes).
+fn rewrite_tensor(
+    dir: &Path,
+    name: &str,
+    change: impl FnOnce(&TensorView<'_>) -> (Vec<usize>, Vec<u8>),
+) {
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let original = st.tensor(name).unwrap();
+    let (shape, data) = change(&original);
+    let bad = TensorView::new(original.dtype(), shape, &data).unwrap();
+    let views: Vec<(String, TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| if n == name { (n, bad.clone()) } else { (n, v) })
+        .collect();
+    safetensors::serialize_to_file(views, None, &p).unwrap();
 }
 
 #[test]
 fn eval_json_has_the_documented_shape() {
-    let o = run(&[
-        "eval",
+    let v = eval_json(&[
         "--model",
         "assets/demo-model",
         "--data",
@@ -77,11 +62,7 @@ fn eval_json_has_the_documented_shape() {
         "assets/tasks/docs-cloze.jsonl",
         "--base",
         "assets/demo-model",
-        "--json",
-        "--quiet",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let d = &v["datasets"]["docs.test.txt"];
     assert_eq!(d["tokens"], 4 * 255);
     assert!(d["perplexity"].as_f64().unwrap() > 1.0);
@@ -108,8 +89,7 @@ fn eval_table_without_base_has_no_kl() {
         "2",
         "--quiet",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let out = String::from_utf8(o.stdout).unwrap();
+    let out = ok(&o);
     assert!(
         out.contains("code.test.txt") && out.contains("perplexity"),
         "{out}"
@@ -127,19 +107,14 @@ fn jsonl_data_joins_documents() {
         .map(|t| serde_json::json!({ "text": t }).to_string())
         .collect();
     std::fs::write(&p, lines.join("\n")).unwrap();
-    let o = run(&[
-        "eval",
+    let v = eval_json(&[
         "--model",
         "assets/demo-model",
         "--data",
-        p.to_str().unwrap(),
+        common::s(&p),
         "--windows",
         "2",
-        "--json",
-        "--quiet",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["datasets"]["d.jsonl"]["tokens"], 2 * 255);
 }
 
@@ -154,13 +129,13 @@ fn generate_streams_the_reference_greedy_text() {
         "--max-new-tokens",
         "32",
     ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let out = ok(&o);
     let r = common::reference();
     let want = format!(
         "fn main() {{{}\n",
         r["greedy_generation"]["text"].as_str().unwrap()
     );
-    assert_eq!(String::from_utf8(o.stdout).unwrap(), want);
+    assert_eq!(out, want);
 }
 
 #[test]
@@ -190,55 +165,40 @@ fn sampling_is_reproducible_with_a_seed() {
 
 #[test]
 fn missing_tokenizer_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_demo(tmp.path());
-    std::fs::remove_file(tmp.path().join("tokenizer.json")).unwrap();
-    assert_clean_error(&run_eval(tmp.path()), &["tokenizer.json"]);
+    let o = eval_broken_demo(|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
+    fails(&o, 1, &["tokenizer.json"]);
 }
 
 #[test]
 fn truncated_safetensors_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_demo(tmp.path());
-    let p = tmp.path().join("model.safetensors");
-    let bytes = std::fs::read(&p).unwrap();
-    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-    assert_clean_error(&run_eval(tmp.path()), &["model.safetensors", "truncated"]);
+    let o = eval_broken_demo(|d| {
+        let p = d.join("model.safetensors");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    fails(&o, 1, &["model.safetensors", "truncated"]);
 }
 
 #[test]
 fn wrong_tensor_shape_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_demo(tmp.path());
-    let p = tmp.path().join("model.safetensors");
-    let bytes = std::fs::read(&p).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
     let name = "model.layers.2.mlp.down_proj.weight";
-    let mut views: Vec<(String, TensorView<'_>)> = Vec::new();
-    let original = st.tensor(name).unwrap();
     // Same bytes, transposed shape [768, 256] instead of [256, 768].
-    let bad = TensorView::new(original.dtype(), vec![768, 256], original.data()).unwrap();
-    for (n, v) in st.tensors() {
-        views.push((n.clone(), if n == name { bad.clone() } else { v }));
-    }
-    safetensors::serialize_to_file(views, None, &p).unwrap();
-    assert_clean_error(
-        &run_eval(tmp.path()),
-        &[name, "model.safetensors", "[256, 768]"],
-    );
+    let o = eval_broken_demo(|d| rewrite_tensor(d, name, |t| (vec![768, 256], t.data().to_vec())));
+    fails(&o, 1, &[name, "model.safetensors", "[256, 768]"]);
 }
 
 #[test]
 fn unknown_model_type_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_demo(tmp.path());
-    let p = tmp.path().join("config.json");
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("\"llama\"", "\"gpt_neox\"");
-    std::fs::write(&p, text).unwrap();
-    assert_clean_error(
-        &run_eval(tmp.path()),
+    let o = eval_broken_demo(|d| {
+        let p = d.join("config.json");
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"llama\"", "\"gpt_neox\"");
+        std::fs::write(&p, text).unwrap();
+    });
+    fails(
+        &o,
+        1,
         &["gpt_neox", "config.json", "llama, mistral, qwen2, qwen3"],
     );
 }
@@ -252,7 +212,7 @@ fn missing_data_file_is_a_clear_error() {
         "--data",
         "no/such/file.txt",
     ]);
-    assert_clean_error(&o, &["no/such/file.txt"]);
+    fails(&o, 1, &["no/such/file.txt"]);
 }
 
 #[test]
@@ -264,28 +224,20 @@ fn missing_model_dir_is_a_clear_error() {
         "--data",
         "assets/data/docs.test.txt",
     ]);
-    assert_clean_error(&o, &["no/such/model"]);
+    fails(&o, 1, &["no/such/model"]);
 }
 
 #[test]
 fn nan_weights_are_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_demo(tmp.path());
-    let p = tmp.path().join("model.safetensors");
-    let bytes = std::fs::read(&p).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
     let name = "model.layers.0.self_attn.q_proj.weight";
-    let t = st.tensor(name).unwrap();
-    let mut data = t.data().to_vec();
-    data[10..12].copy_from_slice(&half::bf16::NAN.to_bits().to_le_bytes());
-    let bad = TensorView::new(t.dtype(), t.shape().to_vec(), &data).unwrap();
-    let views: Vec<(String, TensorView<'_>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| if n == name { (n, bad.clone()) } else { (n, v) })
-        .collect();
-    safetensors::serialize_to_file(views, None, &p).unwrap();
-    assert_clean_error(&run_eval(tmp.path()), &[name, "NaN"]);
+    let o = eval_broken_demo(|d| {
+        rewrite_tensor(d, name, |t| {
+            let mut data = t.data().to_vec();
+            data[10..12].copy_from_slice(&half::bf16::NAN.to_bits().to_le_bytes());
+            (t.shape().to_vec(), data)
+        })
+    });
+    fails(&o, 1, &[name, "NaN"]);
 }
 
 #[test]
@@ -295,5 +247,4 @@ fn help_explains_every_subcommand() {
     for sub in ["eval", "generate", "database", "bench"] {
         assert!(out.contains(sub), "{out}");
     }
-    let _unused: PathBuf = common::root();
 }

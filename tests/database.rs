@@ -5,9 +5,10 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Output;
 use std::sync::OnceLock;
 
+use common::cli::{CALIB_BOTH, clean_error, database, ok, ok_json, stderr};
 use dynapress::calib::load_calibration;
 use dynapress::database::{BuildOptions, Database, Manifest, Method, MethodSpec, build_database};
 use dynapress::model::ModelFiles;
@@ -126,29 +127,9 @@ fn dequantized_groups_lie_on_their_grid() {
     }
 }
 
-fn run_database(out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "database",
-        "--model",
-        "assets/demo-model",
-        "--calib",
-        "assets/data/docs.valid.txt",
-        "--calib",
-        "assets/data/code.valid.txt",
-        "--calib-tokens",
-        "8192",
-        "--bits",
-        "2,4",
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ];
-    args.extend_from_slice(extra);
-    Command::new(common::bin())
-        .args(&args)
-        .current_dir(common::root())
-        .output()
-        .unwrap()
+/// A GPTQ database of the demo model at 2 and 4 bits, then `extra`.
+fn run_database(out: &Path, extra: &[&str]) -> Output {
+    database(out, &[&CALIB_BOTH[..], &["--bits", "2,4"], extra].concat())
 }
 
 fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -176,8 +157,7 @@ fn killed_and_resumed_build_is_byte_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let one_go = tmp.path().join("one");
     let halves = tmp.path().join("two");
-    let o = run_database(&one_go, &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&run_database(&one_go, &[]));
     // Crash (abort, no unwinding) after 50 of 112 entries.
     let o = run_database(&halves, &["--abort-after", "50"]);
     assert!(!o.status.success());
@@ -187,9 +167,7 @@ fn killed_and_resumed_build_is_byte_identical() {
     // Corrupt one finished entry: the resume must notice and rebuild it.
     let victim = halves.join(&partial.entries[7].file);
     std::fs::write(&victim, b"garbage").unwrap();
-    let o = run_database(&halves, &["--json"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let report = ok_json(&run_database(&halves, &["--json"]));
     assert_eq!(report["entries_reused"], 49);
     assert_eq!(report["entries_repaired"], 1);
     assert_eq!(report["entries_built"], 112 - 49);
@@ -211,77 +189,35 @@ fn another_models_database_is_refused_without_force() {
     let out = tmp.path().join("db");
     assert!(run_database(&out, &[]).status.success());
     // Same directory, other calibration amount: refused, then rebuilt with --force.
-    let mut args = vec!["--calib-tokens", "4096"];
-    let o = Command::new(common::bin())
-        .args([
-            "database",
-            "--model",
-            "assets/demo-model",
+    let again = |extra: &[&str]| {
+        let args = [
             "--calib",
             "assets/data/docs.valid.txt",
             "--bits",
             "2,4",
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ])
-        .args(&args)
-        .current_dir(common::root())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+            "--calib-tokens",
+            "4096",
+        ];
+        database(&out, &[&args[..], extra].concat())
+    };
+    let o = again(&[]);
+    let err = stderr(&o);
     assert!(
         !o.status.success() && err.contains("--force") && err.contains("calibration"),
         "{err}"
     );
-    args.push("--force");
-    let o = Command::new(common::bin())
-        .args([
-            "database",
-            "--model",
-            "assets/demo-model",
-            "--calib",
-            "assets/data/docs.valid.txt",
-            "--bits",
-            "2,4",
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ])
-        .args(&args)
-        .current_dir(common::root())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&again(&["--force"]));
 }
 
 #[test]
 fn bad_calibration_input_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("db");
-    let run = |calib: &str, tokens: &str| {
-        Command::new(common::bin())
-            .args([
-                "database",
-                "--model",
-                "assets/demo-model",
-                "--calib",
-                calib,
-                "--calib-tokens",
-                tokens,
-                "--out",
-                out.to_str().unwrap(),
-                "--quiet",
-            ])
-            .current_dir(common::root())
-            .output()
-            .unwrap()
-    };
-    let check = |o: std::process::Output, needle: &str| {
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(!err.contains("panicked"), "{err}");
-        assert!(err.starts_with("error:") && err.contains(needle), "{err}");
+    let run =
+        |calib: &str, tokens: &str| database(&out, &["--calib", calib, "--calib-tokens", tokens]);
+    let check = |o: Output, needle: &str| {
+        clean_error(&o, &[needle]);
+        assert!(stderr(&o).starts_with("error:"), "{}", stderr(&o));
     };
     check(run("no/such.txt", "4096"), "no/such.txt");
     let binary = tmp.path().join("bin.txt");

@@ -6,110 +6,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
 
+use common::cli::{DEMO, clean_error, convert, database, database_of, export, knapsack, ok, run};
+use common::demo::{gguf, kquant_db};
+use common::tools::{llama_bin, llama_perplexity, quantize};
+use common::{read_json, s};
 use dynapress::database::{Manifest, Variant, load_entry_file};
 use dynapress_gguf::GgufFile;
 use dynapress_gguf::model::{gguf_tensor_name, permute_qk_rows};
 
-fn llama_bin() -> Option<PathBuf> {
-    let dir = match std::env::var_os("DYNAPRESS_LLAMA_CPP_BIN") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let out = Command::new("bash")
-                .arg(common::root().join("scripts/build-llama-cpp.sh"))
-                .arg("--print-dir")
-                .output()
-                .ok()?;
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        }
-    };
-    if ["llama-quantize", "llama-perplexity"]
-        .iter()
-        .all(|t| dir.join(t).is_file())
-    {
-        return Some(dir);
-    }
-    if std::env::var("DYNAPRESS_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
-        panic!(
-            "DYNAPRESS_REQUIRE_INTEROP=1 but llama.cpp tools are missing in {}",
-            dir.display()
-        );
-    }
-    eprintln!("skipped: llama.cpp tools not found (run scripts/build-llama-cpp.sh)");
-    None
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(common::bin())
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A kquant database of the demo model (all default types, imatrix), and a
-/// BF16 GGUF of the model, built once.
-fn fixtures() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
-    static F: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
-    F.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let db = tmp.path().join("db");
-        ok(run(&[
-            "database",
-            "--model",
-            "assets/demo-model",
-            "--calib",
-            "assets/data/docs.valid.txt",
-            "--calib",
-            "assets/data/code.valid.txt",
-            "--calib-tokens",
-            "8192",
-            "--method",
-            "kquant",
-            "--out",
-            db.to_str().unwrap(),
-            "--quiet",
-        ]));
-        let bf16 = tmp.path().join("bf16.gguf");
-        ok(run(&[
-            "convert",
-            "--model",
-            "assets/demo-model",
-            "--out",
-            bf16.to_str().unwrap(),
-            "--type",
-            "BF16",
-        ]));
-        (tmp, db, bf16)
-    })
-}
-
-fn quantize(bin: &Path, args: &[&str]) {
-    let o = Command::new(bin.join("llama-quantize"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "llama-quantize {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Tensor bytes of a GGUF file by name.
+/// (name, ggml type, bytes) of every tensor of a GGUF file.
 fn tensors(path: &Path) -> Vec<(String, String, Vec<u8>)> {
     let f = GgufFile::open(path).unwrap();
     f.tensors()
@@ -124,26 +31,39 @@ fn tensors(path: &Path) -> Vec<(String, String, Vec<u8>)> {
         .collect()
 }
 
-#[test]
-fn kquant_entries_equal_llama_quantize_blocks() {
-    let Some(bin) = llama_bin() else { return };
-    let (tmp, db, bf16) = fixtures();
+/// Quantizes `source` (a GGUF of the model the kquant database `db` was built
+/// from) with `llama-quantize --pure` and the database's imatrix to each of
+/// `types`, and asserts that every database entry of that type
+/// (of `cols` columns, if given) holds llama-quantize's bytes for its tensor
+/// (q/k rows permuted to GGUF's order: `heads` = (query heads, key-value
+/// heads)), `count` entries per type.
+fn assert_entries_equal_llama_quantize(
+    bin: &Path,
+    db: &Path,
+    source: &Path,
+    types: &[&str],
+    heads: (usize, usize),
+    cols: Option<usize>,
+    count: usize,
+) {
     let m = Manifest::read(db).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
     let heads = |name: &str| match name.rsplit('.').nth(1) {
-        Some("attn_q") => Some(4),
-        Some("attn_k") => Some(2),
+        Some("attn_q") => Some(heads.0),
+        Some("attn_k") => Some(heads.1),
         _ => None,
     };
-    for ty in ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"] {
-        let out = tmp.path().join(format!("{ty}.gguf"));
+    for &ty in types {
+        let out = scratch.path().join(format!("{ty}.gguf"));
+        let imatrix = db.join("imatrix.gguf");
         quantize(
-            &bin,
+            bin,
             &[
                 "--pure",
                 "--imatrix",
-                db.join("imatrix.gguf").to_str().unwrap(),
-                bf16.to_str().unwrap(),
-                out.to_str().unwrap(),
+                s(&imatrix),
+                s(source),
+                s(&out),
                 ty,
                 "2",
             ],
@@ -151,7 +71,11 @@ fn kquant_entries_equal_llama_quantize_blocks() {
         let theirs: std::collections::HashMap<String, Vec<u8>> =
             tensors(&out).into_iter().map(|(n, _, b)| (n, b)).collect();
         let mut compared = 0;
-        for e in m.entries.iter().filter(|e| e.level == ty) {
+        for e in m
+            .entries
+            .iter()
+            .filter(|e| e.level == ty && cols.is_none_or(|c| e.cols == c))
+        {
             let name = gguf_tensor_name(&e.layer).unwrap().unwrap();
             let Variant::Ggml(g) = load_entry_file(db, e).unwrap() else {
                 panic!("ggml entry")
@@ -166,61 +90,70 @@ fn kquant_entries_equal_llama_quantize_blocks() {
             );
             compared += 1;
         }
-        assert_eq!(compared, 56, "{ty}");
+        assert_eq!(compared, count, "{ty}");
     }
+}
+
+/// A knapsack search of `model` on `db` for a GGUF file of `target` bytes.
+fn search_size(
+    model: &str,
+    db: &Path,
+    target: &str,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    common::cli::on_db(
+        "search",
+        model,
+        db,
+        out,
+        &[&["--target-size", target, "--algo", "knapsack"], extra].concat(),
+    )
+}
+
+#[test]
+fn kquant_entries_equal_llama_quantize_blocks() {
+    let Some(bin) = llama_bin() else { return };
+    assert_entries_equal_llama_quantize(
+        &bin,
+        kquant_db(),
+        gguf("BF16"),
+        &["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"],
+        (4, 2),
+        None,
+        56,
+    );
 }
 
 #[test]
 fn searched_gguf_runs_in_llama_cpp_and_the_recipe_reproduces_it() {
     let Some(bin) = llama_bin() else { return };
-    let (tmp, db, bf16) = fixtures();
+    let (tmp, db) = (tempfile::tempdir().unwrap(), kquant_db());
     let cfg = tmp.path().join("mix.json");
-    ok(run(&[
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db.to_str().unwrap(),
-        "--target-bits",
-        "3.6",
-        "--algo",
-        "knapsack",
-        "--out",
-        cfg.to_str().unwrap(),
-        "--quiet",
-    ]));
+    knapsack(db, "3.6", &cfg);
     let ours = tmp.path().join("mix.gguf");
     let recipe = tmp.path().join("mix.txt");
-    ok(run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--format",
-        "gguf",
-        "--out",
-        ours.to_str().unwrap(),
-        "--recipe",
-        recipe.to_str().unwrap(),
-    ]));
+    ok(&export(
+        db,
+        &cfg,
+        &ours,
+        &["--format", "gguf", "--recipe", s(&recipe)],
+    ));
     // The recipe reproduces every tensor with llama-quantize alone.
     let theirs = tmp.path().join("mix-llama.gguf");
     quantize(
         &bin,
         &[
             "--imatrix",
-            db.join("imatrix.gguf").to_str().unwrap(),
+            s(&db.join("imatrix.gguf")),
             "--token-embedding-type",
             "q6_k",
             "--output-tensor-type",
             "q6_k",
             "--tensor-type-file",
-            recipe.to_str().unwrap(),
-            bf16.to_str().unwrap(),
-            theirs.to_str().unwrap(),
+            s(&recipe),
+            s(gguf("BF16")),
+            s(&theirs),
             "Q4_K_M",
             "2",
         ],
@@ -243,23 +176,17 @@ fn searched_gguf_runs_in_llama_cpp_and_the_recipe_reproduces_it() {
     }
     // llama.cpp runs it; its perplexity agrees with ours (same protocol).
     let theirs_ppl = llama_perplexity(&bin, &ours, 16);
-    let v: serde_json::Value = serde_json::from_str(&ok(run(&[
-        "eval",
+    let v = common::cli::eval_json(&[
         "--model",
-        ours.to_str().unwrap(),
+        s(&ours),
         "--data",
         "assets/data/docs.test.txt",
         "--protocol",
         "llama-perplexity",
         "--windows",
         "16",
-        "--json",
-        "--quiet",
-    ])))
-    .unwrap();
-    let ours_ppl = v["datasets"]["docs.test.txt"]["perplexity"]
-        .as_f64()
-        .unwrap();
+    ]);
+    let ours_ppl = common::cli::perplexity(&v, "docs.test.txt");
     let rel = (ours_ppl - theirs_ppl).abs() / theirs_ppl;
     eprintln!(
         "llama-perplexity {theirs_ppl}, dynapress {ours_ppl} ({:.3} %)",
@@ -268,182 +195,61 @@ fn searched_gguf_runs_in_llama_cpp_and_the_recipe_reproduces_it() {
     assert!(rel < 0.01, "llama.cpp {theirs_ppl} vs dynapress {ours_ppl}");
 }
 
-/// Runs llama-perplexity and returns its final estimate.
-///
-/// llama.cpp's logger is asynchronous and not flushed at exit (llama.cpp
-/// issue #22142): when the output is a pipe, the last lines (the last
-/// chunk's `[i]ppl,` and "Final estimate") are sometimes lost, as in one CI
-/// run. The estimate after the last chunk equals the final one, so either is
-/// accepted, and the run is repeated (up to 5 times) until one is there.
-fn llama_perplexity(bin: &Path, model: &Path, chunks: usize) -> f64 {
-    let mut last = String::new();
-    for _attempt in 0..5 {
-        let o = Command::new(bin.join("llama-perplexity"))
-            .args([
-                "-m",
-                model.to_str().unwrap(),
-                "-f",
-                "assets/data/docs.test.txt",
-                "-c",
-                "256",
-                "--chunks",
-                &chunks.to_string(),
-                "-t",
-                "2",
-            ])
-            .current_dir(common::root())
-            .output()
-            .unwrap();
-        let log =
-            String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
-        let fin = log
-            .lines()
-            .find_map(|l| l.split("Final estimate: PPL = ").nth(1))
-            .and_then(|r| r.split_whitespace().next());
-        let chunk = log
-            .split(&format!("[{chunks}]"))
-            .nth(1)
-            .and_then(|s| s.split(',').next());
-        if let Some(ppl) = fin.or(chunk).and_then(|v| v.trim().parse::<f64>().ok()) {
-            return ppl;
-        }
-        last = format!("exit status {:?}; output:\n{log}", o.status);
-    }
-    panic!("no estimate in 5 llama-perplexity runs; the last: {last}");
-}
-
 #[test]
 fn size_target_is_met() {
-    let (tmp, db, _) = fixtures();
+    let (tmp, db) = (tempfile::tempdir().unwrap(), kquant_db());
     let cfg = tmp.path().join("size.json");
     let target = 4_200_000u64;
-    ok(run(&[
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db.to_str().unwrap(),
-        "--target-size",
+    let embed = ["--embed-type", "Q4_K"];
+    ok(&search_size(
+        DEMO,
+        db,
         &target.to_string(),
-        "--embed-type",
-        "Q4_K",
-        "--algo",
-        "knapsack",
-        "--out",
-        cfg.to_str().unwrap(),
-        "--quiet",
-    ]));
+        &cfg,
+        &[&embed[..], &["--quiet"]].concat(),
+    ));
     let out = tmp.path().join("size.gguf");
-    ok(run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--format",
-        "gguf",
-        "--embed-type",
-        "Q4_K",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    ok(&export(
+        db,
+        &cfg,
+        &out,
+        &[&["--format", "gguf"], &embed[..]].concat(),
+    ));
     let size = std::fs::metadata(&out).unwrap().len();
     assert!(
         size <= target && size > target - 40_000,
         "{size} vs {target}"
     );
-    // A size below the fixed part is a clear error.
-    let o = run(&[
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db.to_str().unwrap(),
-        "--target-size",
-        "100000",
-        "--algo",
-        "knapsack",
-        "--out",
-        cfg.to_str().unwrap(),
-        "--force", // the configuration above exists; this search fails
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot hold this model"));
+    // The configuration above exists (--force); these searches fail. A size
+    // below the fixed part is a clear error.
+    let o = search_size(DEMO, db, "100000", &cfg, &["--force"]);
+    clean_error(&o, &["cannot hold this model"]);
     // A size that holds the embeddings but not every layer at the lowest
     // level says which options to change.
-    let o = run(&[
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db.to_str().unwrap(),
-        "--target-size",
-        "3600000",
-        "--algo",
-        "knapsack",
-        "--out",
-        cfg.to_str().unwrap(),
-        "--force", // the configuration above exists; this search fails
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("--embed-type") && err.contains("smallest file"),
-        "{err}"
-    );
+    let o = search_size(DEMO, db, "3600000", &cfg, &["--force"]);
+    clean_error(&o, &["--embed-type", "smallest file"]);
 }
 
 #[test]
 fn gguf_export_needs_a_ggml_database() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("db");
-    ok(run(&[
-        "database",
-        "--model",
-        "assets/demo-model",
-        "--calib",
-        "assets/data/docs.valid.txt",
-        "--calib-tokens",
-        "2048",
-        "--bits",
-        "2,4",
-        "--out",
-        db.to_str().unwrap(),
-        "--quiet",
-    ]));
+    ok(&database(
+        &db,
+        &[
+            "--calib",
+            "assets/data/docs.valid.txt",
+            "--calib-tokens",
+            "2048",
+            "--bits",
+            "2,4",
+        ],
+    ));
     let cfg = tmp.path().join("c.json");
-    ok(run(&[
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db.to_str().unwrap(),
-        "--target-bits",
-        "3",
-        "--algo",
-        "knapsack",
-        "--out",
-        cfg.to_str().unwrap(),
-        "--quiet",
-    ]));
+    knapsack(&db, "3", &cfg);
     let out = tmp.path().join("x.gguf");
-    let o = run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--format",
-        "gguf",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("kquant"));
+    let o = export(&db, &cfg, &out, &["--format", "gguf"]);
+    clean_error(&o, &["kquant"]);
     assert!(!out.exists());
 }
 
@@ -452,12 +258,12 @@ fn compress_by_file_size_reports_the_budget_it_searched() {
     // Issue 15: with --target-size, the knapsack comparison rows and the
     // progress message used the CLI's default 3.0 bits instead of the
     // bits the file size leaves for the layers.
-    let (tmp, db, _) = fixtures();
+    let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("by-size");
     let o = run(&[
         "compress",
         "--db",
-        db.to_str().unwrap(),
+        s(kquant_db()),
         "--method",
         "kquant",
         "--calib-tokens",
@@ -471,12 +277,11 @@ fn compress_by_file_size_reports_the_budget_it_searched() {
         "--eval-windows",
         "2",
         "--out",
-        out.to_str().unwrap(),
+        s(&out),
     ]);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    ok(o);
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let err = common::cli::stderr(&o);
+    ok(&o);
+    let r = read_json(&out.join("report.json"));
     let target = r["target_bits"].as_f64().unwrap();
     assert!((target - 3.0).abs() > 0.05, "budget {target}");
     assert!(
@@ -507,11 +312,11 @@ fn compress_by_file_size_reports_the_budget_it_searched() {
 fn tied_576_checkpoint_gets_fallback_levels_and_types() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("s576");
-    ok(run(&[
+    ok(&run(&[
         "bench",
         "synth",
         "--out",
-        model.to_str().unwrap(),
+        s(&model),
         "--layers",
         "2",
         "--hidden",
@@ -526,22 +331,20 @@ fn tied_576_checkpoint_gets_fallback_levels_and_types() {
         "4096",
         "--tied",
     ]));
-    let m = model.to_str().unwrap();
+    let m = s(&model);
     let db = tmp.path().join("db");
-    let out = ok(run(&[
-        "database",
-        "--model",
+    let out = ok(&database_of(
         m,
-        "--calib",
-        "assets/data/docs.valid.txt",
-        "--calib-tokens",
-        "2048",
-        "--method",
-        "kquant",
-        "--out",
-        db.to_str().unwrap(),
-        "--quiet",
-    ]));
+        &db,
+        &[
+            "--calib",
+            "assets/data/docs.valid.txt",
+            "--calib-tokens",
+            "2048",
+            "--method",
+            "kquant",
+        ],
+    ));
     assert!(
         out.contains("12 layers with rows of 576 weights cannot hold Q2_K, Q3_K, Q4_K, Q5_K, Q6_K")
             && out.contains("IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 instead"),
@@ -586,25 +389,10 @@ fn tied_576_checkpoint_gets_fallback_levels_and_types() {
 
     // Budgets speak of token_embd alone, at its fallback type.
     let cfg = tmp.path().join("c.json");
-    let search = |target: &str| {
-        run(&[
-            "search",
-            "--model",
-            m,
-            "--db",
-            db.to_str().unwrap(),
-            "--target-size",
-            target,
-            "--algo",
-            "knapsack",
-            "--out",
-            cfg.to_str().unwrap(),
-            "--quiet",
-        ])
-    };
+    let search = |target: &str| search_size(m, &db, target, &cfg, &["--quiet"]);
     let o = search("1000000");
     assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = common::cli::stderr(&o);
     assert!(
         err.contains("token_embd (Q8_0: rows of 576 cannot hold Q6_K; tied")
             && !err.contains("output (")
@@ -613,21 +401,15 @@ fn tied_576_checkpoint_gets_fallback_levels_and_types() {
     );
     // Every linear layer at its smallest level plus a Q8_0 token_embd.
     let target = 9_000_000u64;
-    ok(search(&target.to_string()));
+    ok(&search(&target.to_string()));
     let gguf = tmp.path().join("s576.gguf");
-    ok(run(&[
+    ok(&common::cli::on_db(
         "export",
-        "--model",
         m,
-        "--db",
-        db.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--format",
-        "gguf",
-        "--out",
-        gguf.to_str().unwrap(),
-    ]));
+        &db,
+        &gguf,
+        &["--config", s(&cfg), "--format", "gguf"],
+    ));
     let size = std::fs::metadata(&gguf).unwrap().len();
     assert!(
         size <= target && size > target - 200_000,
@@ -645,69 +427,11 @@ fn tied_576_checkpoint_gets_fallback_levels_and_types() {
 
     let Some(bin) = llama_bin() else { return };
     let f32_gguf = tmp.path().join("f32.gguf");
-    ok(run(&[
-        "convert",
-        "--model",
-        m,
-        "--out",
-        f32_gguf.to_str().unwrap(),
-        "--type",
-        "F32",
-    ]));
-    let heads = |name: &str| match name.rsplit('.').nth(1) {
-        Some("attn_q") => Some(9),
-        Some("attn_k") => Some(3),
-        _ => None,
-    };
-    for ty in fallback {
-        let q = tmp.path().join(format!("{ty}.gguf"));
-        quantize(
-            &bin,
-            &[
-                "--pure",
-                "--imatrix",
-                db.join("imatrix.gguf").to_str().unwrap(),
-                f32_gguf.to_str().unwrap(),
-                q.to_str().unwrap(),
-                ty,
-                "2",
-            ],
-        );
-        let theirs: std::collections::HashMap<String, Vec<u8>> =
-            tensors(&q).into_iter().map(|(n, _, b)| (n, b)).collect();
-        let mut compared = 0;
-        for e in man
-            .entries
-            .iter()
-            .filter(|e| e.level == ty && e.cols == 576)
-        {
-            let name = gguf_tensor_name(&e.layer).unwrap().unwrap();
-            let Variant::Ggml(g) = load_entry_file(&db, e).unwrap() else {
-                panic!("ggml entry")
-            };
-            let ours = match heads(&name) {
-                Some(h) => permute_qk_rows(&g.bytes, g.rows, h).unwrap(),
-                None => g.bytes.clone(),
-            };
-            assert!(
-                ours == theirs[&name],
-                "{ty}: {name} differs from llama-quantize"
-            );
-            compared += 1;
-        }
-        assert_eq!(compared, 12, "{ty}");
-    }
+    convert(m, &f32_gguf, "F32");
+    assert_entries_equal_llama_quantize(&bin, &db, &f32_gguf, &fallback, (9, 3), Some(576), 12);
     // llama-quantize's Q4_K_M gives the tied token_embd Q8_0 too, the same bytes.
     let q = tmp.path().join("q4km.gguf");
-    quantize(
-        &bin,
-        &[
-            f32_gguf.to_str().unwrap(),
-            q.to_str().unwrap(),
-            "Q4_K_M",
-            "2",
-        ],
-    );
+    quantize(&bin, &[s(&f32_gguf), s(&q), "Q4_K_M", "2"]);
     let theirs = tensors(&q);
     let embd = |v: &[(String, String, Vec<u8>)]| {
         v.iter()

@@ -5,65 +5,23 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
 
+use common::cli::{ok, run, run2};
+use common::demo::gguf;
+use common::{read_json, s};
 use dynapress::model::ModelFiles;
 use dynapress::model::weights::to_f32;
 use dynapress_gguf::GgufFile;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(common::bin())
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The demo model as an F32 and a BF16 GGUF, converted once.
-fn ggufs() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
-    static F: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
-    F.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut out = Vec::new();
-        for ty in ["F32", "BF16"] {
-            let p = tmp.path().join(format!("demo-{ty}.gguf"));
-            ok(run(&[
-                "convert",
-                "--model",
-                "assets/demo-model",
-                "--out",
-                p.to_str().unwrap(),
-                "--type",
-                ty,
-            ]));
-            out.push(p);
-        }
-        let bf16 = out.pop().unwrap();
-        let f32 = out.pop().unwrap();
-        (tmp, f32, bf16)
-    })
-}
-
 /// `compress` of `model` into `out` with small settings.
 fn compress(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
+    let args = [
         "compress",
         "--model",
-        model.to_str().unwrap(),
+        s(model),
         "--out",
-        out.to_str().unwrap(),
+        s(out),
         "--calib",
         "assets/data/docs.valid.txt",
         "--eval",
@@ -82,16 +40,33 @@ fn compress(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
         "5",
         "--quiet",
     ];
-    args.extend_from_slice(extra);
-    ok(run(&args));
-    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+    ok(&run2(&args, extra));
+    read_json(&out.join("report.json"))
 }
 
-/// The searched levels of a configuration file, layer by layer.
-fn levels(config: &Path) -> serde_json::Value {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    v["layers"].clone()
+/// Compresses the demo model's directory into `<tmp>/dir-<name>` and the
+/// demo GGUF of type `ty` into `<tmp>/gguf-<name>` with the same `extra`
+/// settings; asserts that both searches reach the same KL and the same
+/// levels, layer by layer; returns the two output directories.
+fn compress_both(
+    tmp: &Path,
+    name: &str,
+    ty: &str,
+    extra: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let from_dir = tmp.join(format!("dir-{name}"));
+    let from_gguf = tmp.join(format!("gguf-{name}"));
+    let a = compress(&common::demo_model(), &from_dir, extra);
+    let b = compress(gguf(ty), &from_gguf, extra);
+    let (ka, kb) = (
+        a["search_fitness"].as_f64().unwrap(),
+        b["search_fitness"].as_f64().unwrap(),
+    );
+    assert!(ka > 0.0 && (ka - kb).abs() <= 1e-6, "{ka} vs {kb}");
+    assert_eq!(b["model"].as_str().unwrap(), s(gguf(ty)));
+    let levels = |dir: &Path| read_json(&dir.join("config.json"))["layers"].clone();
+    assert_eq!(levels(&from_dir), levels(&from_gguf));
+    (from_dir, from_gguf)
 }
 
 #[test]
@@ -99,9 +74,7 @@ fn compress_from_an_f32_gguf_equals_compress_from_the_directory() {
     // GGUF export (kquant): the searched KL, the configuration and every
     // tensor of the written file are those of the same run from the
     // safetensors directory; the metadata differs only in the imatrix path.
-    let (tmp, f32, _) = ggufs();
-    let from_dir = tmp.path().join("dir-gguf");
-    let from_gguf = tmp.path().join("gguf-gguf");
+    let tmp = tempfile::tempdir().unwrap();
     let extra = [
         "--format",
         "gguf",
@@ -110,18 +83,7 @@ fn compress_from_an_f32_gguf_equals_compress_from_the_directory() {
         "--target-bits",
         "4",
     ];
-    let a = compress(&common::demo_model(), &from_dir, &extra);
-    let b = compress(f32, &from_gguf, &extra);
-    let (ka, kb) = (
-        a["search_fitness"].as_f64().unwrap(),
-        b["search_fitness"].as_f64().unwrap(),
-    );
-    assert!(ka > 0.0 && (ka - kb).abs() <= 1e-6, "{ka} vs {kb}");
-    assert_eq!(b["model"].as_str().unwrap(), f32.to_str().unwrap());
-    assert_eq!(
-        levels(&from_dir.join("config.json")),
-        levels(&from_gguf.join("config.json"))
-    );
+    let (from_dir, from_gguf) = compress_both(tmp.path(), "gguf", "F32", &extra);
     let (fa, fb) = (
         GgufFile::open(from_dir.join("model.gguf")).unwrap(),
         GgufFile::open(from_gguf.join("model.gguf")).unwrap(),
@@ -165,24 +127,16 @@ fn compress_from_a_bf16_gguf_exports_the_directory_s_weights() {
     // tokenizer.json and the same values in every tensor; `database`,
     // `search` and `export` take the GGUF too, and refuse a database built
     // from another model with one clear line.
-    let (tmp, _, bf16) = ggufs();
-    let from_dir = tmp.path().join("dir-st");
-    let from_gguf = tmp.path().join("gguf-st");
-    let extra = ["--bits", "3,4", "--target-bits", "3.5"];
-    let a = compress(&common::demo_model(), &from_dir, &extra);
-    let b = compress(bf16, &from_gguf, &extra);
-    let (ka, kb) = (
-        a["search_fitness"].as_f64().unwrap(),
-        b["search_fitness"].as_f64().unwrap(),
-    );
-    assert!(ka > 0.0 && (ka - kb).abs() <= 1e-6, "{ka} vs {kb}");
-    assert_eq!(
-        levels(&from_dir.join("config.json")),
-        levels(&from_gguf.join("config.json"))
+    let tmp = tempfile::tempdir().unwrap();
+    let bf16 = gguf("BF16");
+    let (from_dir, from_gguf) = compress_both(
+        tmp.path(),
+        "st",
+        "BF16",
+        &["--bits", "3,4", "--target-bits", "3.5"],
     );
     let model = from_gguf.join("model");
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let config = read_json(&model.join("config.json"));
     assert_eq!(config["num_hidden_layers"], 8);
     assert_eq!(config["torch_dtype"], "bfloat16");
     assert!(model.join("tokenizer.json").is_file());
@@ -211,84 +165,66 @@ fn compress_from_a_bf16_gguf_exports_the_directory_s_weights() {
     // The separate commands, from the GGUF's database.
     let db = from_gguf.join("database");
     let cfg = tmp.path().join("st-search.json");
-    ok(run(&[
+    ok(&common::cli::on_db(
         "search",
-        "--model",
-        bf16.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-        "--calib",
-        "assets/data/docs.valid.txt",
-        "--target-bits",
-        "3.5",
-        "--generations",
-        "1",
-        "--offspring",
-        "2",
-        "--stages",
-        "512:1",
-        "--out",
-        cfg.to_str().unwrap(),
-        "--quiet",
-    ]));
+        s(bf16),
+        &db,
+        &cfg,
+        &[
+            "--calib",
+            "assets/data/docs.valid.txt",
+            "--target-bits",
+            "3.5",
+            "--generations",
+            "1",
+            "--offspring",
+            "2",
+            "--stages",
+            "512:1",
+            "--quiet",
+        ],
+    ));
     let native = tmp.path().join("st-native");
-    ok(run(&[
+    ok(&common::cli::on_db(
         "export",
-        "--model",
-        bf16.to_str().unwrap(),
-        "--db",
-        db.to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--format",
-        "dynapress",
-        "--out",
-        native.to_str().unwrap(),
-    ]));
+        s(bf16),
+        &db,
+        &native,
+        &["--config", s(&cfg), "--format", "dynapress"],
+    ));
     assert!(native.join("model.safetensors").is_file());
     assert!(native.join("config.json").is_file());
 
     // The directory's database is another model's.
-    let o = run(&[
+    let o = common::cli::on_db(
         "export",
-        "--model",
-        bf16.to_str().unwrap(),
-        "--db",
-        from_dir.join("database").to_str().unwrap(),
-        "--config",
-        from_dir.join("config.json").to_str().unwrap(),
-        "--out",
-        tmp.path().join("refused").to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("built from another model"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+        s(bf16),
+        &from_dir.join("database"),
+        &tmp.path().join("refused"),
+        &["--config", s(&from_dir.join("config.json"))],
+    );
+    common::cli::clean_error(&o, &["built from another model"]);
 }
 
 #[test]
 fn a_broken_gguf_is_one_clear_line() {
-    let (tmp, f32, _) = ggufs();
-    let bytes = std::fs::read(f32).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(gguf("F32")).unwrap();
     let cut = tmp.path().join("cut.gguf");
     std::fs::write(&cut, &bytes[..100_000]).unwrap();
     let o = run(&[
         "compress",
         "--model",
-        cut.to_str().unwrap(),
+        s(&cut),
         "--out",
-        tmp.path().join("cut-run").to_str().unwrap(),
+        s(&tmp.path().join("cut-run")),
         "--calib",
         "assets/data/docs.valid.txt",
         "--eval",
         "assets/data/docs.test.txt",
     ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    common::cli::clean_error(&o, &["cut.gguf", "malformed GGUF"]);
+    let err = common::cli::stderr(&o);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("cut.gguf") && err.contains("malformed GGUF"),
-        "{err}"
-    );
     assert!(!err.contains("config.json"), "{err}");
 }

@@ -10,7 +10,6 @@ use dynapress::eval::perplexity::{WindowOptions, score_windows};
 use dynapress::eval::tasks;
 use dynapress::model::Model;
 use dynapress::model::generate::{GenerateOptions, generate};
-use safetensors::SafeTensors;
 
 fn model() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
@@ -24,12 +23,7 @@ fn tokenization_ids_identical() {
     assert!(cases.len() >= 5);
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want = common::ids(&case["ids"]);
         assert_eq!(
             model().tokenizer.encode(text).unwrap(),
             want,
@@ -40,22 +34,8 @@ fn tokenization_ids_identical() {
 
 #[test]
 fn logits_within_2e_3() {
-    let bytes = std::fs::read(common::reference_dir().join("logits.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let ids_view = st.tensor("input_ids").unwrap();
-    let ids: Vec<u32> = ids_view
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
-        .collect();
-    let (b, t) = (ids_view.shape()[0], ids_view.shape()[1]);
-    let want: Vec<f32> = st
-        .tensor("logits")
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let (ids, b, t, want) =
+        common::reference_logits(&common::reference_dir().join("logits.safetensors"));
     // The reference ids are the first 192 tokens of docs.test.txt.
     let doc = load_tokens(&common::data("docs.test.txt"), &model().tokenizer).unwrap();
     assert_eq!(&doc[..b * t], &ids[..]);
@@ -66,12 +46,7 @@ fn logits_within_2e_3() {
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
-    assert_eq!(got.len(), want.len());
-    let max = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let max = common::max_diff(&got, &want);
     eprintln!("max |logit difference| = {max:e}");
     assert!(max <= 2e-3, "max abs logit difference {max}");
 }
@@ -148,13 +123,7 @@ fn task_accuracy_code_cloze() {
 fn greedy_generation_identical() {
     let r = common::reference();
     let g = &r["greedy_generation"];
-    let ids = |k: &str| -> Vec<u32> {
-        g[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let ids = |k: &str| common::ids(&g[k]);
     let prompt = model()
         .tokenizer
         .encode(g["prompt"].as_str().unwrap())

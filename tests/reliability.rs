@@ -6,152 +6,73 @@ mod common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 
-fn run(args: &[&str]) -> Output {
-    Command::new(common::bin())
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .unwrap()
+use common::cli::{DEMO, export, fails, ok, run, run2, search};
+use common::demo::small_kquant_db as db;
+use common::{copy_dir, edit_json, names, s};
+
+/// `eval` of `model` on docs.test.txt, then `extra`.
+fn eval_args<'a>(model: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "eval",
+        "--model",
+        model,
+        "--data",
+        "assets/data/docs.test.txt",
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// `eval` of `model` on docs.test.txt (the defaults).
+fn eval(model: &Path) -> std::process::Output {
+    run(&eval_args(s(model), &[]))
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A clean failure with exit `code`: no panic, exactly one `error:` line,
-/// containing every needle.
-fn fails(o: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line: {err}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let p = e.path();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            std::fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-const EVAL: [&str; 4] = [
-    "--model",
-    "assets/demo-model",
-    "--data",
-    "assets/data/docs.test.txt",
-];
-
-/// A small database of ggml types (so GGUF export works too), built once.
-fn db() -> &'static Path {
-    static DB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DB.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("db");
-        ok(&run(&[
-            "database",
-            "--model",
-            "assets/demo-model",
-            "--calib",
-            "assets/data/docs.valid.txt",
-            "--calib-tokens",
-            "1024",
-            "--seq-len",
-            "128",
-            "--method",
-            "kquant",
-            "--types",
-            "Q4_K,Q6_K",
-            "--out",
-            s(&dir),
-            "--quiet",
-        ]));
-        (tmp, dir)
-    })
-    .1
+/// `eval` of `model` on one window of 32 tokens of docs.test.txt.
+fn eval_one_window(model: &Path) -> std::process::Output {
+    run(&eval_args(s(model), &["--windows", "1", "--seq-len", "32"]))
 }
 
 /// A knapsack configuration of [`db`] at 5 bits per weight, written to `out`.
 fn config(out: &Path) {
-    ok(&run(&[
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        s(db()),
-        "--target-bits",
-        "5",
-        "--algo",
-        "knapsack",
-        "--out",
-        s(out),
-        "--quiet",
-    ]));
+    common::cli::knapsack(db(), "5", out);
+}
+
+/// `eval --tasks` of the demo model on a task file `t.jsonl` holding `text`.
+fn eval_task(text: &str) -> std::process::Output {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("t.jsonl");
+    std::fs::write(&t, text).unwrap();
+    run(&["eval", "--model", "assets/demo-model", "--tasks", s(&t)])
+}
+
+/// A knapsack search of the demo model on `db` at 5 bits into `out`.
+fn search5(db: &Path, out: &Path) -> std::process::Output {
+    search(db, out, &["--target-bits", "5", "--algo", "knapsack"])
 }
 
 #[test]
 fn row01_seq_len_zero_is_a_bad_argument_not_a_panic() {
     for protocol in ["windows", "llama-perplexity"] {
-        let mut args = vec!["eval"];
-        args.extend_from_slice(&EVAL);
-        args.extend_from_slice(&["--windows", "1", "--seq-len", "0", "--protocol", protocol]);
+        let args = eval_args(
+            DEMO,
+            &["--windows", "1", "--seq-len", "0", "--protocol", protocol],
+        );
         fails(&run(&args), 2, &["--seq-len 0"]);
     }
 }
 
 #[test]
 fn row02_task_with_empty_context_and_choices_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path().join("t.jsonl");
-    std::fs::write(
-        &t,
-        "{\"context\":\"\",\"choices\":[\"\",\"\"],\"label\":0}\n",
-    )
-    .unwrap();
-    let o = run(&["eval", "--model", "assets/demo-model", "--tasks", s(&t)]);
+    let o = eval_task("{\"context\":\"\",\"choices\":[\"\",\"\"],\"label\":0}\n");
     fails(&o, 1, &["t.jsonl", "line 1", "empty context"]);
 }
 
 #[test]
 fn row03_a_closed_stdout_ends_the_run_quietly() {
-    let mut args = vec!["eval"];
-    args.extend_from_slice(&EVAL);
-    args.extend_from_slice(&["--windows", "1", "--seq-len", "32", "-q"]);
+    let args = eval_args(DEMO, &["--windows", "1", "--seq-len", "32", "-q"]);
     let mut child = Command::new(common::bin())
         .args(&args)
         .current_dir(common::root())
@@ -217,42 +138,17 @@ fn row05_outputs_never_overwrite_inputs_and_need_force() {
     let before = std::fs::read(&c).unwrap();
     // search --out = its own --calib file (even with --force).
     for force in [false, true] {
-        let mut args = vec![
-            "search",
-            "--model",
-            "assets/demo-model",
-            "--db",
-            s(db()),
-            "--calib",
-            s(&c),
-            "--target-bits",
-            "5",
-            "--out",
-            s(&c),
-        ];
+        let mut args = vec!["--calib", s(&c), "--target-bits", "5"];
         if force {
             args.push("--force");
         }
-        fails(&run(&args), 1, &["also an input", "c.txt"]);
+        fails(&search(db(), &c, &args), 1, &["also an input", "c.txt"]);
     }
     assert_eq!(std::fs::read(&c).unwrap(), before);
     // search --out over an existing file needs --force.
     let existing = tmp.path().join("r.json");
     std::fs::write(&existing, b"{}").unwrap();
-    let o = run(&[
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        s(db()),
-        "--target-bits",
-        "5",
-        "--algo",
-        "knapsack",
-        "--out",
-        s(&existing),
-    ]);
-    fails(&o, 1, &["exists", "--force"]);
+    fails(&search5(db(), &existing), 1, &["exists", "--force"]);
     assert_eq!(std::fs::read(&existing).unwrap(), b"{}");
     // convert --out <model>/model.safetensors --force.
     let m = tmp.path().join("m");
@@ -271,18 +167,7 @@ fn row05_outputs_never_overwrite_inputs_and_need_force() {
     // export --out <model dir> --force.
     let cfg = tmp.path().join("cfg.json");
     config(&cfg);
-    let o = run(&[
-        "export",
-        "--model",
-        s(&m),
-        "--db",
-        s(db()),
-        "--config",
-        s(&cfg),
-        "--out",
-        s(&m),
-        "--force",
-    ]);
+    let o = common::cli::on_db("export", s(&m), db(), &m, &["--config", s(&cfg), "--force"]);
     fails(&o, 1, &["also an input"]);
     assert_eq!(std::fs::read(m.join("model.safetensors")).unwrap(), w);
     assert!(m.join("tokenizer.json").exists());
@@ -316,43 +201,22 @@ fn row07_out_of_range_rope_theta_or_epsilon_is_refused() {
     ] {
         let m = tmp.path().join(format!("{key}{value}"));
         copy_dir(&common::demo_model(), &m);
-        let p = m.join("config.json");
-        let mut cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        cfg[key] = serde_json::json!(value);
-        if let Some(rp) = cfg.get_mut("rope_parameters")
-            && key == "rope_theta"
-        {
-            rp["rope_theta"] = serde_json::json!(value);
-        }
-        std::fs::write(&p, serde_json::to_string(&cfg).unwrap()).unwrap();
-        let o = run(&[
-            "eval",
-            "--model",
-            s(&m),
-            "--data",
-            "assets/data/docs.test.txt",
-            "--windows",
-            "1",
-            "--seq-len",
-            "32",
-        ]);
-        fails(&o, 1, &["config.json", needle]);
+        edit_json(&m.join("config.json"), |cfg| {
+            cfg[key] = serde_json::json!(value);
+            if let Some(rp) = cfg.get_mut("rope_parameters")
+                && key == "rope_theta"
+            {
+                rp["rope_theta"] = serde_json::json!(value);
+            }
+        });
+        fails(&eval_one_window(&m), 1, &["config.json", needle]);
         let o = run(&["convert", "--model", s(&m), "--out", s(&m.join("x.gguf"))]);
         fails(&o, 1, &["config.json", needle]);
         assert!(!m.join("x.gguf").exists());
     }
     // A NaN epsilon inside a GGUF file.
     let g = tmp.path().join("m.gguf");
-    ok(&run(&[
-        "convert",
-        "--model",
-        "assets/demo-model",
-        "--out",
-        s(&g),
-        "--type",
-        "F16",
-    ]));
+    common::cli::convert(DEMO, &g, "F16");
     let mut bytes = std::fs::read(&g).unwrap();
     let key = b"attention.layer_norm_rms_epsilon";
     let at = bytes
@@ -363,45 +227,28 @@ fn row07_out_of_range_rope_theta_or_epsilon_is_refused() {
     assert_eq!(&bytes[at..at + 4], &6u32.to_le_bytes(), "an f32 value");
     bytes[at + 4..at + 8].copy_from_slice(&f32::NAN.to_le_bytes());
     std::fs::write(&g, bytes).unwrap();
-    let o = run(&[
-        "eval",
-        "--model",
-        s(&g),
-        "--data",
-        "assets/data/docs.test.txt",
-        "--windows",
-        "1",
-        "--seq-len",
-        "32",
-    ]);
-    fails(&o, 1, &["m.gguf", "epsilon"]);
+    fails(&eval_one_window(&g), 1, &["m.gguf", "epsilon"]);
 }
 
 #[test]
 fn row08_llama_perplexity_that_scores_nothing_is_refused() {
-    let mut args = vec!["eval"];
-    args.extend_from_slice(&EVAL);
-    args.extend_from_slice(&[
-        "--windows",
-        "1",
-        "--seq-len",
-        "2",
-        "--protocol",
-        "llama-perplexity",
-    ]);
+    let args = eval_args(
+        DEMO,
+        &[
+            "--windows",
+            "1",
+            "--seq-len",
+            "2",
+            "--protocol",
+            "llama-perplexity",
+        ],
+    );
     fails(&run(&args), 2, &["--seq-len 2", "scores no token"]);
 }
 
 #[test]
 fn row09_an_empty_choice_is_refused_instead_of_always_winning() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path().join("t.jsonl");
-    std::fs::write(
-        &t,
-        "{\"context\":\"The sky is\",\"choices\":[\"\",\" green\"],\"label\":0}\n",
-    )
-    .unwrap();
-    let o = run(&["eval", "--model", "assets/demo-model", "--tasks", s(&t)]);
+    let o = eval_task("{\"context\":\"The sky is\",\"choices\":[\"\",\" green\"],\"label\":0}\n");
     fails(&o, 1, &["t.jsonl", "line 1", "choice 0 is empty"]);
 }
 
@@ -410,30 +257,22 @@ fn row10_a_layer_listed_twice_in_a_configuration_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("c.json");
     config(&cfg);
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    let layers = v["layers"].as_array_mut().unwrap();
-    let mut dup = layers[0].clone();
-    dup["level"] = serde_json::json!(if dup["level"] == "Q6_K" {
-        "Q4_K"
-    } else {
-        "Q6_K"
+    edit_json(&cfg, |v| {
+        let layers = v["layers"].as_array_mut().unwrap();
+        let mut dup = layers[0].clone();
+        dup["level"] = serde_json::json!(if dup["level"] == "Q6_K" {
+            "Q4_K"
+        } else {
+            "Q6_K"
+        });
+        layers.push(dup);
     });
-    layers.push(dup);
-    std::fs::write(&cfg, serde_json::to_string(&v).unwrap()).unwrap();
     let out = tmp.path().join("out");
-    let o = run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        s(db()),
-        "--config",
-        s(&cfg),
-        "--out",
-        s(&out),
-    ]);
-    fails(&o, 1, &["c.json", "listed twice"]);
+    fails(
+        &export(db(), &cfg, &out, &[]),
+        1,
+        &["c.json", "listed twice"],
+    );
     assert!(!out.exists());
 }
 
@@ -447,24 +286,8 @@ fn row11_manifest_numbers_are_checked_against_the_entries() {
     ] {
         let d = tmp.path().join(field);
         copy_dir(db(), &d);
-        let p = d.join("manifest.json");
-        let mut m: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        m["entries"][1][field] = value;
-        std::fs::write(&p, serde_json::to_string_pretty(&m).unwrap()).unwrap();
-        let o = run(&[
-            "search",
-            "--model",
-            "assets/demo-model",
-            "--db",
-            s(&d),
-            "--target-bits",
-            "5",
-            "--algo",
-            "knapsack",
-            "--out",
-            s(&tmp.path().join(format!("{field}.json"))),
-        ]);
+        edit_json(&d.join("manifest.json"), |m| m["entries"][1][field] = value);
+        let o = search5(&d, &tmp.path().join(format!("{field}.json")));
         fails(&o, 1, &["manifest.json", "entries[1]"]);
     }
 }
@@ -474,7 +297,7 @@ fn row12_compress_validates_before_building_anything() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("X");
     let base = |extra: &[&str]| {
-        let mut a = vec![
+        let args = [
             "compress",
             "--calib-tokens",
             "512",
@@ -486,8 +309,7 @@ fn row12_compress_validates_before_building_anything() {
             s(&out),
             "-q",
         ];
-        a.extend_from_slice(extra);
-        run(&a)
+        run2(&args, extra)
     };
     for (extra, code, needle) in [
         (vec!["--target-bits", "NaN"], 2, "--target-bits NaN"),
@@ -531,21 +353,13 @@ fn row13_unwritable_recipe_leaves_no_gguf() {
     let cfg = tmp.path().join("c.json");
     config(&cfg);
     let out = tmp.path().join("m.gguf");
-    let o = run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        s(db()),
-        "--config",
-        s(&cfg),
-        "--format",
-        "gguf",
-        "--out",
-        s(&out),
-        "--recipe",
-        s(&tmp.path().join("no-such-dir/recipe.txt")),
-    ]);
+    let recipe = tmp.path().join("no-such-dir/recipe.txt");
+    let o = export(
+        db(),
+        &cfg,
+        &out,
+        &["--format", "gguf", "--recipe", s(&recipe)],
+    );
     fails(&o, 1, &["recipe.txt"]);
     assert!(!out.exists(), "no .gguf without its recipe");
     assert_eq!(names(tmp.path()), vec!["c.json".to_string()]);
@@ -553,9 +367,8 @@ fn row13_unwritable_recipe_leaves_no_gguf() {
 
 #[test]
 fn row14_threads_are_bounded() {
-    let mut args = vec!["--threads", "5000", "eval"];
-    args.extend_from_slice(&EVAL);
-    fails(&run(&args), 2, &["--threads 5000", "per available core"]);
+    let o = run2(&["--threads", "5000"], &eval_args(DEMO, &[]));
+    fails(&o, 2, &["--threads 5000", "per available core"]);
 }
 
 #[test]
@@ -601,9 +414,7 @@ fn row15_a_dead_runs_temporaries_are_cleaned_by_the_next_run() {
 #[test]
 fn row16_messages_say_what_is_wrong() {
     // --windows 0
-    let mut args = vec!["eval"];
-    args.extend_from_slice(&EVAL);
-    args.extend_from_slice(&["--windows", "0"]);
+    let args = eval_args(DEMO, &["--windows", "0"]);
     fails(&run(&args), 2, &["--windows must be at least 1"]);
     // a directory, a FIFO, /dev/zero as --data
     let tmp = tempfile::tempdir().unwrap();
@@ -628,42 +439,30 @@ fn row16_messages_say_what_is_wrong() {
     copy_dir(&common::demo_model(), &m);
     std::fs::remove_file(m.join("config.json")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", m.join("config.json")).unwrap();
-    let o = run(&[
-        "eval",
-        "--model",
-        s(&m),
-        "--data",
-        "assets/data/docs.test.txt",
-    ]);
+    let o = eval(&m);
     fails(&o, 1, &["config.json", "not a regular file"]);
     // search: NaN target, --calib-tokens 0, more survivors than offspring
-    let search = |extra: &[&str]| {
-        let mut a = vec![
-            "search",
-            "--model",
-            "assets/demo-model",
-            "--db",
-            "no-such-db",
-            "--calib",
-            "assets/data/docs.valid.txt",
-            "--out",
-            "/tmp/dynapress-never-written.json",
-        ];
-        a.extend_from_slice(extra);
-        run(&a)
+    let never = tmp.path().join("never-written.json");
+    let refused = |extra: &[&str]| {
+        let calib = ["--calib", "assets/data/docs.valid.txt"];
+        search(
+            Path::new("no-such-db"),
+            &never,
+            &[&calib[..], extra].concat(),
+        )
     };
     fails(
-        &search(&["--target-bits", "NaN"]),
+        &refused(&["--target-bits", "NaN"]),
         2,
         &["--target-bits NaN"],
     );
     fails(
-        &search(&["--target-bits", "3", "--calib-tokens", "0"]),
+        &refused(&["--target-bits", "3", "--calib-tokens", "0"]),
         2,
         &["--calib-tokens"],
     );
     fails(
-        &search(&[
+        &refused(&[
             "--target-bits",
             "3",
             "--offspring",
@@ -677,21 +476,8 @@ fn row16_messages_say_what_is_wrong() {
     // a configuration of a future version
     let cfg = tmp.path().join("c.json");
     config(&cfg);
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
-    v["version"] = serde_json::json!(99);
-    std::fs::write(&cfg, serde_json::to_string(&v).unwrap()).unwrap();
-    let o = run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        s(db()),
-        "--config",
-        s(&cfg),
-        "--out",
-        s(&tmp.path().join("e")),
-    ]);
+    edit_json(&cfg, |v| v["version"] = serde_json::json!(99));
+    let o = export(db(), &cfg, &tmp.path().join("e"), &[]);
     fails(&o, 1, &["c.json", "version 99"]);
     // packed and unpacked files get the umask's mode, not 0600
     #[cfg(unix)]
@@ -745,30 +531,15 @@ fn fuzz_findings_are_clear_errors() {
             m.join("tokenizer.json"),
         )
         .unwrap();
-        let o = run(&[
-            "eval",
-            "--model",
-            s(&m),
-            "--data",
-            "assets/data/docs.test.txt",
-        ]);
-        fails(&o, 1, &["tokenizer.json", "malformed"]);
+        fails(&eval(&m), 1, &["tokenizer.json", "malformed"]);
     }
     // A huge layer count was accepted and sized allocations (abort, out of memory).
     let m = tmp.path().join("layers");
     copy_dir(&common::demo_model(), &m);
-    let p = m.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    cfg["num_hidden_layers"] = serde_json::json!(10_000_000_000u64);
-    std::fs::write(&p, cfg.to_string()).unwrap();
-    let o = run(&[
-        "eval",
-        "--model",
-        s(&m),
-        "--data",
-        "assets/data/docs.test.txt",
-    ]);
+    edit_json(&m.join("config.json"), |cfg| {
+        cfg["num_hidden_layers"] = serde_json::json!(10_000_000_000u64)
+    });
+    let o = eval(&m);
     fails(&o, 1, &["config.json", "num_hidden_layers"]);
 }
 
@@ -843,34 +614,21 @@ fn fuzz_finding_a_layer_without_levels_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("db");
     copy_dir(db(), &d);
-    let p = d.join("manifest.json");
-    let mut m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    let layer = m["entries"][0]["layer"].as_str().unwrap().to_string();
-    let mut levels = Vec::new();
-    for e in m["entries"].as_array_mut().unwrap() {
-        if e["layer"] == layer.as_str() {
-            levels.push(e["level"].clone());
-            e["level"] = serde_json::json!("bogus");
+    let mut layer = String::new();
+    edit_json(&d.join("manifest.json"), |m| {
+        layer = m["entries"][0]["layer"].as_str().unwrap().to_string();
+        let mut levels = Vec::new();
+        for e in m["entries"].as_array_mut().unwrap() {
+            if e["layer"] == layer.as_str() {
+                levels.push(e["level"].clone());
+                e["level"] = serde_json::json!("bogus");
+            }
         }
-    }
-    let un = m["unavailable"].as_array_mut().unwrap();
-    for l in levels {
-        un.push(serde_json::json!({"layer": layer, "level": l, "reason": "test"}));
-    }
-    std::fs::write(&p, serde_json::to_string_pretty(&m).unwrap()).unwrap();
-    let o = run(&[
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        s(&d),
-        "--target-bits",
-        "5",
-        "--algo",
-        "knapsack",
-        "--out",
-        s(&tmp.path().join("c.json")),
-    ]);
+        let un = m["unavailable"].as_array_mut().unwrap();
+        for l in levels {
+            un.push(serde_json::json!({"layer": layer, "level": l, "reason": "test"}));
+        }
+    });
+    let o = search5(&d, &tmp.path().join("c.json"));
     fails(&o, 1, &["manifest.json", &layer]);
 }

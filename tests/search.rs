@@ -2,65 +2,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Output;
 
+use common::cli::{DEMO, clean_error, eval_json, export, knapsack, ok, perplexity, run};
+use common::demo::gptq_db as db;
+use common::{read_json, s};
 use dynapress::selection::ConfigFile;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(common::bin())
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn clean_error(o: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "missing {n:?} in: {err}");
-    }
-}
-
-/// A small GPTQ database of the demo model, built once.
-fn db() -> &'static Path {
-    static DB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DB.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("db");
-        ok(&run(&[
-            "database",
-            "--model",
-            "assets/demo-model",
-            "--calib",
-            "assets/data/docs.valid.txt",
-            "--calib",
-            "assets/data/code.valid.txt",
-            "--calib-tokens",
-            "8192",
-            "--bits",
-            "2,3,4",
-            "--out",
-            dir.to_str().unwrap(),
-            "--quiet",
-        ]));
-        (tmp, dir)
-    })
-    .1
-}
 
 const SMALL: [&str; 6] = [
     "--generations",
@@ -71,19 +19,13 @@ const SMALL: [&str; 6] = [
     "512:2,2048:1",
 ];
 
+/// A small seeded (3 unless `extra` names one) EvoPress search at 2.6 bits.
 fn search(out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db().to_str().unwrap(),
         "--calib",
         "assets/data/docs.valid.txt",
         "--target-bits",
         "2.6",
-        "--out",
-        out.to_str().unwrap(),
         "--quiet",
     ];
     args.extend_from_slice(&SMALL);
@@ -91,7 +33,7 @@ fn search(out: &Path, extra: &[&str]) -> Output {
         args.extend_from_slice(&["--seed", "3"]);
     }
     args.extend_from_slice(extra);
-    run(&args)
+    common::cli::search(db(), out, &args)
 }
 
 #[test]
@@ -152,20 +94,11 @@ fn allocations_respect_the_budget() {
     for algo in ["uniform", "knapsack"] {
         for target in ["2.3", "3.0", "3.9"] {
             let out = tmp.path().join(format!("{algo}-{target}.json"));
-            ok(&run(&[
-                "search",
-                "--model",
-                "assets/demo-model",
-                "--db",
-                db().to_str().unwrap(),
-                "--target-bits",
-                target,
-                "--algo",
-                algo,
-                "--out",
-                out.to_str().unwrap(),
-                "--quiet",
-            ]));
+            ok(&common::cli::search(
+                db(),
+                &out,
+                &["--target-bits", target, "--algo", algo, "--quiet"],
+            ));
             let c = ConfigFile::read(&out).unwrap();
             let t: f64 = target.parse().unwrap();
             assert!(
@@ -186,19 +119,7 @@ fn targets_outside_the_levels_are_clear_errors() {
         ("1.5", "below the lowest level"),
         ("9", "above the highest level"),
     ] {
-        let o = run(&[
-            "search",
-            "--model",
-            "assets/demo-model",
-            "--db",
-            db().to_str().unwrap(),
-            "--target-bits",
-            t,
-            "--algo",
-            "knapsack",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let o = common::cli::search(db(), &out, &["--target-bits", t, "--algo", "knapsack"]);
         clean_error(&o, &[needle]);
     }
 }
@@ -208,30 +129,15 @@ fn a_database_of_another_model_is_refused() {
     // A tiny Qwen2 checkpoint with the demo tokenizer.
     let tmp = tempfile::tempdir().unwrap();
     let other = tmp.path().join("other");
-    std::fs::create_dir(&other).unwrap();
-    for e in std::fs::read_dir(common::root().join("tests/fixtures/tiny/qwen2")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, other.join(p.file_name().unwrap())).unwrap();
-    }
-    std::fs::copy(
-        common::demo_model().join("tokenizer.json"),
-        other.join("tokenizer.json"),
-    )
-    .unwrap();
+    common::tiny_model("qwen2", &other);
     let out = tmp.path().join("c.json");
-    let o = run(&[
+    let o = common::cli::on_db(
         "search",
-        "--model",
-        other.to_str().unwrap(),
-        "--db",
-        db().to_str().unwrap(),
-        "--target-bits",
-        "3",
-        "--algo",
-        "knapsack",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        s(&other),
+        db(),
+        &out,
+        &["--target-bits", "3", "--algo", "knapsack"],
+    );
     clean_error(&o, &["another model"]);
 }
 
@@ -239,46 +145,23 @@ fn a_database_of_another_model_is_refused() {
 fn a_configuration_naming_unknown_layers_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("c.json");
-    ok(&run(&[
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db().to_str().unwrap(),
-        "--target-bits",
-        "3",
-        "--algo",
-        "knapsack",
-        "--out",
-        cfg.to_str().unwrap(),
-        "--quiet",
-    ]));
+    knapsack(db(), "3", &cfg);
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("model.layers.7.mlp.up_proj", "model.layers.9.mlp.up_proj");
     std::fs::write(&cfg, text).unwrap();
     let out = tmp.path().join("model");
-    let o = run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db().to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = export(db(), &cfg, &out, &[]);
     clean_error(&o, &["model.layers.9.mlp.up_proj", "c.json"]);
     assert!(!out.exists(), "nothing exported");
     let o = run(&[
         "eval",
         "--model",
-        "assets/demo-model",
+        DEMO,
         "--db",
-        db().to_str().unwrap(),
+        s(db()),
         "--config",
-        cfg.to_str().unwrap(),
+        s(&cfg),
         "--data",
         "assets/data/docs.test.txt",
     ]);
@@ -289,34 +172,9 @@ fn a_configuration_naming_unknown_layers_is_refused() {
 fn exported_model_evaluates_like_the_configuration() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("c.json");
-    ok(&run(&[
-        "search",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db().to_str().unwrap(),
-        "--target-bits",
-        "3",
-        "--algo",
-        "knapsack",
-        "--out",
-        cfg.to_str().unwrap(),
-        "--quiet",
-    ]));
+    knapsack(db(), "3", &cfg);
     let out = tmp.path().join("model");
-    ok(&run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db().to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--dtype",
-        "f32",
-    ]));
+    ok(&export(db(), &cfg, &out, &["--dtype", "f32"]));
     for f in [
         "config.json",
         "tokenizer.json",
@@ -326,49 +184,24 @@ fn exported_model_evaluates_like_the_configuration() {
         assert!(out.join(f).is_file(), "{f}");
     }
     let eval = |extra: &[&str]| -> f64 {
-        let mut args = vec![
-            "eval",
-            "--data",
-            "assets/data/docs.test.txt",
-            "--windows",
-            "4",
-            "--json",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        let v: serde_json::Value = serde_json::from_str(&ok(&run(&args))).unwrap();
-        v["datasets"]["docs.test.txt"]["perplexity"]
-            .as_f64()
-            .unwrap()
+        let v = eval_json(
+            &[
+                &["--data", "assets/data/docs.test.txt", "--windows", "4"],
+                extra,
+            ]
+            .concat(),
+        );
+        perplexity(&v, "docs.test.txt")
     };
     // f32 export = the in-memory configuration exactly.
-    let a = eval(&["--model", out.to_str().unwrap()]);
-    let b = eval(&[
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db().to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
+    let a = eval(&["--model", s(&out)]);
+    let b = eval(&["--model", DEMO, "--db", s(db()), "--config", s(&cfg)]);
     assert_eq!(a, b);
     // The native export stores the codes; it loads to the same weights, is
     // several times smaller, and packs (entropy-codes) smaller still.
     let native = tmp.path().join("native");
-    ok(&run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db().to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        native.to_str().unwrap(),
-        "--format",
-        "dynapress",
-    ]));
-    assert_eq!(eval(&["--model", native.to_str().unwrap()]), a);
+    ok(&export(db(), &cfg, &native, &["--format", "dynapress"]));
+    assert_eq!(eval(&["--model", s(&native)]), a);
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     let st_native = size(&native.join("model.safetensors"));
     let st_bf16 = size(&common::demo_model().join("model.safetensors"));
@@ -377,26 +210,11 @@ fn exported_model_evaluates_like_the_configuration() {
         "native {st_native} vs bf16 {st_bf16}"
     );
     let dpk = tmp.path().join("native.dpk");
-    ok(&run(&[
-        "pack",
-        native.to_str().unwrap(),
-        dpk.to_str().unwrap(),
-        "--quiet",
-    ]));
+    ok(&run(&["pack", s(&native), s(&dpk), "--quiet"]));
     assert!(size(&dpk) < st_native, "pack {} vs {st_native}", size(&dpk));
-    assert_eq!(eval(&["--model", dpk.to_str().unwrap()]), a);
+    assert_eq!(eval(&["--model", s(&dpk)]), a);
     // Exporting again over it needs --force.
-    let o = run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        db().to_str().unwrap(),
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = export(db(), &cfg, &out, &[]);
     clean_error(&o, &["--force"]);
 }
 
@@ -407,9 +225,9 @@ fn compress_runs_end_to_end_and_writes_the_reports() {
     let mut args = vec![
         "compress",
         "--out",
-        out.to_str().unwrap(),
+        s(&out),
         "--db",
-        db().to_str().unwrap(),
+        s(db()),
         "--bits",
         "2,3,4",
         "--calib-tokens",
@@ -423,8 +241,7 @@ fn compress_runs_end_to_end_and_writes_the_reports() {
     args.extend_from_slice(&SMALL);
     let stdout = ok(&run(&args));
     assert!(stdout.contains("report.html"), "{stdout}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let r = read_json(&out.join("report.json"));
     assert!(r["achieved_bits_per_weight"].as_f64().unwrap() <= 2.8);
     assert_eq!(r["layers"].as_array().unwrap().len(), 56);
     let kinds: Vec<&str> = r["rows"]
@@ -468,14 +285,7 @@ fn compress_runs_end_to_end_and_writes_the_reports() {
 fn dry_run_estimates_without_working() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let o = run(&[
-        "compress",
-        "--dry-run",
-        "--json",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let v = common::cli::ok_json(&run(&["compress", "--dry-run", "--json", "--out", s(&out)]));
     let stages: Vec<&str> = v["stages"]
         .as_array()
         .unwrap()
