@@ -219,6 +219,33 @@ fn main() {
     }
 
     println!();
+    println!("| damping (× mean diag H) | SparseGPT 50 % | SparseGPT 70 % |");
+    println!("|---|---|---|");
+    for damp in [0.001, 0.01, 0.1, 1.0] {
+        let (mut a5, mut a7) = (0.0, 0.0);
+        for l in &layers {
+            let f = GptqFactor::new(
+                &l.h,
+                &dynapress_compress::FactorParams {
+                    damp,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let n = f.dim();
+            for (s, acc) in [(0.5, &mut a5), (0.7, &mut a7)] {
+                let p = SparseParams::new(SparsityPattern::fraction(s, n).unwrap());
+                *acc += err(
+                    l,
+                    &sparsegpt_with_factor(&f, &l.w, &p).unwrap().dequantize(),
+                );
+            }
+        }
+        let k = layers.len() as f64;
+        println!("| {damp} | {:.3e} | {:.3e} |", a5 / k, a7 / k);
+    }
+
+    println!();
     let ratios: Vec<f64> = layers
         .iter()
         .map(|l| outlier_ratio(&l.w, &l.h.diag(), 5.0))

@@ -1,4 +1,5 @@
 //! Per-layer weight compressors for dynapress: a pure numeric library.
+//! Quantization (RTN, GPTQ) and unstructured or N:M sparsity (SparseGPT).
 //!
 //! A linear layer `y = W x` with `W ∈ ℝ^{rows×cols}` (`rows` = output
 //! features, `cols` = input features, row-major `&[f32]`) is quantized against
@@ -29,6 +30,19 @@
 //!   [`QuantizedLinear::storage_bits`], and named-buffer (de)serialisation
 //!   ([`quantized`] has the layout and the bits accounting).
 //! * [`relative_output_error`] is `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`.
+//! * [`sparsegpt()`] runs SparseGPT (Frantar & Alistarh, 2023) on the same
+//!   [`GptqFactor`]: per-block OBS mask selection with an exact number of
+//!   zeros per row ([`SparsityPattern`]: unstructured or N:M such as 2:4),
+//!   OBS update of the remaining weights, optionally quantizing the kept
+//!   weights on a [`QuantScheme`] grid in the same sweep ("sparsity × bit
+//!   width"). [`magnitude_prune`] is the baseline with the same output.
+//! * Both return a [`SparseLinear`]: a mask (bitmap, or N:M rank codes) and
+//!   the kept weights as f16 or grid codes, with
+//!   [`SparseLinear::dequantize`], the exact [`SparseLinear::storage_bits`]
+//!   and named buffers ([`sparse`] has the layout and the bits accounting).
+//! * [`owl_sparsities`] spreads a sparsity target over layers by their
+//!   [`outlier_ratio`] (OWL, Yin et al., 2023), keeping the parameter-weighted
+//!   mean exact; [`allocate_zeros`] turns the fractions into zeros per row.
 //!
 //! ```
 //! use dynapress_compress::{gptq, rtn, relative_output_error, GptqParams, Hessian, QuantScheme, RtnParams};
@@ -52,6 +66,19 @@
 //! let e_rtn = relative_output_error(&w, &r.dequantize(), &h);
 //! assert!(e_gptq < e_rtn);
 //! assert_eq!(q.storage_bits(), (rows * cols * 3 + rows * 2 * (16 + 3)) as u64);
+//!
+//! // 50 % unstructured sparsity, kept weights on the same 3-bit grid.
+//! use dynapress_compress::{magnitude_prune, sparsegpt, SparseGptParams, SparseParams, SparsityPattern};
+//! let sparse = SparseParams {
+//!     pattern: SparsityPattern::fraction(0.5, cols).unwrap(),
+//!     quant: Some(scheme),
+//!     ..SparseParams::default()
+//! };
+//! let s = sparsegpt(&w, &h, &SparseGptParams { sparse, ..Default::default() }).unwrap();
+//! let m = magnitude_prune(&w, cols, &sparse).unwrap();
+//! assert_eq!((s.zeros(), m.zeros()), (rows * cols / 2, rows * cols / 2));
+//! // Bitmap mask + 3-bit codes of the kept half + f16 scale and 3-bit zero per row and group.
+//! assert_eq!(s.storage_bits(), (rows * cols + rows * cols / 2 * 3 + rows * 2 * (16 + 3)) as u64);
 //! ```
 #![deny(missing_docs)]
 
