@@ -70,6 +70,7 @@ use rayon::prelude::*;
 
 use crate::gptq::block_partition;
 use crate::grid::{Grid32, GroupGrid, QuantScheme, check_finite, grid_from_range};
+use crate::isa::Isa;
 use crate::sparse::{SparseProvenance, SparseValues, SparsityPattern};
 use crate::{FactorParams, GptqError, GptqFactor, Hessian, QuantError, SparseError, SparseLinear};
 
@@ -194,6 +195,17 @@ pub fn sparsegpt_with_factor(
     }
     let u = f.upper_factor();
 
+    let ctx = Sweep {
+        n,
+        u,
+        dead: &dead,
+        blocks: &blocks,
+        bs,
+        params,
+        gl,
+        ng,
+    };
+    let isa = Isa::detect();
     let mut keep = vec![true; rows * n];
     let mut vals = vec![f16::ZERO; rows * n];
     let mut codes = vec![0u8; rows * n];
@@ -221,19 +233,7 @@ pub fn sparsegpt_with_factor(
                 scales,
                 zeros,
             };
-            sweep(
-                &mut wt,
-                rr,
-                r0,
-                n,
-                u,
-                &dead,
-                &blocks,
-                bs,
-                params,
-                (gl, ng),
-                out,
-            )
+            ctx.run(isa, &mut wt, rr, r0, out)
         })?;
     let values = compact(&keep, vals, codes, scales, zeros, params.quant);
     Ok(SparseLinear::new_unchecked(
@@ -269,161 +269,226 @@ fn block_zeros(z: usize, n: usize, i1: usize, i2: usize) -> usize {
     (z * i2 as u128 / n - z * i1 as u128 / n) as usize
 }
 
-#[allow(clippy::too_many_arguments)]
-fn sweep(
-    wt: &mut [f32],
-    rr: usize,
-    r0: usize,
+/// What every row chunk's sweep shares.
+struct Sweep<'a> {
     n: usize,
-    u: &[f32],
-    dead: &[bool],
-    blocks: &[(usize, usize)],
+    u: &'a [f32],
+    dead: &'a [bool],
+    blocks: &'a [(usize, usize)],
     bs: usize,
-    params: &SparseParams,
-    (gl, ng): (usize, usize),
-    out: ChunkOut<'_>,
-) -> Result<(), SparseError> {
-    let ChunkOut {
-        keep,
-        vals,
-        codes,
-        scales,
-        zeros,
-    } = out;
-    // Pruned flags, column-major like `wt`.
-    let mut pruned = vec![false; rr * n];
-    // Columns below `decided` have their mask fixed.
-    let mut decided = 0usize;
-    let mut errt = vec![0f32; bs * rr];
-    let mut grids = vec![
-        Grid32 {
-            s: 1.0,
-            z: 0.0,
-            maxq: 1.0
-        };
-        rr
-    ];
-    let mut scored: Vec<(f32, usize)> = Vec::with_capacity(bs.max(8));
-    let saliency = |x: f32, j: usize| -> f32 {
-        if dead[j] {
-            0.0
-        } else {
-            let d = u[j * n + j];
-            x * x / (d * d)
-        }
-    };
-    for &(i1, i2) in blocks {
-        if let SparsityPattern::Unstructured { zeros_per_row } = params.pattern {
-            let cnt = block_zeros(zeros_per_row, n, i1, i2);
-            if cnt > 0 {
-                for r in 0..rr {
-                    scored.clear();
-                    scored.extend((i1..i2).map(|j| (saliency(wt[j * rr + r], j), j)));
-                    prune_smallest(&mut scored, cnt, |j| pruned[j * rr + r] = true);
-                }
-            }
-            decided = i2;
-        }
-        for k in i1..i2 {
-            if let SparsityPattern::NM {
-                zeros: nz,
-                group: m,
-            } = params.pattern
-                && k % m == 0
-            {
-                for r in 0..rr {
-                    scored.clear();
-                    scored.extend((k..k + m).map(|j| (saliency(wt[j * rr + r], j), j)));
-                    prune_smallest(&mut scored, nz, |j| pruned[j * rr + r] = true);
-                }
-                decided = k + m;
-            }
-            if let Some(scheme) = params.quant
-                && k % gl == 0
-            {
-                let g = k / gl;
-                let end = (k + gl).min(n);
-                for (r, grid32) in grids.iter_mut().enumerate() {
-                    let (mut lo, mut hi) = (0f32, 0f32);
-                    for j in k..end {
-                        if j < decided && pruned[j * rr + r] {
-                            continue;
-                        }
-                        let v = wt[j * rr + r];
-                        lo = lo.min(v);
-                        hi = hi.max(v);
-                    }
-                    let grid = grid_from_range(lo, hi, &scheme).map_err(|scale| {
-                        QuantError::ScaleOverflow {
-                            row: r0 + r,
-                            group: g,
-                            scale,
-                        }
-                    })?;
-                    scales[r * ng + g] = grid.scale;
-                    zeros[r * ng + g] = grid.zero;
-                    *grid32 = Grid32::new(grid, scheme.maxq());
-                }
-            }
-            let d = u[k * n + k];
-            let urow = &u[k * n..k * n + i2];
-            let (head, tail) = wt.split_at_mut((k + 1) * rr);
-            let x = &head[k * rr..(k + 1) * rr];
-            let e = &mut errt[(k - i1) * rr..(k - i1 + 1) * rr];
-            for r in 0..rr {
-                let xr = x[r];
-                let q = if pruned[k * rr + r] {
-                    keep[r * n + k] = false;
-                    0.0
-                } else if params.quant.is_some() {
-                    let g = grids[r];
-                    let c = g.code(xr);
-                    codes[r * n + k] = c as u8;
-                    g.deq(c)
-                } else {
-                    let h = f16::from_f32(xr);
-                    if !h.is_finite() {
-                        return Err(SparseError::ValueOverflow {
-                            row: r0 + r,
-                            col: k,
-                            value: xr,
-                        });
-                    }
-                    vals[r * n + k] = h;
-                    h.to_f32()
-                };
-                e[r] = (xr - q) / d;
-            }
-            // Rank-1 update of the rest of the block.
-            for j in k + 1..i2 {
-                let c = urow[j];
-                if c == 0.0 {
-                    continue;
-                }
-                let col = &mut tail[(j - k - 1) * rr..(j - k) * rr];
-                for (wv, &ev) in col.iter_mut().zip(e.iter()) {
-                    *wv -= c * ev;
-                }
-            }
-        }
-        let cnt = i2 - i1;
-        if let Some(p) = errt[..cnt * rr].iter().position(|v| !v.is_finite()) {
-            return Err(GptqError::Diverged {
-                row: r0 + p % rr,
-                col: i1 + p / rr,
-            }
-            .into());
-        }
-        if i2 < n {
-            // Lazy batch update: W[:, i₂:] -= E · U[i₁:i₂, i₂:].
-            let rest = n - i2;
-            let dst = MatMut::from_column_major_slice_mut(&mut wt[i2 * rr..], rr, rest);
-            let lhs = MatRef::from_column_major_slice(&errt[..cnt * rr], rr, cnt);
-            let rhs = MatRef::from_row_major_slice_with_stride(&u[i1 * n + i2..], cnt, rest, n);
-            matmul(dst, Accum::Add, lhs, rhs, -1.0f32, faer::Par::Seq);
+    params: &'a SparseParams,
+    gl: usize,
+    ng: usize,
+}
+
+impl Sweep<'_> {
+    /// Runs the sweep on a chunk of `rr` rows starting at row `r0`; `wt` is
+    /// the chunk's column-major working copy. Compiled for several
+    /// instruction sets (the same IEEE operations in each, no FMA
+    /// contraction, so the result does not depend on the path).
+    fn run(
+        &self,
+        isa: Isa,
+        wt: &mut [f32],
+        rr: usize,
+        r0: usize,
+        out: ChunkOut<'_>,
+    ) -> Result<(), SparseError> {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the features were detected at runtime.
+            Isa::Avx512 => unsafe { self.run_avx512(wt, rr, r0, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the features were detected at runtime.
+            Isa::Avx2 => unsafe { self.run_avx2(wt, rr, r0, out) },
+            Isa::Generic => self.run_impl(wt, rr, r0, out),
         }
     }
-    Ok(())
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma,sse4.1")]
+    unsafe fn run_avx512(
+        &self,
+        wt: &mut [f32],
+        rr: usize,
+        r0: usize,
+        out: ChunkOut<'_>,
+    ) -> Result<(), SparseError> {
+        self.run_impl(wt, rr, r0, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,sse4.1")]
+    unsafe fn run_avx2(
+        &self,
+        wt: &mut [f32],
+        rr: usize,
+        r0: usize,
+        out: ChunkOut<'_>,
+    ) -> Result<(), SparseError> {
+        self.run_impl(wt, rr, r0, out)
+    }
+
+    #[inline(always)]
+    fn run_impl(
+        &self,
+        wt: &mut [f32],
+        rr: usize,
+        r0: usize,
+        out: ChunkOut<'_>,
+    ) -> Result<(), SparseError> {
+        let Sweep {
+            n,
+            u,
+            dead,
+            blocks,
+            bs,
+            params,
+            gl,
+            ng,
+        } = *self;
+        let ChunkOut {
+            keep,
+            vals,
+            codes,
+            scales,
+            zeros,
+        } = out;
+        // Pruned flags, column-major like `wt`.
+        let mut pruned = vec![false; rr * n];
+        // Columns below `decided` have their mask fixed.
+        let mut decided = 0usize;
+        let mut errt = vec![0f32; bs * rr];
+        let mut grids = vec![
+            Grid32 {
+                s: 1.0,
+                z: 0.0,
+                maxq: 1.0
+            };
+            rr
+        ];
+        let mut scored: Vec<(f32, usize)> = Vec::with_capacity(bs.max(8));
+        let saliency = |x: f32, j: usize| -> f32 {
+            if dead[j] {
+                0.0
+            } else {
+                let d = u[j * n + j];
+                x * x / (d * d)
+            }
+        };
+        for &(i1, i2) in blocks {
+            if let SparsityPattern::Unstructured { zeros_per_row } = params.pattern {
+                let cnt = block_zeros(zeros_per_row, n, i1, i2);
+                if cnt > 0 {
+                    for r in 0..rr {
+                        scored.clear();
+                        scored.extend((i1..i2).map(|j| (saliency(wt[j * rr + r], j), j)));
+                        prune_smallest(&mut scored, cnt, |j| pruned[j * rr + r] = true);
+                    }
+                }
+                decided = i2;
+            }
+            for k in i1..i2 {
+                if let SparsityPattern::NM {
+                    zeros: nz,
+                    group: m,
+                } = params.pattern
+                    && k % m == 0
+                {
+                    for r in 0..rr {
+                        scored.clear();
+                        scored.extend((k..k + m).map(|j| (saliency(wt[j * rr + r], j), j)));
+                        prune_smallest(&mut scored, nz, |j| pruned[j * rr + r] = true);
+                    }
+                    decided = k + m;
+                }
+                if let Some(scheme) = params.quant
+                    && k % gl == 0
+                {
+                    let g = k / gl;
+                    let end = (k + gl).min(n);
+                    for (r, grid32) in grids.iter_mut().enumerate() {
+                        let (mut lo, mut hi) = (0f32, 0f32);
+                        for j in k..end {
+                            if j < decided && pruned[j * rr + r] {
+                                continue;
+                            }
+                            let v = wt[j * rr + r];
+                            lo = lo.min(v);
+                            hi = hi.max(v);
+                        }
+                        let grid = grid_from_range(lo, hi, &scheme).map_err(|scale| {
+                            QuantError::ScaleOverflow {
+                                row: r0 + r,
+                                group: g,
+                                scale,
+                            }
+                        })?;
+                        scales[r * ng + g] = grid.scale;
+                        zeros[r * ng + g] = grid.zero;
+                        *grid32 = Grid32::new(grid, scheme.maxq());
+                    }
+                }
+                let d = u[k * n + k];
+                let urow = &u[k * n..k * n + i2];
+                let (head, tail) = wt.split_at_mut((k + 1) * rr);
+                let x = &head[k * rr..(k + 1) * rr];
+                let e = &mut errt[(k - i1) * rr..(k - i1 + 1) * rr];
+                for r in 0..rr {
+                    let xr = x[r];
+                    let q = if pruned[k * rr + r] {
+                        keep[r * n + k] = false;
+                        0.0
+                    } else if params.quant.is_some() {
+                        let g = grids[r];
+                        let c = g.code(xr);
+                        codes[r * n + k] = c as u8;
+                        g.deq(c)
+                    } else {
+                        let h = f16::from_f32(xr);
+                        if !h.is_finite() {
+                            return Err(SparseError::ValueOverflow {
+                                row: r0 + r,
+                                col: k,
+                                value: xr,
+                            });
+                        }
+                        vals[r * n + k] = h;
+                        h.to_f32()
+                    };
+                    e[r] = (xr - q) / d;
+                }
+                // Rank-1 update of the rest of the block.
+                for j in k + 1..i2 {
+                    let c = urow[j];
+                    if c == 0.0 {
+                        continue;
+                    }
+                    let col = &mut tail[(j - k - 1) * rr..(j - k) * rr];
+                    for (wv, &ev) in col.iter_mut().zip(e.iter()) {
+                        *wv -= c * ev;
+                    }
+                }
+            }
+            let cnt = i2 - i1;
+            if let Some(p) = errt[..cnt * rr].iter().position(|v| !v.is_finite()) {
+                return Err(GptqError::Diverged {
+                    row: r0 + p % rr,
+                    col: i1 + p / rr,
+                }
+                .into());
+            }
+            if i2 < n {
+                // Lazy batch update: W[:, i₂:] -= E · U[i₁:i₂, i₂:].
+                let rest = n - i2;
+                let dst = MatMut::from_column_major_slice_mut(&mut wt[i2 * rr..], rr, rest);
+                let lhs = MatRef::from_column_major_slice(&errt[..cnt * rr], rr, cnt);
+                let rhs = MatRef::from_row_major_slice_with_stride(&u[i1 * n + i2..], cnt, rest, n);
+                matmul(dst, Accum::Add, lhs, rhs, -1.0f32, faer::Par::Seq);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Gathers the kept values (row-major) from the dense per-position outputs.

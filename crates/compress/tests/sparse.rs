@@ -582,3 +582,23 @@ fn outlier_ratio_counts_wanda_outliers() {
     assert!(outlier_ratio(&w, &h, 5.0) > 0.0);
     assert_eq!(outlier_ratio(&[0.0; 8], &[1.0, 1.0], 3.0), 0.0);
 }
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let l = layer(13, 300, 256, 1024, &[]);
+    let p = SparseParams {
+        pattern: SparsityPattern::fraction(0.6, 256).unwrap(),
+        quant: Some(QuantScheme::new(3, 64)),
+        block_size: 128,
+    };
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| (sgpt(&l, p), magnitude_prune(&l.w, l.n, &p).unwrap()))
+    };
+    let one = run(1);
+    assert_eq!(one, run(2));
+    assert_eq!(one, run(3));
+}
