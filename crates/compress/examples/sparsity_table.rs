@@ -107,16 +107,15 @@ fn main() {
     }
     eprintln!("{} layers", layers.len());
 
-    let patterns: Vec<(String, Box<dyn Fn(usize) -> SparsityPattern>)> = {
-        let mut v: Vec<(String, Box<dyn Fn(usize) -> SparsityPattern>)> = Vec::new();
-        for s in [0.3, 0.4, 0.5, 0.6, 0.7] {
-            v.push((
-                format!("{:.0} %", s * 100.0),
-                Box::new(move |n| SparsityPattern::fraction(s, n).unwrap()),
-            ));
-        }
-        v.push(("2:4".into(), Box::new(|_| SparsityPattern::two_four())));
-        v
+    // `None` is 2:4.
+    let patterns: Vec<(String, Option<f64>)> = [0.3, 0.4, 0.5, 0.6, 0.7]
+        .iter()
+        .map(|&s| (format!("{:.0} %", s * 100.0), Some(s)))
+        .chain(std::iter::once(("2:4".to_string(), None)))
+        .collect();
+    let pat = |s: Option<f64>, n: usize| match s {
+        Some(s) => SparsityPattern::fraction(s, n).unwrap(),
+        None => SparsityPattern::two_four(),
     };
     let show = ["3.q", "3.o", "3.up", "3.down"];
     let shown: Vec<&Layer> = layers
@@ -138,15 +137,15 @@ fn main() {
         let m = magnitude_prune(&l.w, l.factor.dim(), p).unwrap();
         (err(l, &s.dequantize()), err(l, &m.dequantize()), s)
     };
-    for (name, pat) in &patterns {
+    for (name, sp) in &patterns {
         let mut cells = Vec::new();
         for l in &shown {
-            let (a, b, _) = run(l, &SparseParams::new(pat(l.factor.dim())));
+            let (a, b, _) = run(l, &SparseParams::new(pat(*sp, l.factor.dim())));
             cells.push(format!("{a:.2e} / {b:.2e}"));
         }
         let (mut sa, mut sb) = (0.0, 0.0);
         for l in &layers {
-            let (a, b, _) = run(l, &SparseParams::new(pat(l.factor.dim())));
+            let (a, b, _) = run(l, &SparseParams::new(pat(*sp, l.factor.dim())));
             sa += a;
             sb += b;
         }
