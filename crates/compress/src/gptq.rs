@@ -513,7 +513,11 @@ impl GptqFactor {
 /// Blocks `[i₁, i₂)` of at most `bs` columns. With dynamic groups of length
 /// `gl`, a block ends early at a group start inside it whose group would cross
 /// the block's end, so that every group is fitted from fully updated weights.
-fn block_partition(n: usize, bs: usize, dyn_group: Option<usize>) -> Vec<(usize, usize)> {
+pub(crate) fn block_partition(
+    n: usize,
+    bs: usize,
+    dyn_group: Option<usize>,
+) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut i1 = 0;
     while i1 < n {

@@ -1,4 +1,5 @@
 //! Per-layer weight compressors for dynapress: a pure numeric library.
+//! Quantization (RTN, GPTQ) and unstructured or N:M sparsity (SparseGPT).
 //!
 //! A linear layer `y = W x` with `W ∈ ℝ^{rows×cols}` (`rows` = output
 //! features, `cols` = input features, row-major `&[f32]`) is quantized against
@@ -29,6 +30,19 @@
 //!   [`QuantizedLinear::storage_bits`], and named-buffer (de)serialisation
 //!   ([`quantized`] has the layout and the bits accounting).
 //! * [`relative_output_error`] is `tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`.
+//! * [`sparsegpt()`] runs SparseGPT (Frantar & Alistarh, 2023) on the same
+//!   [`GptqFactor`]: per-block OBS mask selection with an exact number of
+//!   zeros per row ([`SparsityPattern`]: unstructured or N:M such as 2:4),
+//!   OBS update of the remaining weights, optionally quantizing the kept
+//!   weights on a [`QuantScheme`] grid in the same sweep ("sparsity × bit
+//!   width"). [`magnitude_prune`] is the baseline with the same output.
+//! * Both return a [`SparseLinear`]: a mask (bitmap, or N:M rank codes) and
+//!   the kept weights as f16 or grid codes, with
+//!   [`SparseLinear::dequantize`], the exact [`SparseLinear::storage_bits`]
+//!   and named buffers ([`sparse`] has the layout and the bits accounting).
+//! * [`owl_sparsities`] spreads a sparsity target over layers by their
+//!   [`outlier_ratio`] (OWL, Yin et al., 2023), keeping the parameter-weighted
+//!   mean exact; [`allocate_zeros`] turns the fractions into zeros per row.
 //!
 //! ```
 //! use dynapress_compress::{gptq, rtn, relative_output_error, GptqParams, Hessian, QuantScheme, RtnParams};
@@ -52,6 +66,19 @@
 //! let e_rtn = relative_output_error(&w, &r.dequantize(), &h);
 //! assert!(e_gptq < e_rtn);
 //! assert_eq!(q.storage_bits(), (rows * cols * 3 + rows * 2 * (16 + 3)) as u64);
+//!
+//! // 50 % unstructured sparsity, kept weights on the same 3-bit grid.
+//! use dynapress_compress::{magnitude_prune, sparsegpt, SparseGptParams, SparseParams, SparsityPattern};
+//! let sparse = SparseParams {
+//!     pattern: SparsityPattern::fraction(0.5, cols).unwrap(),
+//!     quant: Some(scheme),
+//!     ..SparseParams::default()
+//! };
+//! let s = sparsegpt(&w, &h, &SparseGptParams { sparse, ..Default::default() }).unwrap();
+//! let m = magnitude_prune(&w, cols, &sparse).unwrap();
+//! assert_eq!((s.zeros(), m.zeros()), (rows * cols / 2, rows * cols / 2));
+//! // Bitmap mask + 3-bit codes of the kept half + f16 scale and 3-bit zero per row and group.
+//! assert_eq!(s.storage_bits(), (rows * cols + rows * cols / 2 * 3 + rows * 2 * (16 + 3)) as u64);
 //! ```
 #![deny(missing_docs)]
 
@@ -62,9 +89,12 @@ pub mod hessian;
 mod isa;
 pub mod method;
 pub mod metrics;
+pub mod owl;
 pub mod pack;
 pub mod quantized;
 pub mod rtn;
+pub mod sparse;
+pub mod sparsegpt;
 
 pub use ggml_gptq::{GgmlGptqError, GgmlQuantized, gptq_ggml, imatrix_from_hessian};
 pub use gptq::{FactorParams, GptqFactor, GptqParams, GptqQuantParams, gptq};
@@ -72,8 +102,15 @@ pub use grid::{ClipSearch, GroupGrid, QuantScheme};
 pub use hessian::{Accumulation, Hessian};
 pub use method::{GgmlBlocks, LevelSpec, Method, MethodError, MethodSpec, Variant, compress_layer};
 pub use metrics::{quadratic_trace, relative_output_error};
+pub use owl::{OwlError, allocate_zeros, outlier_ratio, owl_sparsities};
 pub use quantized::{BufferDtype, NamedBuffer, Provenance, QuantMeta, QuantizedLinear};
 pub use rtn::{RtnParams, rtn};
+pub use sparse::{
+    SparseLinear, SparseMeta, SparseProvenance, SparseValues, SparsityPattern, zeros_for_fraction,
+};
+pub use sparsegpt::{
+    SparseGptParams, SparseParams, magnitude_prune, sparsegpt, sparsegpt_with_factor,
+};
 
 /// Errors of the grid quantizers (shared by RTN and GPTQ).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -270,4 +307,85 @@ pub enum FormatError {
     /// `perm` is not a permutation of `0..cols`.
     #[error("`perm` is not a permutation of the input columns")]
     InvalidPermutation,
+    /// A stored value of a sparse layer is NaN or infinite.
+    #[error("value {index} of the sparse layer is not finite")]
+    NonFiniteValue {
+        /// Index into the kept values.
+        index: usize,
+    },
+}
+
+/// Errors of the sparse compressors ([`sparsegpt()`], [`magnitude_prune`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SparseError {
+    /// A sparsity fraction outside `[0, 1)`.
+    #[error("sparsity {sparsity} is outside [0, 1): a level must keep at least one weight per row")]
+    BadSparsity {
+        /// The fraction given.
+        sparsity: f64,
+    },
+    /// An unstructured pattern that prunes whole rows.
+    #[error("{zeros_per_row} zeros per row would prune every one of the {cols} weights of a row")]
+    TooManyZeros {
+        /// Zeros requested per row.
+        zeros_per_row: usize,
+        /// Row length.
+        cols: usize,
+    },
+    /// An N:M pattern that does not fit the layer.
+    #[error(
+        "{zeros}:{group} sparsity is invalid for {cols} input columns: need 1 ≤ zeros < group ≤ 8 and cols a multiple of group"
+    )]
+    BadNM {
+        /// Zeros per group.
+        zeros: usize,
+        /// Group length.
+        group: usize,
+        /// Input columns.
+        cols: usize,
+    },
+    /// N:M with a block size or quantization group that is not a multiple of
+    /// the N:M group (an N:M group would straddle a block).
+    #[error(
+        "block size {block_size} and quantization group {quant_group} must be multiples of the N:M group {group}"
+    )]
+    NmAlignment {
+        /// N:M group length.
+        group: usize,
+        /// Lazy-update block size.
+        block_size: usize,
+        /// Quantization group length.
+        quant_group: usize,
+    },
+    /// SparseGPT needs the input columns in their original order.
+    #[error(
+        "SparseGPT needs a Hessian factor prepared without act-order (its blocks and N:M groups are runs of input columns)"
+    )]
+    ActOrder,
+    /// A factor of another width.
+    #[error("the Hessian factor has dimension {factor} but the layer has {cols} input columns")]
+    DimMismatch {
+        /// Factor dimension.
+        factor: usize,
+        /// Layer columns.
+        cols: usize,
+    },
+    /// A kept weight does not fit in f16.
+    #[error(
+        "weight at row {row}, column {col} is {value} after the update and overflows f16 (max 65504); quantize it or raise the damping"
+    )]
+    ValueOverflow {
+        /// Row.
+        row: usize,
+        /// Column.
+        col: usize,
+        /// The f32 value.
+        value: f32,
+    },
+    /// Grid errors, Hessian preparation errors, divergence (from GPTQ's machinery).
+    #[error(transparent)]
+    Gptq(#[from] GptqError),
+    /// Grid errors.
+    #[error(transparent)]
+    Quant(#[from] QuantError),
 }
