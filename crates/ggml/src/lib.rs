@@ -56,6 +56,8 @@ mod codec;
 mod error;
 mod float;
 mod grid;
+mod iq_grids;
+mod iquants;
 mod kquants;
 mod legacy;
 mod search;

@@ -165,6 +165,7 @@ grid_tests! {
     grid_q5_k, perturbed_q5_k => GgmlType::Q5K;
     grid_q6_k, perturbed_q6_k => GgmlType::Q6K;
     grid_iq4_nl, perturbed_iq4_nl => GgmlType::IQ4NL;
+    grid_iq4_xs, perturbed_iq4_xs => GgmlType::IQ4XS;
 }
 
 #[test]
