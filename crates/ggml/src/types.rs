@@ -216,6 +216,20 @@ impl GgmlType {
         matches!(self, GgmlType::IQ2XXS | GgmlType::IQ2XS)
     }
 
+    /// True when llama-quantize refuses to write the type without an imatrix
+    /// (llama.cpp `tensor_requires_imatrix` in `src/llama-quant.cpp`): IQ3_XXS,
+    /// IQ2_XXS, IQ2_XS, IQ2_S (and IQ1_S/IQ1_M), except for `token_embd` and
+    /// `output` tensors. A wider rule than ggml's
+    /// ([`GgmlType::requires_imatrix`]): [`crate::quantize`] encodes IQ3_XXS
+    /// and IQ2_S without an importance vector as ggml does, but a
+    /// llama-quantize recipe can only reproduce that for those two tensors.
+    pub const fn llama_quantize_requires_imatrix(self) -> bool {
+        matches!(
+            self,
+            GgmlType::IQ3XXS | GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ2S
+        )
+    }
+
     /// True for the 32-value types whose importance-weighted encoders also read
     /// the mean square of the whole row (ggml's `quantize_row_q{4,5}_{0,1}_impl`),
     /// so a block's parameters depend on the rest of the row when an imatrix
