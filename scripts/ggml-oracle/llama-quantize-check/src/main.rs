@@ -165,7 +165,11 @@ fn main() {
             }
             // llama-quantize's file type whose default tensor type is `ty`:
             // the IQ2_S ftype means IQ2_XS tensors, IQ2_M means IQ2_S.
-            let ftype = if ty == GgmlType::IQ2S { "IQ2_M" } else { ty.name() };
+            let ftype = if ty == GgmlType::IQ2S {
+                "IQ2_M"
+            } else {
+                ty.name()
+            };
             cmd.arg(&src_path).arg(&out).arg(ftype).arg("2");
             let o = cmd.output().unwrap();
             if !with_im && ty.llama_quantize_requires_imatrix() {
