@@ -16,7 +16,12 @@
 //       encodes every row of IN with ggml_quantize_chunk(); IMATRIX holds
 //       N_PER_ROW f32 (one per column). Prints "valid 1" or "valid 0": the
 //       verdict of ggml_validate_row_data() on the output, which is the check
-//       llama-quantize applies before it writes a tensor.
+//       llama-quantize applies before it writes a tensor. For a type that
+//       ggml encodes only with an importance vector (IQ2_XXS, IQ2_XS, IQ1_S:
+//       ggml_quantize_requires_imatrix) and no IMATRIX, it prints
+//       "requires_imatrix" and writes nothing, where ggml_quantize_chunk would
+//       abort. The i-quants' codebook tables are set up with
+//       ggml_quantize_init(), as llama-quantize does.
 //   ggml-oracle dequantize TYPE IN.bin OUT.f32
 //       decodes whole blocks with ggml's to_float (dequantize_row_*).
 //   ggml-oracle convhash f16|bf16 STRIDE
@@ -101,6 +106,13 @@ static int cmd_quantize(int argc, char ** argv) {
         imatrix = read_file(argv[4], &im_len);
         if (im_len != sizeof(float) * (size_t) n_per_row) die("importance vector must hold N_PER_ROW f32", argv[4]);
     }
+
+    if (!imatrix && ggml_quantize_requires_imatrix(type)) {
+        printf("requires_imatrix\n");
+        free(src);
+        return 0;
+    }
+    ggml_quantize_init(type);
 
     const size_t out_len = ggml_row_size(type, n_per_row) * (size_t) nrows;
     void * dst = calloc(out_len > 0 ? out_len : 1, 1);

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::float::{bf16_bits_to_f32, f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits};
 use crate::grid::{BlockGrid, read_f16, scale_min_k4, scale_q3k};
 use crate::legacy::{self, LegacyImportance, row_sigma2};
-use crate::{kquants, types::GgmlType};
+use crate::{iquants, kquants, types::GgmlType};
 
 /// Checks a row length against the type's block size.
 fn check_row_len(ty: GgmlType, n_per_row: usize) -> Result<()> {
@@ -48,7 +48,9 @@ fn check_imatrix(ty: GgmlType, imatrix: Option<&[f32]>, n_per_row: usize) -> Res
 /// `imatrix`, when given, holds one non-negative importance per column (the
 /// per-column mean of x² over calibration activations, as in llama.cpp's imatrix
 /// files). ggml then uses the importance-weighted encoders for Q4_0, Q4_1,
-/// Q5_0, Q5_1 and all k-quants; Q8_0, F16, BF16 and F32 ignore it.
+/// Q5_0, Q5_1, all k-quants and the i-quants; Q8_0, F16, BF16 and F32 ignore
+/// it. IQ2_XXS and IQ2_XS need one ([`Error::ImatrixRequired`] without), as in
+/// ggml.
 ///
 /// F32, F16 and BF16 are plain conversions (NaN and infinities pass through as
 /// ggml converts them). Block types need finite weights, and fail with
@@ -69,6 +71,9 @@ pub fn quantize(
     }
     check_row_len(ty, n_per_row)?;
     check_imatrix(ty, imatrix, n_per_row)?;
+    if ty.requires_imatrix() && imatrix.is_none() {
+        return Err(Error::ImatrixRequired { ty });
+    }
     let row_bytes = n_per_row / ty.block_size() * ty.type_size();
     let mut out = vec![0u8; src.len() / n_per_row * row_bytes];
     match ty {
@@ -109,11 +114,7 @@ pub fn quantize(
                             value: row[col],
                         });
                     }
-                    encode_row(ty, row, imatrix, o).map_err(|block| Error::ScaleOverflow {
-                        ty,
-                        row: r,
-                        block,
-                    })
+                    encode_row(ty, r, row, imatrix, o)
                 })
                 .find_first(|res| res.is_err());
             if let Some(Err(e)) = failed {
@@ -135,10 +136,10 @@ pub(crate) fn choose(
     let bs = ty.block_size();
     let x = &row[block * bs..(block + 1) * bs];
     let qw = imatrix.map(|q| &q[block * bs..(block + 1) * bs]);
-    if bs == 32 {
-        legacy::choose(ty, x, qw.map(|qw| LegacyImportance { qw, sigma2 }))
-    } else {
-        kquants::choose(ty, x, qw)
+    match ty {
+        GgmlType::IQ4XS => iquants::choose_iq4xs(x, qw),
+        _ if bs == 32 => legacy::choose(ty, x, qw.map(|qw| LegacyImportance { qw, sigma2 })),
+        _ => kquants::choose(ty, x, qw),
     }
 }
 
@@ -151,23 +152,45 @@ pub(crate) fn row_stat(ty: GgmlType, row: &[f32], imatrix: Option<&[f32]>) -> f3
     }
 }
 
-/// Encodes one row; on a scale overflow returns the block's index.
+/// Encodes one row (row number `r`, for errors).
 fn encode_row(
     ty: GgmlType,
+    r: usize,
     row: &[f32],
     imatrix: Option<&[f32]>,
     out: &mut [u8],
-) -> std::result::Result<(), usize> {
+) -> Result<()> {
     let bs = ty.block_size();
     let ts = ty.type_size();
-    let sigma2 = row_stat(ty, row, imatrix);
+    let overflow = |block| Error::ScaleOverflow { ty, row: r, block };
     let nblocks = row.len() / bs;
+    if ty.is_lattice() {
+        for (b, o) in out.chunks_exact_mut(ts).enumerate() {
+            let qw = imatrix.map(|q| &q[b * bs..(b + 1) * bs]);
+            iquants::encode_lattice(ty, &row[b * bs..(b + 1) * bs], qw, o).map_err(
+                |iquants::Abort| Error::EncoderAbort {
+                    ty,
+                    row: r,
+                    block: b,
+                },
+            )?;
+            if !scales_valid(ty, o) {
+                return Err(overflow(b));
+            }
+        }
+        return Ok(());
+    }
+    let sigma2 = row_stat(ty, row, imatrix);
     let emit = |b: usize, g: &BlockGrid, o: &mut [u8]| {
         let mut codes = [0u8; 256];
         let x = &row[b * bs..(b + 1) * bs];
         g.codes_into(x, &mut codes[..bs]);
         g.assemble(&codes[..bs], o);
-        if scales_valid(ty, o) { Ok(()) } else { Err(b) }
+        if scales_valid(ty, o) {
+            Ok(())
+        } else {
+            Err(overflow(b))
+        }
     };
     let batched = ty.uses_row_stat() && imatrix.is_some();
     let mut b = 0;
@@ -197,7 +220,16 @@ fn encode_row(
 /// Offsets of the f16 scale fields that ggml_validate_row_data checks.
 fn scale_offsets(ty: GgmlType) -> &'static [usize] {
     match ty {
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4NL => &[0],
+        GgmlType::Q4_0
+        | GgmlType::Q5_0
+        | GgmlType::Q8_0
+        | GgmlType::IQ4NL
+        | GgmlType::IQ2XXS
+        | GgmlType::IQ2XS
+        | GgmlType::IQ2S
+        | GgmlType::IQ3XXS
+        | GgmlType::IQ3S
+        | GgmlType::IQ4XS => &[0],
         GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
         GgmlType::Q2K => &[80, 82],
         GgmlType::Q3K => &[108],
@@ -373,6 +405,12 @@ pub(crate) fn decode_block(ty: GgmlType, y: &[u8], out: &mut [f32]) {
                 out[p] = d1 * q as f32 - m1;
             }
         }
+        GgmlType::IQ2XXS
+        | GgmlType::IQ2XS
+        | GgmlType::IQ2S
+        | GgmlType::IQ3XXS
+        | GgmlType::IQ3S
+        | GgmlType::IQ4XS => iquants::decode_block(ty, y, out),
         GgmlType::Q6K => {
             let d = read_f16(y, 208);
             let (ql, qh, sc) = (&y[0..128], &y[128..192], &y[192..208]);
@@ -397,6 +435,9 @@ fn check_grid_args(
 ) -> Result<()> {
     if !ty.is_quantized() {
         return Err(Error::NotQuantized { ty });
+    }
+    if !ty.has_block_grid() {
+        return Err(Error::NoBlockGrid { ty });
     }
     check_row_len(ty, n_per_row)?;
     if block >= n_per_row / ty.block_size() {

@@ -87,6 +87,33 @@ pub enum Error {
         n_per_row: usize,
     },
 
+    /// ggml refuses to encode this type without an importance vector
+    /// (`ggml_quantize_requires_imatrix`; llama-quantize stops with an error too).
+    #[error(
+        "{ty}: ggml encodes this type only with an importance vector; \
+         compute an imatrix (llama-imatrix or dynapress calibration) and pass it"
+    )]
+    ImatrixRequired { ty: GgmlType },
+
+    /// ggml's encoder aborts the process on this block (it found no codebook
+    /// point: the weights or the importance vector are too extreme for the type).
+    #[error(
+        "{ty}: row {row}, block {block}: ggml's encoder aborts on these weights \
+         (no codebook point found; values or importance too extreme for this type)"
+    )]
+    EncoderAbort {
+        ty: GgmlType,
+        row: usize,
+        block: usize,
+    },
+
+    /// The lattice i-quants round groups of weights jointly; they have no per-weight grid.
+    #[error(
+        "{ty} rounds groups of 4 or 8 weights jointly to codebook points; \
+         it has no per-weight BlockGrid (use quantize)"
+    )]
+    NoBlockGrid { ty: GgmlType },
+
     /// Block grids exist only for the block-quantized types.
     #[error("{ty} is not a block-quantized type; it has no grid")]
     NotQuantized { ty: GgmlType },

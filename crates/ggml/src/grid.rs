@@ -19,6 +19,7 @@
 //! | Q5_0 | 0..=31 | `(c - 16) · d` |
 //! | Q8_0 | 0..=255 | `(c - 128) · d` (ggml's int8 `q = c - 128`) |
 //! | IQ4_NL | 0..=15 | `d · T[c]`, T = ggml's `kvalues_iq4nl` (−127 … 113) |
+//! | IQ4_XS | 0..=15 | `(d · (sc_j - 32)) · T[c]` |
 //! | Q4_1, Q5_1 | 0..=15, 0..=31 | `c · d + m` |
 //! | Q2_K, Q4_K, Q5_K | 0..=3, 0..=15, 0..=31 | `(d · sc_j) · c - dmin · m_j` |
 //! | Q3_K | 0..=7 | `(d · (sc_j - 32)) · (c - 4)` |
@@ -284,6 +285,12 @@ pub(crate) fn pack_codes(ty: GgmlType, l: &[u8], y: &mut [u8]) {
                 *b = c.wrapping_sub(128);
             }
         }
+        GgmlType::IQ4XS => {
+            // d | scales_h | scales_l[4] | qs[128]: 16 bytes per 32 codes.
+            for ib in 0..8 {
+                nibbles(&mut y[8 + 16 * ib..24 + 16 * ib], &l[32 * ib..32 * ib + 32]);
+            }
+        }
         GgmlType::Q2K => two_bit(&mut y[16..80], l),
         GgmlType::Q3K => {
             // hmask[32] | qs[64] | scales[12] | d
@@ -336,6 +343,9 @@ pub(crate) fn pack_codes(ty: GgmlType, l: &[u8], y: &mut [u8]) {
             }
         }
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => unreachable!("float types have no grid"),
+        GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ2S | GgmlType::IQ3XXS | GgmlType::IQ3S => {
+            unreachable!("lattice i-quants have no per-weight grid")
+        }
     }
 }
 

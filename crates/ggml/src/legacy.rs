@@ -119,41 +119,7 @@ fn iq4_nl(x: &[f32], qw: Option<&[f32]>) -> BlockGrid {
             None => x[j] * x[j],
         };
     }
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
-    let kv = |l: u8| KVALUES_IQ4NL[l as usize] as f32;
-    let fit = |id: f32| {
-        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-        for j in 0..32 {
-            let q = kv(best_index_iq4nl(id * x[j]));
-            let w = weight[j];
-            sumqx += w * q * x[j];
-            sumq2 += w * q * q;
-        }
-        (sumqx, sumq2)
-    };
-    let mut d = 0.0f32;
-    if amax >= 1e-15 {
-        d = -max / KVALUES_IQ4NL[0] as f32;
-        let (sumqx, sumq2) = fit(1.0 / d);
-        d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
-        let mut best = d * sumqx;
-        for itry in -7i32..=7 {
-            let id = (itry + KVALUES_IQ4NL[0] as i32) as f32 / max;
-            let (sumqx, sumq2) = fit(id);
-            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                d = sumqx / sumq2;
-                best = d * sumqx;
-            }
-        }
-    }
+    let d = crate::iquants::iq4_block_scale(x, &weight).unwrap_or(0.0);
     let mul = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut g = BlockGrid::empty(GgmlType::IQ4NL, 5, 0, 15, 0);
     write_f16(&mut g.template, 0, f32_to_f16_bits(d));

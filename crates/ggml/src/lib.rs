@@ -1,7 +1,8 @@
 //! ggml tensor types: block layouts and quantization codecs, bit-exact with ggml.
 //!
 //! [`quantize`] encodes rows of f32 weights as any of ggml's Q4_0, Q4_1, Q5_0,
-//! Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (and converts to F32/F16/BF16)
+//! Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, the i-quants IQ4_XS,
+//! IQ3_S, IQ3_XXS, IQ2_S, IQ2_XS, IQ2_XXS (and converts to F32/F16/BF16)
 //! producing the same bytes as ggml's `ggml_quantize_chunk` — the function
 //! llama-quantize calls — with or without an importance vector (imatrix).
 //! [`dequantize`] decodes bit-identically to ggml's `dequantize_row_*`.
@@ -19,6 +20,12 @@
 //! scale, and re-round every weight against its decoded sub-block scale. With
 //! an importance vector `q` the weight of element `i` in those errors becomes
 //! `q_i · sqrt(σ² + x_i²)` (σ²: a mean square of the row or super-block).
+//!
+//! The lattice i-quants (IQ3_*, IQ2_*: [`GgmlType::is_lattice`]) instead round
+//! groups of 4 or 8 magnitudes jointly to a codebook point with a scale search
+//! per sub-block; they are encoded whole (see `docs/ggml-quants.md`).
+//! IQ2_XXS and IQ2_XS need an importance vector, as in ggml
+//! ([`Error::ImatrixRequired`]).
 //!
 //! [`BlockGrid`] exposes the two steps separately — [`BlockGrid::new`] /
 //! [`block_grids`] choose the parameters; [`BlockGrid::round`] maps any value
@@ -47,8 +54,9 @@
 //! ## Rows that are not a multiple of the block size
 //! [`quantize`] refuses them with [`Error::RowLength`], which names the type
 //! llama-quantize would write instead ([`GgmlType::fallback_for_row`]: Q2_K,
-//! Q3_K → Q4_0; Q4_K → Q5_0; Q5_K → Q5_1; Q6_K → Q8_0; then F16 when the row is
-//! not a multiple of 32 either). Choosing that type is the caller's decision.
+//! Q3_K → Q4_0; Q4_K → Q5_0; Q5_K → Q5_1; Q6_K → Q8_0; the i-quants → IQ4_NL;
+//! then F16 when the row is not a multiple of 32 either). Choosing that type
+//! is the caller's decision.
 
 #![warn(missing_docs)]
 
@@ -56,6 +64,8 @@ mod codec;
 mod error;
 mod float;
 mod grid;
+mod iq_grids;
+mod iquants;
 mod kquants;
 mod legacy;
 mod search;

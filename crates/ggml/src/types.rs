@@ -19,12 +19,18 @@ pub enum GgmlType {
     Q5K,
     Q6K,
     IQ4NL,
+    IQ2XXS,
+    IQ2XS,
+    IQ3XXS,
+    IQ3S,
+    IQ2S,
+    IQ4XS,
     BF16,
 }
 
 impl GgmlType {
     /// Every type this crate knows, in id order.
-    pub const ALL: [GgmlType; 14] = [
+    pub const ALL: [GgmlType; 20] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -37,7 +43,13 @@ impl GgmlType {
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::IQ2XXS,
+        GgmlType::IQ2XS,
+        GgmlType::IQ3XXS,
         GgmlType::IQ4NL,
+        GgmlType::IQ3S,
+        GgmlType::IQ2S,
+        GgmlType::IQ4XS,
         GgmlType::BF16,
     ];
 
@@ -56,7 +68,13 @@ impl GgmlType {
             GgmlType::Q4K => 12,
             GgmlType::Q5K => 13,
             GgmlType::Q6K => 14,
+            GgmlType::IQ2XXS => 16,
+            GgmlType::IQ2XS => 17,
+            GgmlType::IQ3XXS => 18,
             GgmlType::IQ4NL => 20,
+            GgmlType::IQ3S => 21,
+            GgmlType::IQ2S => 22,
+            GgmlType::IQ4XS => 23,
             GgmlType::BF16 => 30,
         }
     }
@@ -82,6 +100,12 @@ impl GgmlType {
             GgmlType::Q5K => "Q5_K",
             GgmlType::Q6K => "Q6_K",
             GgmlType::IQ4NL => "IQ4_NL",
+            GgmlType::IQ2XXS => "IQ2_XXS",
+            GgmlType::IQ2XS => "IQ2_XS",
+            GgmlType::IQ3XXS => "IQ3_XXS",
+            GgmlType::IQ3S => "IQ3_S",
+            GgmlType::IQ2S => "IQ2_S",
+            GgmlType::IQ4XS => "IQ4_XS",
             GgmlType::BF16 => "BF16",
         }
     }
@@ -103,7 +127,17 @@ impl GgmlType {
             | GgmlType::Q5_1
             | GgmlType::Q8_0
             | GgmlType::IQ4NL => 32,
-            GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
+            GgmlType::Q2K
+            | GgmlType::Q3K
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
+            | GgmlType::IQ2XXS
+            | GgmlType::IQ2XS
+            | GgmlType::IQ2S
+            | GgmlType::IQ3XXS
+            | GgmlType::IQ3S
+            | GgmlType::IQ4XS => 256,
         }
     }
 
@@ -122,6 +156,18 @@ impl GgmlType {
             GgmlType::Q4K => 144,
             GgmlType::Q5K => 176,
             GgmlType::Q6K => 210,
+            // d | qs: 8 × (4 grid bytes, 4 × 7 sign bits + 4-bit scale)
+            GgmlType::IQ2XXS => 66,
+            // d | qs: 32 × (9-bit grid index + 7 sign bits) | scales[8]
+            GgmlType::IQ2XS => 74,
+            // d | qs[32] | signs[32] | qh[8] | scales[8]
+            GgmlType::IQ2S => 82,
+            // d | qs[64] | 8 × (4 × 7 sign bits + 4-bit scale)
+            GgmlType::IQ3XXS => 98,
+            // d | qs[64] | qh[8] | signs[32] | scales[4]
+            GgmlType::IQ3S => 110,
+            // d | scales_h | scales_l[4] | qs[128]
+            GgmlType::IQ4XS => 136,
         }
     }
 
@@ -143,6 +189,47 @@ impl GgmlType {
         !matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
     }
 
+    /// True for the types with a per-weight [`crate::BlockGrid`]: the
+    /// block-quantized types except the lattice i-quants
+    /// ([`GgmlType::is_lattice`]).
+    pub const fn has_block_grid(self) -> bool {
+        self.is_quantized() && !self.is_lattice()
+    }
+
+    /// True for the i-quants that round groups of 8 (IQ2_*) or 4 (IQ3_*)
+    /// weights jointly to a point of a lattice codebook (ggml's `iq*_grid`
+    /// tables) with packed sign bits. Their weights have no individual level,
+    /// so they have no [`crate::BlockGrid`]; IQ4_NL and IQ4_XS (a 16-entry
+    /// table per weight) do.
+    pub const fn is_lattice(self) -> bool {
+        matches!(
+            self,
+            GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ2S | GgmlType::IQ3XXS | GgmlType::IQ3S
+        )
+    }
+
+    /// True when ggml refuses to encode the type without an importance vector
+    /// (`ggml_quantize_requires_imatrix`: IQ2_XXS, IQ2_XS; IQ1_S too, which
+    /// this crate does not implement). [`crate::quantize`] then fails with
+    /// [`crate::Error::ImatrixRequired`].
+    pub const fn requires_imatrix(self) -> bool {
+        matches!(self, GgmlType::IQ2XXS | GgmlType::IQ2XS)
+    }
+
+    /// True when llama-quantize refuses to write the type without an imatrix
+    /// (llama.cpp `tensor_requires_imatrix` in `src/llama-quant.cpp`): IQ3_XXS,
+    /// IQ2_XXS, IQ2_XS, IQ2_S (and IQ1_S/IQ1_M), except for `token_embd` and
+    /// `output` tensors. A wider rule than ggml's
+    /// ([`GgmlType::requires_imatrix`]): [`crate::quantize`] encodes IQ3_XXS
+    /// and IQ2_S without an importance vector as ggml does, but a
+    /// llama-quantize recipe can only reproduce that for those two tensors.
+    pub const fn llama_quantize_requires_imatrix(self) -> bool {
+        matches!(
+            self,
+            GgmlType::IQ3XXS | GgmlType::IQ2XXS | GgmlType::IQ2XS | GgmlType::IQ2S
+        )
+    }
+
     /// True for the 32-value types whose importance-weighted encoders also read
     /// the mean square of the whole row (ggml's `quantize_row_q{4,5}_{0,1}_impl`),
     /// so a block's parameters depend on the rest of the row when an imatrix
@@ -161,12 +248,19 @@ impl GgmlType {
     /// When `n_per_row` is a multiple of the block size this is `self`. Otherwise
     /// the 256-value k-quants fall back to a 32-value type — Q2_K and Q3_K → Q4_0,
     /// Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0 — and if the row is not a multiple
-    /// of 32 either (or `self` already had 32-value blocks), to F16.
+    /// of 32 either (or `self` already had 32-value blocks), to F16. The
+    /// 256-value i-quants (IQ2_XXS … IQ4_XS) fall back to IQ4_NL.
     pub const fn fallback_for_row(self, n_per_row: usize) -> GgmlType {
         if n_per_row.is_multiple_of(self.block_size()) {
             return self;
         }
         let fallback = match self {
+            GgmlType::IQ2XXS
+            | GgmlType::IQ2XS
+            | GgmlType::IQ2S
+            | GgmlType::IQ3XXS
+            | GgmlType::IQ3S
+            | GgmlType::IQ4XS => GgmlType::IQ4NL,
             GgmlType::Q2K | GgmlType::Q3K => GgmlType::Q4_0,
             GgmlType::Q4K => GgmlType::Q5_0,
             GgmlType::Q5K => GgmlType::Q5_1,
@@ -212,6 +306,28 @@ mod tests {
         assert_eq!(GgmlType::Q6K.fallback_for_row(100), GgmlType::F16);
         assert_eq!(GgmlType::Q8_0.fallback_for_row(100), GgmlType::F16);
         assert_eq!(GgmlType::BF16.fallback_for_row(7), GgmlType::BF16);
+        assert_eq!(GgmlType::IQ2XXS.fallback_for_row(96), GgmlType::IQ4NL);
+        assert_eq!(GgmlType::IQ4XS.fallback_for_row(96), GgmlType::IQ4NL);
+        assert_eq!(GgmlType::IQ3S.fallback_for_row(100), GgmlType::F16);
+    }
+
+    #[test]
+    fn i_quant_bits_match_ggml() {
+        // ggml's own figures (comments in ggml-common.h / llama.cpp's ftype names).
+        assert_eq!(GgmlType::IQ2XXS.bits_per_weight(), 2.0625);
+        assert_eq!(GgmlType::IQ2XS.bits_per_weight(), 2.3125);
+        assert_eq!(GgmlType::IQ2S.bits_per_weight(), 2.5625);
+        assert_eq!(GgmlType::IQ3XXS.bits_per_weight(), 3.0625);
+        assert_eq!(GgmlType::IQ3S.bits_per_weight(), 3.4375);
+        assert_eq!(GgmlType::IQ4XS.bits_per_weight(), 4.25);
+        assert_eq!(GgmlType::IQ4NL.bits_per_weight(), 4.5);
+        for t in GgmlType::ALL {
+            assert_eq!(
+                t.is_lattice(),
+                t.is_quantized() && !t.has_block_grid(),
+                "{t}"
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,16 @@ pub const QUANT_TYPES: [GgmlType; 11] = [
     GgmlType::IQ4NL,
 ];
 
+/// The i-quants (256-value super-blocks; IQ2_XXS and IQ2_XS need an imatrix).
+pub const IQ_TYPES: [GgmlType; 6] = [
+    GgmlType::IQ4XS,
+    GgmlType::IQ3XXS,
+    GgmlType::IQ3S,
+    GgmlType::IQ2XXS,
+    GgmlType::IQ2XS,
+    GgmlType::IQ2S,
+];
+
 /// Where the oracle lives: `$DYNAPRESS_GGML_ORACLE`, else the build script's
 /// default path under `${DYNAPRESS_CACHE:-$HOME/.cache/dynapress}`.
 pub fn oracle_path() -> PathBuf {
@@ -106,6 +116,19 @@ impl Oracle {
         n_per_row: usize,
         imatrix: Option<&[f32]>,
     ) -> (Vec<u8>, bool) {
+        self.try_quantize(ty, src, n_per_row, imatrix)
+            .unwrap_or_else(|| panic!("ggml requires an importance vector for {ty}"))
+    }
+
+    /// Like [`Oracle::quantize`], `None` where ggml refuses the type without
+    /// an importance vector (ggml_quantize_requires_imatrix).
+    pub fn try_quantize(
+        &self,
+        ty: GgmlType,
+        src: &[f32],
+        n_per_row: usize,
+        imatrix: Option<&[f32]>,
+    ) -> Option<(Vec<u8>, bool)> {
         let inp = self.file("in.f32");
         let out = self.file("out.bin");
         std::fs::write(&inp, f32_bytes(src)).unwrap();
@@ -120,9 +143,15 @@ impl Oracle {
         let valid = match stdout.trim() {
             "valid 1" => true,
             "valid 0" => false,
+            "requires_imatrix" => return None,
             other => panic!("unexpected oracle output {other:?}"),
         };
-        (std::fs::read(&out).unwrap(), valid)
+        Some((std::fs::read(&out).unwrap(), valid))
+    }
+
+    /// The oracle's `types` table (one `id name block_size type_size` per line).
+    pub fn types(&self) -> String {
+        self.run(&["types"])
     }
 
     /// ggml's to_float for whole blocks.

@@ -1,9 +1,13 @@
 //! End-to-end check against llama-quantize: writes the demo model as a BF16
 //! GGUF (llama.cpp names, Q/K rows permuted, as the export does) and an imatrix
-//! GGUF, runs `llama-quantize --pure TYPE [--imatrix]` for the ten block types,
+//! GGUF, runs `llama-quantize --pure TYPE [--imatrix]` for the ten block types
+//! and the i-quants IQ4_NL, IQ4_XS, IQ3_S, IQ3_XXS, IQ2_S, IQ2_XS, IQ2_XXS,
 //! and compares every quantized tensor with `dynapress_ggml::quantize` of the
 //! same weights and the imatrix vector llama-quantize derives (Σx² / count, f32).
-//! Exits non-zero on any difference.
+//! Exits non-zero on any difference. Without an imatrix llama-quantize refuses
+//! IQ3_XXS, IQ2_S, IQ2_XS, IQ2_XXS (`tensor_requires_imatrix`); of those we
+//! (like ggml) refuse IQ2_XS and IQ2_XXS only. Optional argument: a
+//! comma-separated list of types to check.
 //!
 //! llama.cpp's tools: `$DYNAPRESS_LLAMA_CPP_BIN`, else the default directory of
 //! scripts/build-llama-cpp.sh.
@@ -11,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dynapress_ggml::{GgmlType, quantize};
+use dynapress_ggml::{Error, GgmlType, quantize};
 use dynapress_gguf::model::{self, gguf_tensor_name};
 use dynapress_gguf::{
     GgufFile, GgufWriter, Imatrix, ImatrixEntry, LlamaHparams, TensorSpec, TokenizerMetadata,
@@ -132,8 +136,21 @@ fn main() {
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::IQ4NL,
+        GgmlType::IQ4XS,
+        GgmlType::IQ3S,
+        GgmlType::IQ3XXS,
+        GgmlType::IQ2S,
+        GgmlType::IQ2XS,
+        GgmlType::IQ2XXS,
     ];
+    let only: Option<Vec<GgmlType>> = std::env::args()
+        .nth(1)
+        .map(|a| a.split(',').filter_map(GgmlType::from_name).collect());
     for ty in types {
+        if only.as_ref().is_some_and(|o| !o.contains(&ty)) {
+            continue;
+        }
         for with_im in [false, true] {
             let out = work.join(format!("out-{}-{}.gguf", ty.name(), with_im));
             let mut cmd = Command::new(bin.join("llama-quantize"));
@@ -141,8 +158,33 @@ fn main() {
             if with_im {
                 cmd.arg("--imatrix").arg(&im_path);
             }
-            cmd.arg(&src_path).arg(&out).arg(ty.name()).arg("2");
+            if with_im && ty.requires_imatrix() {
+                // The imatrix has no entry for token_embd, and ggml cannot
+                // encode IQ2_XS/IQ2_XXS without one (llama-quantize would abort).
+                cmd.args(["--token-embedding-type", "q8_0"]);
+            }
+            // llama-quantize's file type whose default tensor type is `ty`:
+            // the IQ2_S ftype means IQ2_XS tensors, IQ2_M means IQ2_S.
+            let ftype = if ty == GgmlType::IQ2S {
+                "IQ2_M"
+            } else {
+                ty.name()
+            };
+            cmd.arg(&src_path).arg(&out).arg(ftype).arg("2");
             let o = cmd.output().unwrap();
+            if !with_im && ty.llama_quantize_requires_imatrix() {
+                let x = src.tensor_f32("blk.0.ffn_up.weight").unwrap();
+                let ours = quantize(ty, &x, 256, None);
+                let ok = !o.status.success()
+                    && (ours == Err(Error::ImatrixRequired { ty })) == ty.requires_imatrix();
+                println!(
+                    "{ty} imatrix=false: refused by llama-quantize: {}; by us: {}",
+                    !o.status.success(),
+                    ours.is_err()
+                );
+                failures += usize::from(!ok);
+                continue;
+            }
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             let q = GgufFile::open(&out).unwrap();
             let (mut same, mut total, mut other_types) = (0, 0, Vec::new());
