@@ -500,6 +500,12 @@ pub const fn file_type_for(ty: GgmlType) -> u32 {
         GgmlType::Q5K => 17,
         GgmlType::Q6K => 18,
         GgmlType::IQ4NL => 25,
+        GgmlType::IQ2XXS => 19,
+        GgmlType::IQ2XS => 20,
+        GgmlType::IQ3XXS => 23,
+        GgmlType::IQ3S => 26,
+        GgmlType::IQ2S => 28,
+        GgmlType::IQ4XS => 30,
         GgmlType::BF16 => 32,
     }
 }

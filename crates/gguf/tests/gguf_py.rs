@@ -115,7 +115,10 @@ fn gguf_py_reads_metadata_and_dequantizes_like_us() {
         let w: Vec<f32> = (0..rows * cols)
             .map(|_| (rng.random::<f32>() - 0.5) * 0.2)
             .collect();
-        let data = dynapress_ggml::quantize(ty, &w, cols, None).unwrap();
+        // ggml refuses some i-quants without an importance vector.
+        let ones = vec![1.0f32; cols];
+        let imatrix = ty.requires_imatrix().then_some(ones.as_slice());
+        let data = dynapress_ggml::quantize(ty, &w, cols, imatrix).unwrap();
         items.push((
             TensorSpec::from_shape(format!("w.{}", ty.name()), ty, &[rows, cols]),
             data,
