@@ -219,6 +219,7 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
 
     // 2. Search.
     let t = Instant::now();
+    crate::eval::release_freed_memory("before the search");
     let config_path = opts.out.join("config.json");
     let mut search = opts.search.clone();
     search.target_bits = target_bits;
@@ -281,7 +282,9 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    crate::eval::release_freed_memory("before the evaluation");
     let base = Model::from_files(&files, &Device::Cpu)?;
+    crate::eval::log_memory("base loaded");
     // What to evaluate, built lazily: holding every compared model at once
     // would take (levels + 5) copies of the linear weights.
     let mut named: Vec<(String, String, f64, Contender)> = Vec::new();
@@ -384,10 +387,13 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         * (named.len() + groups.len());
     let pb = progress::bar(total as u64, "evaluation", "tok", opts.quiet);
     for (g, group) in groups.iter().enumerate() {
+        // The previous group's models are dropped: free their memory first.
+        crate::eval::release_freed_memory(&format!("before group {}", g + 1));
         let models: Vec<Model> = group
             .iter()
             .map(|&i| named[i].3.build(&base, &db))
             .collect::<Result<_>>()?;
+        crate::eval::log_memory(&format!("group {} built ({} models)", g + 1, models.len()));
         // The base scores itself once, with the first group.
         let mut refs: Vec<&Model> = models.iter().collect();
         if g == 0 {
@@ -402,6 +408,7 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
                     None => base_row.datasets.insert(label.clone(), s),
                 };
             }
+            crate::eval::log_memory(&format!("group {} scored {label}", g + 1));
         }
     }
     pb.finish_and_clear();
