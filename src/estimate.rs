@@ -19,14 +19,9 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::model::{ModelFiles, Rope, Scratch};
-use crate::pipeline::{Compare, CompressOptions, eval_batch};
+use crate::pipeline::{Compare, CompressOptions, EVAL_PROCESS_BYTES, eval_batch};
 use crate::search::Algo;
 use crate::search::fitness::SEARCH_BATCH;
-
-/// Resident memory of the process besides the model and the stage's buffers
-/// (code, tokenizer, manifest, thread stacks, allocator slack), measured on
-/// the 135 M shape (docs/scale.md).
-const PROCESS_BYTES: f64 = (96u64 << 20) as f64;
 
 /// One stage's predicted cost.
 #[derive(Debug, Clone, Serialize)]
@@ -223,8 +218,10 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
     let budget = model_bytes + 512.0 * (1 << 20) as f64;
     let eb = eval_batch(opts.seq_len, c.vocab_size) as f64;
     let batch_logits = eb * t * c.vocab_size as f64 * 4.0;
-    // The pipeline sizes groups against three batches of logits.
-    let per_group = ((budget - 3.0 * batch_logits) / (linear * 4.0))
+    // As the pipeline sizes groups: against three batches of logits and the
+    // process.
+    let process = EVAL_PROCESS_BYTES as f64;
+    let per_group = ((budget - 3.0 * batch_logits - process) / (linear * 4.0))
         .floor()
         .max(1.0);
     let groups = ((configs - 1.0) / per_group).ceil() + 1.0;
@@ -235,7 +232,7 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
     // and head, so each costs its linear weights; the exported model is
     // loaded whole, alone) and a batch's logits of the base and one model.
     let group = (per_group.min(configs - 1.0) * linear * 4.0).max(model_bytes);
-    let eval_ram = PROCESS_BYTES + model_bytes + group + 2.0 * batch_logits;
+    let eval_ram = process + model_bytes + group + 2.0 * batch_logits;
 
     let stages = vec![
         StageEstimate {
