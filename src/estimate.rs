@@ -18,7 +18,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::eval::compare::{Compare, eval_batch};
+use crate::eval::compare::{Compare, EVAL_PROCESS_BYTES, eval_batch};
 use crate::model::{ModelFiles, Rope, Scratch};
 use crate::pipeline::CompressOptions;
 use crate::search::fitness::SEARCH_BATCH;
@@ -36,6 +36,8 @@ pub struct StageEstimate {
 #[derive(Debug, Clone, Serialize)]
 pub struct Estimate {
     pub stages: Vec<StageEstimate>,
+    /// Peak resident memory of the whole `compress`: the largest stage's.
+    pub peak_ram_mib: f64,
     pub database_disk_mib: f64,
     /// Measured f32 GEMM throughput of this machine (GFLOP/s), for GPTQ.
     pub gemm_gflops: f64,
@@ -216,37 +218,48 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
     };
     let budget = model_bytes + 512.0 * (1 << 20) as f64;
     let eb = eval_batch(opts.seq_len, c.vocab_size) as f64;
-    let logits = 3.0 * eb * t * c.vocab_size as f64 * 4.0;
-    let per_group = ((budget - logits) / (linear * 4.0)).floor().max(1.0);
+    let batch_logits = eb * t * c.vocab_size as f64 * 4.0;
+    // As the pipeline sizes groups: against three batches of logits and the
+    // process.
+    let process = EVAL_PROCESS_BYTES as f64;
+    let per_group = ((budget - 3.0 * batch_logits - process) / (linear * 4.0))
+        .floor()
+        .max(1.0);
     let groups = ((configs - 1.0) / per_group).ceil() + 1.0;
     let eval_tokens = opts.eval.len() as f64 * (opts.eval_windows as f64 * t);
     let eval_s = (configs + groups) * eval_tokens * token_s;
-    // The base, then the models of one group and the logits within the budget.
-    let eval_ram = model_bytes + budget.min(configs * linear * 4.0 + model_bytes + logits);
+    // Resident at once (freed memory is given back between groups): the
+    // base, the largest group (configurations share the base's embeddings
+    // and head, so each costs its linear weights; the exported model is
+    // loaded whole, alone) and a batch's logits of the base and one model.
+    let group = (per_group.min(configs - 1.0) * linear * 4.0).max(model_bytes);
+    let eval_ram = process + model_bytes + group + 2.0 * batch_logits;
 
+    let stages = vec![
+        StageEstimate {
+            stage: "database".into(),
+            seconds: db_s,
+            peak_ram_mib: mib(db_ram),
+        },
+        StageEstimate {
+            stage: "search".into(),
+            seconds: search_s,
+            peak_ram_mib: mib(search_ram),
+        },
+        StageEstimate {
+            stage: "export".into(),
+            seconds: export_s,
+            peak_ram_mib: mib(export_ram),
+        },
+        StageEstimate {
+            stage: "evaluation".into(),
+            seconds: eval_s,
+            peak_ram_mib: mib(eval_ram),
+        },
+    ];
     Ok(Estimate {
-        stages: vec![
-            StageEstimate {
-                stage: "database".into(),
-                seconds: db_s,
-                peak_ram_mib: mib(db_ram),
-            },
-            StageEstimate {
-                stage: "search".into(),
-                seconds: search_s,
-                peak_ram_mib: mib(search_ram),
-            },
-            StageEstimate {
-                stage: "export".into(),
-                seconds: export_s,
-                peak_ram_mib: mib(export_ram),
-            },
-            StageEstimate {
-                stage: "evaluation".into(),
-                seconds: eval_s,
-                peak_ram_mib: mib(eval_ram),
-            },
-        ],
+        peak_ram_mib: stages.iter().map(|s| s.peak_ram_mib).fold(0.0, f64::max),
+        stages,
         database_disk_mib: mib(db_disk),
         gemm_gflops: g,
         forward_tokens_per_second: tps,

@@ -111,6 +111,7 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
 
     // 2. Search.
     let t = Instant::now();
+    crate::eval::release_freed_memory("before the search");
     let config_path = opts.out.join("config.json");
     let mut search = opts.search.clone();
     search.target = target;
@@ -163,7 +164,9 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    crate::eval::release_freed_memory("before the evaluation");
     let base = Model::from_files(&files, &Device::Cpu)?;
+    crate::eval::log_memory("base loaded");
     // What to evaluate, built lazily: holding every compared model at once
     // would take (levels + 5) copies of the linear weights.
     let mut named = comparison_rows(

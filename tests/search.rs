@@ -293,6 +293,19 @@ fn dry_run_estimates_without_working() {
         .map(|s| s["stage"].as_str().unwrap())
         .collect();
     assert_eq!(stages, ["database", "search", "export", "evaluation"]);
+    // The whole run's peak is its largest stage's.
+    let peaks: Vec<f64> = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["peak_ram_mib"].as_f64().unwrap())
+        .collect();
+    let peak = v["peak_ram_mib"].as_f64().unwrap();
+    assert!(
+        peaks.iter().all(|&p| p > 0.0 && p <= peak),
+        "{peaks:?} {peak}"
+    );
+    assert!(peaks.contains(&peak), "{peaks:?} {peak}");
     assert!(v["database_disk_mib"].as_f64().unwrap() > 1.0);
     assert!(!out.exists(), "a dry run writes nothing");
 }

@@ -203,7 +203,10 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
                     s.stage, s.seconds, s.peak_ram_mib
                 );
             }
-            println!("{:<12} {:>9.0}s", "total", total);
+            println!(
+                "{:<12} {:>9.0}s {:>10.0} MiB peak",
+                "total", total, e.peak_ram_mib
+            );
             println!("database disk: {:.1} MiB", e.database_disk_mib);
         }
         return Ok(());

@@ -50,6 +50,45 @@ pub fn file_label(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
+/// Gives memory freed by earlier work back to the system.
+///
+/// The binary tells glibc to keep freed memory (`keep_freed_memory` in
+/// main.rs, for the speed of the forward pass), so without this the search's
+/// buffers and each evaluation group's models would stay resident while the
+/// next ones are built, and the peak would be their sum. Then
+/// [`log_memory`].
+pub fn release_freed_memory(at: &str) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    log_memory(at);
+}
+
+/// With `DYNAPRESS_DEBUG_MEM` set, prints the resident and peak memory at `at`
+/// on stderr.
+pub fn log_memory(at: &str) {
+    if std::env::var_os("DYNAPRESS_DEBUG_MEM").is_some() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or(0.0, |kib| kib / 1024.0)
+        };
+        eprintln!(
+            "memory {at}: resident {:.0} MiB (anonymous {:.0}, file {:.0}), peak {:.0} MiB",
+            field("VmRSS:"),
+            field("RssAnon:"),
+            field("RssFile:"),
+            field("VmHWM:")
+        );
+    }
+}
+
 /// Runs an evaluation plan.
 pub fn evaluate(model: &Model, base: Option<&Model>, plan: &EvalPlan) -> Result<EvalReport> {
     let start = Instant::now();
