@@ -64,6 +64,7 @@ pub mod metrics;
 pub mod pack;
 pub mod quantized;
 pub mod rtn;
+pub mod served;
 
 pub use ggml_gptq::{GgmlGptqError, GgmlQuantized, gptq_ggml, imatrix_from_hessian};
 pub use gptq::{FactorParams, GptqFactor, GptqParams, GptqQuantParams, gptq};
