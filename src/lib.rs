@@ -20,6 +20,7 @@ pub mod error;
 pub mod estimate;
 pub mod eval;
 pub mod export;
+pub mod export_served;
 pub mod formats;
 pub mod fsutil;
 pub mod model;

@@ -29,7 +29,9 @@ pub struct ExportArgs {
     /// safetensors (a Hugging Face directory, dequantized weights), dynapress
     /// (a directory with each searched layer in its compressed form: codes,
     /// scales, zeros or ggml blocks; `eval`, `generate` and `pack` read it), or
-    /// gguf (the exact ggml blocks; needs a kquant or gptq-kquant database).
+    /// gguf (the exact ggml blocks; needs a kquant or gptq-kquant database), or
+    /// compressed-tensors (packed codes, scales and zeros with a per-module
+    /// quantization_config that transformers and vLLM load; gptq/rtn databases).
     #[arg(long, default_value = "safetensors")]
     format: String,
     /// safetensors: dtype of the exported weights (original, f32, bf16, f16).
@@ -63,10 +65,12 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         Input::File(&a.config),
     ];
     let kind = match a.format.as_str() {
-        "safetensors" | "dynapress" => OutputKind::Dir,
+        "safetensors" | "dynapress" | "compressed-tensors" => OutputKind::Dir,
         "gguf" => OutputKind::File,
         other => {
-            crate::bad_arg!("unknown --format `{other}`: choose safetensors, dynapress or gguf")
+            crate::bad_arg!(
+                "unknown --format `{other}`: choose safetensors, dynapress, compressed-tensors or gguf"
+            )
         }
     };
     if a.recipe.is_some() && a.format != "gguf" {
@@ -109,6 +113,23 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                     r.out.display(),
                     r.searched_params,
                     r.searched_bits_per_weight,
+                    r.safetensors_bytes as f64 / 1e6
+                );
+            }
+        }
+        "compressed-tensors" => {
+            let r = dynapress::export_served::export_compressed_tensors(
+                &files, &db, &config, &a.config, &a.out, a.force,
+            )?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}: {} searched weights at {:.4} bits per weight in {} config groups; model.safetensors {:.1} MB (compressed-tensors)",
+                    r.out.display(),
+                    r.searched_params,
+                    r.searched_bits_per_weight,
+                    r.config_groups,
                     r.safetensors_bytes as f64 / 1e6
                 );
             }
@@ -163,7 +184,9 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        other => anyhow::bail!("unknown --format `{other}`: choose safetensors, dynapress or gguf"),
+        other => anyhow::bail!(
+            "unknown --format `{other}`: choose safetensors, dynapress, compressed-tensors or gguf"
+        ),
     }
     Ok(())
 }
