@@ -24,6 +24,12 @@ def main() -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--ids", required=True, help="comma-separated token ids")
     ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="load through transformers' dequantize-at-load route "
+        "(CompressedTensorsConfig(dequantize=True)) instead of the compressed modules",
+    )
     a = ap.parse_args()
 
     import compressed_tensors
@@ -32,8 +38,11 @@ def main() -> int:
 
     torch.manual_seed(0)
     ids = [int(x) for x in a.ids.split(",") if x]
+    kwargs = {}
+    if a.dequantize:
+        kwargs["quantization_config"] = transformers.CompressedTensorsConfig(dequantize=True)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        a.model, dtype=torch.float32, device_map="cpu"
+        a.model, dtype=torch.float32, **kwargs
     )
     model.eval()
     bits = {}
