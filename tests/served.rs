@@ -236,3 +236,62 @@ fn compressed_tensors_symmetric_act_order_mix_loads_in_transformers() {
         Route::Compressed,
     );
 }
+
+/// A ggml-type database has no grids the format can store: a one-line error
+/// naming the layer and the way out, and no output directory.
+#[test]
+fn a_ggml_database_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let (db, cfg, out) = (p("db"), p("c.json"), p("ct"));
+    ok(&run(&[
+        "database",
+        "--model",
+        "assets/demo-model",
+        "--calib",
+        "assets/data/docs.valid.txt",
+        "--calib-tokens",
+        "2048",
+        "--method",
+        "kquant",
+        "--types",
+        "Q4_K,Q8_0",
+        "--out",
+        &db,
+        "--quiet",
+    ]));
+    ok(&run(&[
+        "search",
+        "--model",
+        "assets/demo-model",
+        "--db",
+        &db,
+        "--target-bits",
+        "5",
+        "--algo",
+        "knapsack",
+        "--out",
+        &cfg,
+        "--quiet",
+    ]));
+    let o = run(&[
+        "export",
+        "--model",
+        "assets/demo-model",
+        "--db",
+        &db,
+        "--config",
+        &cfg,
+        "--out",
+        &out,
+        "--format",
+        "compressed-tensors",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in ["ggml", "--format gguf", ".weight"] {
+        assert!(err.contains(needle), "missing {needle:?} in: {err}");
+    }
+    assert!(!Path::new(&out).exists());
+}
