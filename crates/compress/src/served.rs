@@ -142,7 +142,7 @@ impl CtScheme {
         }
         let s = q.scheme();
         let cols = q.cols();
-        let strategy = if s.group_size != 0 && cols % s.group_size == 0 {
+        let strategy = if s.group_size != 0 && cols.is_multiple_of(s.group_size) {
             CtStrategy::Group(s.group_size)
         } else if q.groups_per_row() == 1 {
             CtStrategy::Channel
