@@ -21,6 +21,10 @@ pub enum Format {
     Dynapress,
     /// A GGUF file llama.cpp runs (needs a database of ggml types).
     Gguf,
+    /// A compressed-tensors checkpoint (llm-compressor's packed format with a
+    /// per-module quantization_config) that transformers and vLLM load
+    /// (needs a gptq or rtn database).
+    CompressedTensors,
 }
 
 /// The compressor and the levels of the database.

@@ -128,6 +128,9 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         Format::Dynapress => crate::bad_arg!(
             "compress writes dynapress's format with --format safetensors (in model-dynapress/); choose safetensors or gguf"
         ),
+        Format::CompressedTensors => crate::bad_arg!(
+            "compress does not write compressed-tensors yet: run `compress`, then `export --format compressed-tensors --db OUT/database --config OUT/config.json` (docs/served-formats.md)"
+        ),
     };
     let budget = a.budget.budget(Some(3.0), gguf.is_some())?;
     if a.calib_tokens == 0 {

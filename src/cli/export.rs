@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
 use dynapress::export::{
-    ExportDtype, export_dynapress, export_gguf, export_safetensors, llama_quantize_command,
-    llama_quantize_recipe,
+    ExportDtype, export_compressed_tensors, export_dynapress, export_gguf, export_safetensors,
+    llama_quantize_command, llama_quantize_recipe,
 };
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::ModelFiles;
@@ -30,7 +30,9 @@ pub struct ExportArgs {
     /// safetensors (a Hugging Face directory, dequantized weights), dynapress
     /// (a directory with each searched layer in its compressed form: codes,
     /// scales, zeros or ggml blocks; `eval`, `generate` and `pack` read it), or
-    /// gguf (the exact ggml blocks; needs a kquant or gptq-kquant database).
+    /// gguf (the exact ggml blocks; needs a kquant or gptq-kquant database), or
+    /// compressed-tensors (packed codes, scales and zeros with a per-module
+    /// quantization_config that transformers and vLLM load; gptq/rtn databases).
     #[arg(long, value_enum, default_value = "safetensors")]
     format: Format,
     /// safetensors: dtype of the exported weights.
@@ -55,7 +57,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         Input::File(&a.config),
     ];
     let kind = match a.format {
-        Format::Safetensors | Format::Dynapress => OutputKind::Dir,
+        Format::Safetensors | Format::Dynapress | Format::CompressedTensors => OutputKind::Dir,
         Format::Gguf => OutputKind::File,
     };
     if a.recipe.is_some() && a.format != Format::Gguf {
@@ -99,6 +101,21 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                     r.out.display(),
                     r.searched_params,
                     r.searched_bits_per_weight,
+                    r.safetensors_bytes as f64 / 1e6
+                );
+            }
+        }
+        Format::CompressedTensors => {
+            let r = export_compressed_tensors(&files, &sel, &a.out, a.force)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}: {} searched weights at {:.4} bits per weight in {} config groups; model.safetensors {:.1} MB (compressed-tensors)",
+                    r.out.display(),
+                    r.searched_params,
+                    r.searched_bits_per_weight,
+                    r.config_groups,
                     r.safetensors_bytes as f64 / 1e6
                 );
             }

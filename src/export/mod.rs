@@ -6,6 +6,8 @@
 //! - [`gguf`]: a GGUF file llama.cpp runs, and the file-size budget
 //!   ([`gguf::gguf_target`]);
 //! - [`recipe`]: the llama-quantize overrides that reproduce a GGUF selection;
+//! - [`compressed_tensors`]: llm-compressor's packed format with a per-module
+//!   `quantization_config` (transformers, vLLM; grid databases only);
 //! - [`convert`]: a checkpoint at one ggml type (no selection).
 //!
 //! Writers stream: the safetensors and GGUF writers (`formats::safetensors`,
@@ -13,12 +15,14 @@
 //! tensor at a time, to a temporary name renamed into place when complete.
 //! A new export format is a new file here with a sink for its container.
 
+pub mod compressed_tensors;
 pub mod convert;
 pub mod dynapress;
 pub mod gguf;
 pub mod recipe;
 pub mod safetensors;
 
+pub use compressed_tensors::{ServedReport, export_compressed_tensors};
 pub use convert::convert_gguf;
 pub use dynapress::export_dynapress;
 pub use gguf::{GgufReport, GgufTypes, export_gguf, gguf_target};

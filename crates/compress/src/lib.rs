@@ -93,6 +93,7 @@ pub mod owl;
 pub mod pack;
 pub mod quantized;
 pub mod rtn;
+pub mod served;
 pub mod sparse;
 pub mod sparsegpt;
 

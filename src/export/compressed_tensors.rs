@@ -1,0 +1,188 @@
+//! Export of a searched configuration as a compressed-tensors checkpoint (the
+//! `pack-quantized` format of llm-compressor) that transformers and vLLM load:
+//! every searched linear layer keeps its own bit width, group size and
+//! symmetry (one `config_groups` entry per distinct scheme, targeting the
+//! exact module names), its codes, f16 scales and zero points are written as
+//! stored in the database (`dynapress_compress::served` has the packing), and
+//! every other tensor is copied unchanged. `config.json` gets the
+//! `quantization_config`; tokenizer and other side files are copied;
+//! `dynapress.json` records the configuration and the sizes.
+//!
+//! Refused with a clear error: ggml-type databases (`kquant`, `gptq-kquant`:
+//! export them as GGUF), layers with a stored act-order permutation, and groups
+//! that do not divide a layer's input width (docs/served-formats.md).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dynapress_compress::served::{
+    CtScheme, ServedDtype, compressed_tensors_config, compressed_tensors_tensors,
+};
+use safetensors::Dtype;
+use serde::Serialize;
+
+use crate::database::Variant;
+use crate::error::{Error, Result};
+use crate::formats::safetensors::{SafetensorsWriter, TensorSpec};
+use crate::model::ModelFiles;
+use crate::selection::Selection;
+
+/// What was exported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServedReport {
+    pub out: PathBuf,
+    /// `compressed-tensors`.
+    pub format: String,
+    /// Average storage bits per weight of the searched layers (database accounting).
+    pub searched_bits_per_weight: f64,
+    pub searched_params: u64,
+    /// Distinct (bits, group, symmetry) schemes, one config group each.
+    pub config_groups: usize,
+    /// Bytes of `model.safetensors`.
+    pub safetensors_bytes: u64,
+}
+
+/// Writes `out`, a compressed-tensors checkpoint of `files` with the layers of
+/// `config` taken from `db` in their compressed form.
+pub fn export_compressed_tensors(
+    files: &ModelFiles,
+    sel: &Selection,
+    out: &Path,
+    force: bool,
+) -> Result<ServedReport> {
+    let db = sel.db;
+    let space = sel.space();
+    let mut inputs = vec![
+        crate::fsutil::Input::Dir(&files.dir),
+        crate::fsutil::Input::Dir(&db.dir),
+    ];
+    inputs.extend(sel.source.as_deref().map(crate::fsutil::Input::File));
+    crate::fsutil::check_output(out, "--out", crate::fsutil::OutputKind::Dir, &inputs, force)?;
+    let config_path = sel
+        .source
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("config.json"));
+
+    // Every chosen layer as format tensors, before anything is written: a
+    // layer the format cannot express fails the export up front.
+    let mut layers: BTreeMap<String, Vec<dynapress_compress::served::ServedTensor>> =
+        BTreeMap::new();
+    let mut modules: Vec<(String, CtScheme)> = Vec::new();
+    for (l, o, entry) in sel.layers() {
+        let level = &o.level;
+        let weight = l.id.weight_name();
+        let module = weight
+            .strip_suffix(".weight")
+            .unwrap_or(&weight)
+            .to_string();
+        let q = match db.load(entry)? {
+            Variant::Grid(q) => q,
+            Variant::Ggml(g) => {
+                return Err(Error::data(
+                    &db.dir,
+                    format!(
+                        "{weight}: level {level} is ggml {} blocks, which compressed-tensors does not store; export this database with --format gguf, or build a gptq/rtn database",
+                        g.ty.name()
+                    ),
+                ));
+            }
+        };
+        let (scheme, tensors) = compressed_tensors_tensors(&q)
+            .map_err(|e| Error::data(&db.dir, format!("{weight} (level {level}): {e}")))?;
+        modules.push((module.clone(), scheme));
+        layers.insert(module, tensors);
+    }
+    let qcfg = compressed_tensors_config(&modules, vec!["lm_head".to_string()]);
+
+    let parent = crate::fsutil::parent_dir(out);
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    crate::fsutil::clean_stale_temps(&parent);
+    let tmp = crate::fsutil::temp_dir_in(&parent).map_err(|e| Error::io(&parent, e))?;
+
+    // Side files; config.json gains the quantization_config.
+    for (name, bytes) in files.side_files()? {
+        let p = tmp.path().join(&name);
+        let bytes = if name == "config.json" {
+            let mut v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::config(files.dir.join("config.json"), e.to_string()))?;
+            let obj = v
+                .as_object_mut()
+                .ok_or_else(|| Error::config(files.dir.join("config.json"), "not a JSON object"))?;
+            obj.insert(
+                "quantization_config".into(),
+                serde_json::to_value(&qcfg).expect("config serialises"),
+            );
+            serde_json::to_vec_pretty(&v).expect("json")
+        } else {
+            bytes
+        };
+        std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
+    }
+
+    let mut specs = Vec::new();
+    let mut parts: Vec<Option<Vec<u8>>> = Vec::new();
+    for name in files.weights.names() {
+        let module = name.strip_suffix(".weight").unwrap_or(&name);
+        if let Some(tensors) = layers.remove(module) {
+            for t in tensors {
+                specs.push(TensorSpec {
+                    name: format!("{module}.{}", t.suffix),
+                    dtype: match t.dtype {
+                        ServedDtype::I32 => Dtype::I32,
+                        ServedDtype::I64 => Dtype::I64,
+                        ServedDtype::F16 => Dtype::F16,
+                    },
+                    shape: t.shape,
+                });
+                parts.push(Some(t.data));
+            }
+            continue;
+        }
+        let raw = files.weights.raw(&name)?;
+        specs.push(TensorSpec {
+            name: name.clone(),
+            dtype: raw.dtype,
+            shape: raw.shape.clone(),
+        });
+        parts.push(None);
+    }
+    if let Some(missing) = layers.keys().next() {
+        return Err(Error::data(
+            &config_path,
+            format!("{missing}.weight is in the configuration but not in the checkpoint"),
+        ));
+    }
+    let st_path = tmp.path().join("model.safetensors");
+    let md = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let mut w = SafetensorsWriter::create(&st_path, specs.clone(), &md)?;
+    for (spec, part) in specs.iter().zip(parts) {
+        match part {
+            Some(data) => w.write(&spec.name, &data)?,
+            None => {
+                let raw = files.weights.raw(&spec.name)?;
+                w.write(&spec.name, raw.data)?;
+                files.weights.release(&spec.name);
+            }
+        }
+    }
+    w.finish()?;
+    let safetensors_bytes = std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0);
+    let report = ServedReport {
+        out: out.to_path_buf(),
+        format: "compressed-tensors".into(),
+        searched_bits_per_weight: space.bits_per_weight(&sel.choice),
+        searched_params: space.total_params,
+        config_groups: qcfg.config_groups.len(),
+        safetensors_bytes,
+    };
+    let meta = serde_json::json!({ "config": sel.config, "export": report });
+    crate::fsutil::write_atomic(
+        &tmp.path().join("dynapress.json"),
+        serde_json::to_string_pretty(&meta)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    crate::fsutil::replace_dir(tmp.path(), out)?;
+    let _ = tmp.keep(); // renamed away: nothing left to delete
+    Ok(report)
+}

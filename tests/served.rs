@@ -1,0 +1,299 @@
+//! `export --format compressed-tensors` loads in plain transformers on CPU with
+//! the logits of dynapress's forward pass on the same searched configuration.
+//!
+//! Needs a Python with torch, transformers and compressed-tensors
+//! (docs/served-formats.md says how to make one) named by
+//! DYNAPRESS_SERVED_PYTHON; without it the test skips, unless
+//! DYNAPRESS_REQUIRE_SERVED=1. CI does not install that venv (PyPI's torch is
+//! the CUDA build: 5.6 GB installed; docs/served-formats.md), so this gate is
+//! separate from DYNAPRESS_REQUIRE_INTEROP.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dynapress::model::{Model, Tokenizer};
+
+fn served_python() -> Option<PathBuf> {
+    match std::env::var_os("DYNAPRESS_SERVED_PYTHON") {
+        Some(p) if Path::new(&p).is_file() => Some(PathBuf::from(p)),
+        other => {
+            if std::env::var("DYNAPRESS_REQUIRE_SERVED").is_ok_and(|v| v == "1") {
+                panic!(
+                    "DYNAPRESS_REQUIRE_SERVED=1 but DYNAPRESS_SERVED_PYTHON ({other:?}) is not a Python with torch, transformers and compressed-tensors (docs/served-formats.md)"
+                );
+            }
+            eprintln!(
+                "skipped: set DYNAPRESS_SERVED_PYTHON to a Python with torch, transformers and compressed-tensors"
+            );
+            None
+        }
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(common::bin())
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Builds a database with `db_args`, searches a mix at `bits` bits per
+/// weight, exports it as compressed-tensors and as dequantized safetensors,
+/// loads the former in transformers and compares logits with our forward
+/// pass of the latter (f32: the configuration's exact weights).
+/// How transformers loads the checkpoint.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    /// The default: compressed-tensors modules that decompress the packed
+    /// weights; the script reports each module's scheme.
+    Compressed,
+    /// `CompressedTensorsConfig(dequantize=True)`: each packed weight is
+    /// dequantized while loading and the model stays dense (no schemes to
+    /// report; the logits are the check).
+    Dequantize,
+}
+
+impl Route {
+    fn flag(self) -> &'static [&'static str] {
+        match self {
+            Route::Compressed => &[],
+            Route::Dequantize => &["--dequantize"],
+        }
+    }
+}
+
+fn check(python: &Path, db_args: &[&str], bits: &str, route: Route) {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let mut args = vec![
+        "database",
+        "--model",
+        "assets/demo-model",
+        "--calib",
+        "assets/data/docs.valid.txt",
+        "--calib-tokens",
+        "4096",
+        "--quiet",
+    ];
+    let db = p("db");
+    args.extend_from_slice(&["--out", &db]);
+    args.extend_from_slice(db_args);
+    ok(&run(&args));
+    let cfg = p("c.json");
+    ok(&run(&[
+        "search",
+        "--model",
+        "assets/demo-model",
+        "--db",
+        &db,
+        "--target-bits",
+        bits,
+        "--algo",
+        "knapsack",
+        "--out",
+        &cfg,
+        "--quiet",
+    ]));
+    let export = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let mut a = vec![
+            "export",
+            "--model",
+            "assets/demo-model",
+            "--db",
+            &db,
+            "--config",
+            &cfg,
+            "--out",
+            out,
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        serde_json::from_str(&ok(&run(&a))).unwrap()
+    };
+    let (ct, deq, deq32) = (p("ct"), p("deq"), p("deq32"));
+    let r = export(&ct, &["--format", "compressed-tensors"]);
+    let d = export(&deq, &[]);
+    export(&deq32, &["--dtype", "f32"]);
+
+    // Our logits: the f32 export is the configuration's weights exactly
+    // (tests/search.rs checks it evaluates like `eval --db --config`).
+    let tok = Tokenizer::from_file(&common::demo_model().join("tokenizer.json"), None).unwrap();
+    let text = std::fs::read_to_string(common::data("docs.test.txt")).unwrap();
+    let ids: Vec<u32> = tok.encode(&text).unwrap().into_iter().take(96).collect();
+    let model = Model::load(Path::new(&deq32)).unwrap();
+    let ours = model.forward_vec(&ids, 1, ids.len()).unwrap();
+
+    let out = p("logits.f32");
+    let ids_arg = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let o = Command::new(python)
+        .arg(common::root().join("scripts/check_served.py"))
+        .args(["--model", &ct, "--ids", &ids_arg, "--out", &out])
+        .args(route.flag())
+        .output()
+        .unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(ok(&o).lines().last().expect("a JSON line")).unwrap();
+    let config = dynapress::selection::ConfigFile::read(Path::new(&cfg)).unwrap();
+    let widths: std::collections::BTreeSet<u8> = config.layers.iter().map(|l| l.bits).collect();
+    if let Route::Compressed = route {
+        assert!(widths.len() > 1, "a mix of widths, got {widths:?}");
+        // Every searched layer loaded as a quantized module at its searched width.
+        let loaded = info["bits"].as_object().expect("bits");
+        assert_eq!(loaded.len(), config.layers.len(), "{info}");
+        for l in &config.layers {
+            let module = l.layer.strip_suffix(".weight").unwrap_or(&l.layer);
+            assert_eq!(
+                loaded.get(module).and_then(|v| v.as_u64()),
+                Some(l.bits as u64),
+                "{module}: {info}"
+            );
+        }
+    }
+
+    let theirs: Vec<f32> = std::fs::read(&out)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(theirs.len(), ours.len());
+    let max_diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let max_logit = ours.iter().fold(0f32, |m, v| m.max(v.abs()));
+    eprintln!(
+        "{db_args:?} at {bits} bits: max |Δlogit| {max_diff:.3e} (max |logit| {max_logit:.1}); {info}"
+    );
+    assert!(max_diff < 1e-3, "max |Δlogit| {max_diff}");
+
+    // Size: the searched layers at their compressed bits, the rest as in the
+    // dequantized (original dtype, bf16) export.
+    let ct_bytes = r["safetensors_bytes"].as_f64().unwrap();
+    let deq_bytes = d["safetensors_bytes"].as_f64().unwrap();
+    let params = r["searched_params"].as_f64().unwrap();
+    let expected =
+        deq_bytes - 2.0 * params + r["searched_bits_per_weight"].as_f64().unwrap() * params / 8.0;
+    eprintln!(
+        "compressed-tensors {ct_bytes} B, dequantized bf16 {deq_bytes} B: ratio {:.3} (expected {:.3})",
+        ct_bytes / deq_bytes,
+        expected / deq_bytes
+    );
+    assert!(
+        (ct_bytes - expected).abs() < 0.01 * expected,
+        "{ct_bytes} vs expected {expected}"
+    );
+}
+
+#[test]
+fn compressed_tensors_asymmetric_uniform_loads_in_transformers() {
+    let Some(python) = served_python() else {
+        return;
+    };
+    // transformers 5.24 cannot load an asymmetric *mix*: its compressed route
+    // expects the zero point unpacked ([rows, G], a shape mismatch with the
+    // packed [⌈rows·b/32⌉, G] that compressed-tensors 0.20 itself writes), and
+    // its dequantize route applies the first config group's scheme to every
+    // module (docs/served-formats.md). A uniform asymmetric 3-bit model (zero
+    // points straddling int32 words) goes through the dequantize route.
+    check(
+        &python,
+        // 3 bits at g64 take 3.2969 bits per weight, one 4-bit layer more
+        // than the target allows: every layer at 3 bits.
+        &["--bits", "3,4", "--group-size", "64"],
+        "3.3",
+        Route::Dequantize,
+    );
+}
+
+#[test]
+fn compressed_tensors_symmetric_act_order_mix_loads_in_transformers() {
+    let Some(python) = served_python() else {
+        return;
+    };
+    check(
+        &python,
+        &[
+            "--bits",
+            "3,4,8",
+            "--sym",
+            "--act-order",
+            "--group-size",
+            "64",
+        ],
+        "5",
+        Route::Compressed,
+    );
+}
+
+/// A ggml-type database has no grids the format can store: a one-line error
+/// naming the layer and the way out, and no output directory.
+#[test]
+fn a_ggml_database_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let (db, cfg, out) = (p("db"), p("c.json"), p("ct"));
+    ok(&run(&[
+        "database",
+        "--model",
+        "assets/demo-model",
+        "--calib",
+        "assets/data/docs.valid.txt",
+        "--calib-tokens",
+        "2048",
+        "--method",
+        "kquant",
+        "--types",
+        "Q4_K,Q8_0",
+        "--out",
+        &db,
+        "--quiet",
+    ]));
+    ok(&run(&[
+        "search",
+        "--model",
+        "assets/demo-model",
+        "--db",
+        &db,
+        "--target-bits",
+        "5",
+        "--algo",
+        "knapsack",
+        "--out",
+        &cfg,
+        "--quiet",
+    ]));
+    let o = run(&[
+        "export",
+        "--model",
+        "assets/demo-model",
+        "--db",
+        &db,
+        "--config",
+        &cfg,
+        "--out",
+        &out,
+        "--format",
+        "compressed-tensors",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for needle in ["ggml", "--format gguf", ".weight"] {
+        assert!(err.contains(needle), "missing {needle:?} in: {err}");
+    }
+    assert!(!Path::new(&out).exists());
+}
