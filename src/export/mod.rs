@@ -14,12 +14,14 @@
 //! A new export format is a new file here with a sink for its container.
 
 pub mod convert;
+pub mod depth;
 pub mod dynapress;
 pub mod gguf;
 pub mod recipe;
 pub mod safetensors;
 
 pub use convert::convert_gguf;
+pub use depth::{DepthExportReport, export_depth};
 pub use dynapress::export_dynapress;
 pub use gguf::{GgufReport, GgufTypes, export_gguf, gguf_target};
 pub use recipe::{llama_quantize_command, llama_quantize_recipe};
