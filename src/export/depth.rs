@@ -187,22 +187,27 @@ fn edit_config(
     if let Some(serde_json::Value::Array(a)) = o.get_mut("layer_types")
         && a.len() == new_index.len()
     {
-        {
-            let filtered: Vec<serde_json::Value> = a
-                .iter()
-                .zip(new_index)
-                .filter(|(_, k)| k.is_some())
-                .map(|(x, _)| x.clone())
-                .collect();
-            *a = filtered;
-        }
+        let mut keep = new_index.iter().map(Option::is_some);
+        a.retain(|_| keep.next().unwrap_or(true));
     }
     Ok((serde_json::to_string_pretty(&v).expect("json") + "\n").into_bytes())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::rename;
+    use std::path::Path;
+
+    use super::{edit_config, rename};
+
+    #[test]
+    fn config_gets_the_new_layer_count_and_filtered_layer_types() {
+        let cfg = br#"{"num_hidden_layers": 3, "layer_types": ["a", "b", "c"], "x": [1, 2, 3]}"#;
+        let out = edit_config(cfg, &[Some(0), None, Some(1)], 2, Path::new(".")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["num_hidden_layers"], 2);
+        assert_eq!(v["layer_types"], serde_json::json!(["a", "c"]));
+        assert_eq!(v["x"], serde_json::json!([1, 2, 3]));
+    }
 
     #[test]
     fn renames_kept_blocks_and_drops_removed_ones() {
