@@ -656,7 +656,7 @@ impl Block {
             },
         )?;
         let attn = attn.reshape((b * t, hq * d))?;
-        if let Some(c) = capture.as_deref_mut() {
+        if let Some(c) = capture {
             c.capture(
                 self.index,
                 Site::AttnOut,
