@@ -5,7 +5,7 @@ use clap::Args;
 use dynapress::database::Database;
 use dynapress::eval::perplexity::Protocol;
 use dynapress::eval::{self, EvalPlan, WindowOptions};
-use dynapress::model::{Model, ModelFiles};
+use dynapress::model::{DepthConfig, Model, ModelFiles};
 use dynapress::selection::ConfigFile;
 
 #[derive(Args)]
@@ -45,7 +45,9 @@ pub struct EvalArgs {
     #[arg(long, requires = "db", conflicts_with = "config")]
     bits: Option<u8>,
     /// With --db: the per-layer levels of a `dynapress search` configuration.
-    #[arg(long, requires = "db")]
+    /// Without --db: a depth configuration from `dynapress prune` (the
+    /// sublayers it lists are skipped).
+    #[arg(long)]
     config: Option<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -99,6 +101,25 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 anyhow::bail!("--db needs --bits B (a uniform level) or --config CONFIG.json")
             }
         });
+    }
+    if let (None, Some(path)) = (&a.db, &a.config) {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: reading", path.display()))?;
+        if !DepthConfig::is_depth_config(&text) {
+            anyhow::bail!(
+                "{}: not a depth configuration from `dynapress prune`; a `dynapress search` configuration needs --db",
+                path.display()
+            );
+        }
+        let cfg = DepthConfig::read(path)?;
+        cfg.apply(&mut model)?;
+        label = Some(format!(
+            "{} with {} ({}, {} sublayers dropped)",
+            a.model.display(),
+            path.display(),
+            cfg.method,
+            cfg.dropped.len()
+        ));
     }
     let base = match &a.base {
         Some(dir) => Some(Model::load(dir).context("loading the base model")?),

@@ -4,11 +4,11 @@ use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
 use dynapress::export::{
-    ExportDtype, export_compressed_tensors, export_dynapress, export_gguf, export_safetensors,
-    llama_quantize_command, llama_quantize_recipe,
+    ExportDtype, export_compressed_tensors, export_depth, export_dynapress, export_gguf,
+    export_safetensors, llama_quantize_command, llama_quantize_recipe,
 };
 use dynapress::fsutil::{Input, OutputKind, check_output};
-use dynapress::model::ModelFiles;
+use dynapress::model::{DepthConfig, ModelFiles};
 use dynapress::selection::ConfigFile;
 
 use super::args::{Format, GgufTypeArgs};
@@ -18,10 +18,12 @@ pub struct ExportArgs {
     /// Hugging Face model directory or GGUF file (the original).
     #[arg(long)]
     model: PathBuf,
-    /// Layer database.
+    /// Layer database (not needed for a depth configuration).
     #[arg(long)]
-    db: PathBuf,
-    /// Configuration from `dynapress search`.
+    db: Option<PathBuf>,
+    /// Configuration from `dynapress search`, or a depth configuration from
+    /// `dynapress prune` (without --db: whole dropped blocks removed, a
+    /// Hugging Face directory with fewer layers).
     #[arg(long)]
     config: PathBuf,
     /// Output: a directory (safetensors) or a file (gguf).
@@ -51,9 +53,12 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> anyhow::Result<()> {
+    let Some(db_dir) = a.db.clone() else {
+        return run_depth(a);
+    };
     let inputs = [
         Input::Dir(&a.model),
-        Input::Dir(&a.db),
+        Input::Dir(&db_dir),
         Input::File(&a.config),
     ];
     let kind = match a.format {
@@ -72,7 +77,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     }
     dynapress::fsutil::clean_stale_temps_for(&a.out);
     let files = ModelFiles::open(&a.model).context("loading the model")?;
-    let db = Database::open(&a.db)?;
+    let db = Database::open(&db_dir)?;
     db.check_model(&files)?;
     let config = ConfigFile::read(&a.config)?;
     let sel = db.resolve(&config, &a.config)?;
@@ -167,6 +172,38 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `export --config DEPTH.json` without `--db`: a depth-pruned Hugging Face directory.
+fn run_depth(a: ExportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("{}: reading", a.config.display()))?;
+    if !DepthConfig::is_depth_config(&text) {
+        crate::bad_arg!(
+            "{}: a `dynapress search` configuration needs --db (only depth configurations from `dynapress prune` export without one)",
+            a.config.display()
+        );
+    }
+    if a.format != Format::Safetensors || a.recipe.is_some() {
+        crate::bad_arg!(
+            "a depth configuration exports as --format safetensors (a Hugging Face directory) only, for now"
+        );
+    }
+    let files = ModelFiles::open(&a.model).context("loading the model")?;
+    let cfg = DepthConfig::read(&a.config)?;
+    let r = export_depth(&files, &cfg, &a.config, &a.out, a.force)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{}: {} blocks (removed {:?}); model.safetensors {:.1} MB",
+            r.out.display(),
+            r.num_hidden_layers,
+            r.removed_blocks,
+            r.safetensors_bytes as f64 / 1e6
+        );
     }
     Ok(())
 }

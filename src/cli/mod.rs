@@ -10,6 +10,7 @@ mod eval;
 mod export;
 mod generate;
 mod pack;
+mod prune;
 mod search;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,10 @@ enum Command {
     /// Choose a level for every layer under a bits-per-weight budget
     /// (EvoPress, knapsack or uniform).
     Search(search::SearchArgs),
+    /// Depth pruning: choose which attention/MLP sublayers (or whole blocks) to
+    /// drop, exactly --drop of them, by EvoPress on calibration KL, next to the
+    /// ShortGPT, KL-alone and last-N baselines.
+    Prune(prune::PruneArgs),
     /// Write a searched configuration as a Hugging Face directory or a GGUF file.
     Export(export::ExportArgs),
     /// Write a checkpoint as GGUF with one type for every matrix (F32, F16,
@@ -103,6 +108,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Database(a) => database::run(a),
         Command::Search(a) => search::run(a),
+        Command::Prune(a) => prune::run(a),
         Command::Export(a) => export::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Pack(a) => pack::run_pack(a),

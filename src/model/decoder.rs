@@ -14,6 +14,7 @@ use candle_core::{D, Device, Tensor};
 
 use super::attention::{AttentionParams, attention};
 use super::config::ModelConfig;
+use super::depth::Sublayer;
 use super::kernels::{self, AttnBuffers, F32View, Heads};
 use super::weights::WeightSource;
 use crate::error::{Error, Result};
@@ -309,6 +310,10 @@ pub struct Block {
     o: FusedLinear,
     gate_up: FusedLinear,
     down: FusedLinear,
+    /// Depth pruning: the attention branch is skipped (adds nothing).
+    drop_attn: bool,
+    /// Depth pruning: the MLP branch is skipped (adds nothing).
+    drop_mlp: bool,
 }
 
 impl Block {
@@ -361,7 +366,26 @@ impl Block {
                 device,
             )?,
             down: FusedLinear::load(src, cfg, index, &[LinearKind::Down], cfg.mlp_bias, device)?,
+            drop_attn: false,
+            drop_mlp: false,
         })
+    }
+
+    /// Drops (skips) or restores a sublayer. A dropped sublayer adds nothing
+    /// to the residual stream (its biases included); its weights are kept.
+    pub fn set_dropped(&mut self, sublayer: Sublayer, dropped: bool) {
+        match sublayer {
+            Sublayer::Attn => self.drop_attn = dropped,
+            Sublayer::Mlp => self.drop_mlp = dropped,
+        }
+    }
+
+    /// Whether a sublayer is dropped.
+    pub fn is_dropped(&self, sublayer: Sublayer) -> bool {
+        match sublayer {
+            Sublayer::Attn => self.drop_attn,
+            Sublayer::Mlp => self.drop_mlp,
+        }
     }
 
     /// The block's index in the model.
@@ -503,49 +527,54 @@ impl Block {
         };
 
         // Attention.
-        kernels::rms_norm(x, view(&self.input_norm)?.as_slice(), eps, &mut sc.xn);
-        emit(Site::AttnIn, &sc.xn, hidden)?;
-        linear(&self.qkv, &sc.xn, hidden, &mut sc.qkv, false)?;
-        let qk_norm = match (&self.q_norm, &self.k_norm) {
-            (Some(qn), Some(kn)) => Some((view(qn)?, view(kn)?)),
-            _ => None,
-        };
-        let heads = Heads { hq, hkv, d };
-        kernels::rope_split(
-            &sc.qkv,
-            t,
-            heads,
-            cos,
-            sin,
-            qk_norm
-                .as_ref()
-                .map(|(q, k)| (q.as_slice(), k.as_slice(), eps)),
-            &mut sc.q,
-            &mut sc.k,
-        );
-        let buffers = AttnBuffers {
-            q: &sc.q,
-            q_rs: hq * d,
-            k: &sc.k,
-            k_rs: hkv * d,
-            v: &sc.qkv[(hq + hkv) * d..],
-            v_rs: qkv_w,
-        };
-        kernels::causal_attention(
-            &buffers,
-            b,
-            t,
-            t,
-            heads,
-            0,
-            window,
-            1.0 / (d as f32).sqrt(),
-            &mut sc.attn,
-        );
-        emit(Site::AttnOut, &sc.attn, hq * d)?;
-        linear(&self.o, &sc.attn, hq * d, x, true)?;
+        if !self.drop_attn {
+            kernels::rms_norm(x, view(&self.input_norm)?.as_slice(), eps, &mut sc.xn);
+            emit(Site::AttnIn, &sc.xn, hidden)?;
+            linear(&self.qkv, &sc.xn, hidden, &mut sc.qkv, false)?;
+            let qk_norm = match (&self.q_norm, &self.k_norm) {
+                (Some(qn), Some(kn)) => Some((view(qn)?, view(kn)?)),
+                _ => None,
+            };
+            let heads = Heads { hq, hkv, d };
+            kernels::rope_split(
+                &sc.qkv,
+                t,
+                heads,
+                cos,
+                sin,
+                qk_norm
+                    .as_ref()
+                    .map(|(q, k)| (q.as_slice(), k.as_slice(), eps)),
+                &mut sc.q,
+                &mut sc.k,
+            );
+            let buffers = AttnBuffers {
+                q: &sc.q,
+                q_rs: hq * d,
+                k: &sc.k,
+                k_rs: hkv * d,
+                v: &sc.qkv[(hq + hkv) * d..],
+                v_rs: qkv_w,
+            };
+            kernels::causal_attention(
+                &buffers,
+                b,
+                t,
+                t,
+                heads,
+                0,
+                window,
+                1.0 / (d as f32).sqrt(),
+                &mut sc.attn,
+            );
+            emit(Site::AttnOut, &sc.attn, hq * d)?;
+            linear(&self.o, &sc.attn, hq * d, x, true)?;
+        }
 
         // MLP.
+        if self.drop_mlp {
+            return Ok(());
+        }
         kernels::rms_norm(x, view(&self.post_norm)?.as_slice(), eps, &mut sc.xn);
         emit(Site::MlpIn, &sc.xn, hidden)?;
         linear(&self.gate_up, &sc.xn, hidden, &mut sc.gu, false)?;
@@ -555,9 +584,9 @@ impl Block {
         Ok(())
     }
 
-    /// The block written with candle ops (any device, KV cache); the oracle
-    /// for the fused CPU path.
-    pub fn forward_reference(
+    /// `x + o_proj(attention(input_norm(x)))` with candle ops (the first half
+    /// of [`Block::forward_reference`]).
+    fn attention_branch(
         &self,
         x: &Tensor,
         cos: &Tensor,
@@ -573,7 +602,6 @@ impl Block {
             eps,
             window,
         } = self.dims;
-
         let residual = x;
         let xn = candle_nn::ops::rms_norm(x, &self.input_norm, eps)?;
         let xn = xn.reshape((b * t, hidden))?;
@@ -628,7 +656,7 @@ impl Block {
             },
         )?;
         let attn = attn.reshape((b * t, hq * d))?;
-        if let Some(c) = capture.as_deref_mut() {
+        if let Some(c) = capture {
             c.capture(
                 self.index,
                 Site::AttnOut,
@@ -637,8 +665,29 @@ impl Block {
             )?;
         }
         let attn = self.o.forward(&attn)?.reshape((b, t, hidden))?;
-        let x = (residual + attn)?;
+        Ok((residual + attn)?)
+    }
 
+    /// The block written with candle ops (any device, KV cache); the oracle
+    /// for the fused CPU path.
+    pub fn forward_reference(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut KvCache>,
+        mut capture: Option<&mut (dyn Capture + '_)>,
+    ) -> Result<Tensor> {
+        let (b, t, hidden) = x.dims3()?;
+        let eps = self.dims.eps;
+        let x = if self.drop_attn {
+            x.clone()
+        } else {
+            self.attention_branch(x, cos, sin, cache, capture.as_deref_mut())?
+        };
+        if self.drop_mlp {
+            return Ok(x);
+        }
         let xn = candle_nn::ops::rms_norm(&x, &self.post_norm, eps)?;
         let xn = xn.reshape((b * t, hidden))?;
         if let Some(c) = capture.as_deref_mut() {

@@ -10,6 +10,7 @@
 mod attention;
 pub mod config;
 mod decoder;
+pub mod depth;
 pub mod generate;
 pub(crate) mod kernels;
 pub mod logits;
@@ -28,6 +29,7 @@ use dynapress_ggml::GgmlType;
 pub use attention::{AttentionParams, attention, attention_reference};
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use decoder::{Block, Capture, Head, KvCache, LinearId, LinearKind, Scratch, Site};
+pub use depth::{DepthConfig, Sublayer, SublayerId};
 pub use rope::Rope;
 pub use tokenizer::Tokenizer;
 pub use weights::WeightSource;
@@ -661,7 +663,8 @@ impl Model {
         caches: &mut [KvCache],
     ) -> Result<Tensor> {
         assert_eq!(caches.len(), self.blocks.len());
-        let offset = caches[0].len();
+        // A block whose attention is dropped caches nothing: take the longest.
+        let offset = caches.iter().map(KvCache::len).max().unwrap_or(0);
         let mut x = self.embed(ids, b, t)?;
         let (cos, sin) = self.rope.tables(offset, t, &self.device)?;
         for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
@@ -696,6 +699,34 @@ impl Model {
     /// Every linear layer, block by block.
     pub fn linear_ids(&self) -> Vec<LinearId> {
         linear_ids(&self.config)
+    }
+
+    /// Drops (skips) or restores a sublayer of `block` (depth pruning): a
+    /// dropped sublayer adds nothing to the residual stream in every forward
+    /// path (fused, candle, KV cache, block by block).
+    pub fn set_dropped(&mut self, block: usize, sublayer: Sublayer, dropped: bool) -> Result<()> {
+        let n = self.blocks.len();
+        let b = self.blocks.get_mut(block).ok_or_else(|| {
+            Error::Invalid(format!(
+                "block {block} does not exist; the model has {n} blocks"
+            ))
+        })?;
+        b.set_dropped(sublayer, dropped);
+        Ok(())
+    }
+
+    /// The dropped sublayers, in forward order.
+    pub fn dropped(&self) -> Vec<SublayerId> {
+        self.blocks
+            .iter()
+            .enumerate()
+            .flat_map(|(block, b)| {
+                Sublayer::ALL
+                    .into_iter()
+                    .filter(|&s| b.is_dropped(s))
+                    .map(move |sublayer| SublayerId { block, sublayer })
+            })
+            .collect()
     }
 
     fn resolve(&self, name: &str) -> Result<LinearId> {

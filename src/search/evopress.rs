@@ -137,7 +137,7 @@ pub struct EvoParams {
 }
 
 /// Windows scored before a race may eliminate anyone.
-const RACE_MIN_WINDOWS: usize = 8;
+pub(crate) const RACE_MIN_WINDOWS: usize = 8;
 
 impl Default for EvoParams {
     fn default() -> Self {
@@ -194,7 +194,7 @@ pub struct EvoResult {
     pub stats: EvalStats,
 }
 
-fn gen_rng(seed: u64, generation: u64, salt: u64) -> ChaCha8Rng {
+pub(crate) fn gen_rng(seed: u64, generation: u64, salt: u64) -> ChaCha8Rng {
     // SplitMix-style mixing so neighbouring generations get unrelated streams.
     let mut z = seed
         ^ generation.wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -334,7 +334,7 @@ fn random_feasible(space: &SearchSpace, start: usize, budget: u64, rng: &mut Cha
     c
 }
 
-fn sample_windows(
+pub(crate) fn sample_windows(
     n_pool: usize,
     tokens: usize,
     seq_len: usize,

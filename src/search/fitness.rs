@@ -20,7 +20,7 @@ use crate::database::Database;
 use crate::database::{Choice, SearchSpace};
 use crate::error::{Error, Result};
 use crate::model::logits::row_stats;
-use crate::model::{Model, Scratch};
+use crate::model::{Model, Scratch, SublayerId};
 
 /// Windows per forward pass during the search (and per racing step).
 pub const SEARCH_BATCH: usize = 4;
@@ -280,11 +280,39 @@ struct WeightCache {
     budget: usize,
 }
 
-/// Evaluates configurations by swapping database weights into one model.
+/// What a configuration (a [`Choice`]) does to the model.
+pub enum Knobs<'a> {
+    /// Entry `i` is the level of `space.layers[i]`, loaded from the database.
+    Levels {
+        db: &'a Database,
+        space: &'a SearchSpace,
+    },
+    /// Entry `i` is 0 to drop every sublayer of unit `i` (depth pruning), 1 to keep it.
+    Depth(Vec<Vec<SublayerId>>),
+}
+
+impl Knobs<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Knobs::Levels { space, .. } => space.layers.len(),
+            Knobs::Depth(units) => units.len(),
+        }
+    }
+
+    /// The first block entry `i` changes.
+    fn block(&self, i: usize) -> usize {
+        match self {
+            Knobs::Levels { space, .. } => space.layers[i].id.block,
+            Knobs::Depth(units) => units[i].iter().map(|s| s.block).min().unwrap_or(0),
+        }
+    }
+}
+
+/// Evaluates configurations by swapping database weights into one model (or
+/// dropping sublayers, see [`Knobs`]).
 pub struct Evaluator<'a> {
     model: Model,
-    db: &'a Database,
-    space: &'a SearchSpace,
+    knobs: Knobs<'a>,
     /// The level each layer of `model` currently holds (`None`: original weight).
     loaded: Vec<Option<usize>>,
     cache: WeightCache,
@@ -299,11 +327,15 @@ impl<'a> Evaluator<'a> {
         space: &'a SearchSpace,
         weight_budget: usize,
     ) -> Self {
-        let n = space.layers.len();
+        Self::with_knobs(model, Knobs::Levels { db, space }, weight_budget)
+    }
+
+    /// An evaluator over `model` whose configurations do what `knobs` says.
+    pub fn with_knobs(model: Model, knobs: Knobs<'a>, weight_budget: usize) -> Self {
+        let n = knobs.len();
         Evaluator {
             model,
-            db,
-            space,
+            knobs,
             loaded: vec![None; n],
             cache: WeightCache {
                 map: HashMap::new(),
@@ -315,7 +347,13 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn weight(&mut self, layer: usize, level: usize) -> Result<Tensor> {
+    fn weight(
+        &mut self,
+        db: &Database,
+        space: &SearchSpace,
+        layer: usize,
+        level: usize,
+    ) -> Result<Tensor> {
         let key = (layer, level);
         if let Some(t) = self.cache.map.get(&key) {
             let t = t.clone();
@@ -323,13 +361,12 @@ impl<'a> Evaluator<'a> {
             self.cache.order.push_back(key);
             return Ok(t);
         }
-        let l = &self.space.layers[layer];
-        let entry = self
-            .db
+        let l = &space.layers[layer];
+        let entry = db
             .manifest
             .entry(l.id, &l.levels[level].level)
             .ok_or_else(|| Error::layer(l.id.weight_name(), "no database entry"))?;
-        let q = self.db.load(entry)?;
+        let q = db.load(entry)?;
         let t = Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), self.model.device())?;
         let size = q.rows() * q.cols() * 4;
         while self.cache.bytes + size > self.cache.budget {
@@ -337,7 +374,7 @@ impl<'a> Evaluator<'a> {
                 break;
             };
             if self.cache.map.remove(&old).is_some() {
-                let (r, c) = self.space.layers[old.0].id.shape(&self.model.config);
+                let (r, c) = space.layers[old.0].id.shape(&self.model.config);
                 self.cache.bytes -= r * c * 4;
             }
         }
@@ -352,12 +389,22 @@ impl<'a> Evaluator<'a> {
     /// Makes the model hold configuration `c`.
     pub fn load(&mut self, c: &Choice) -> Result<()> {
         for (i, &k) in c.iter().enumerate() {
-            if self.loaded[i] != Some(k) {
-                let w = self.weight(i, k)?;
-                let id = self.space.layers[i].id;
-                self.model.set_linear(id, &w)?;
-                self.loaded[i] = Some(k);
+            if self.loaded[i] == Some(k) {
+                continue;
             }
+            match &self.knobs {
+                Knobs::Levels { db, space } => {
+                    let (db, space) = (*db, *space);
+                    let w = self.weight(db, space, i, k)?;
+                    self.model.set_linear(space.layers[i].id, &w)?;
+                }
+                Knobs::Depth(units) => {
+                    for s in &units[i] {
+                        self.model.set_dropped(s.block, s.sublayer, k == 0)?;
+                    }
+                }
+            }
+            self.loaded[i] = Some(k);
         }
         Ok(())
     }
@@ -431,13 +478,9 @@ impl<'a> Evaluator<'a> {
         let firsts: Vec<usize> = candidates
             .iter()
             .map(|c| match parent {
-                Some(p) => self
-                    .space
-                    .layers
-                    .iter()
-                    .zip(c.iter().zip(p))
-                    .filter(|(_, (a, b))| a != b)
-                    .map(|(l, _)| l.id.block)
+                Some(p) => (0..c.len())
+                    .filter(|&i| c[i] != p[i])
+                    .map(|i| self.knobs.block(i))
                     .min()
                     .unwrap_or(n_blocks),
                 None => 0,

@@ -10,11 +10,13 @@
 //! "error monotonicity" assumption), and [`evopress`] (evolutionary search on
 //! the whole model's KL divergence to the original).
 
+pub mod depth;
 pub mod evopress;
 pub mod fitness;
 pub mod knapsack;
 mod run;
 
+pub use depth::{DepthOptions, DepthOutcome, run_depth};
 pub use run::{SearchOptions, SearchOutcome, run_search};
 
 use crate::database::{Choice, SearchSpace};

@@ -1,0 +1,503 @@
+//! Depth pruning: which attention and MLP sublayers (or whole blocks) to
+//! drop, with an exact budget of `drop` units.
+//!
+//! A configuration is a [`Choice`] over units (a sublayer, or a whole block
+//! with `whole_blocks`): 1 keeps the unit, 0 drops it. The fitness is the
+//! same mean KL(base ‖ pruned) on calibration windows as the quantization
+//! search ([`BaseTargets`], [`Evaluator`] with [`Knobs::Depth`]), so the
+//! prefix cache and racing apply unchanged.
+//!
+//! Methods, all computed in one run on the same calibration windows:
+//! - `last`: the last `drop` units in forward order (uniform "last N blocks");
+//! - `shortgpt`: Block Influence (ShortGPT, Men et al. 2024): a unit's
+//!   `BI = 1 − mean over tokens of cos(x_in, x_out)` on the base model, the
+//!   `drop` units with the lowest BI dropped (for a sublayer, `x_out` is
+//!   `x_in` plus that sublayer's branch);
+//! - `kl-alone`: the `drop` units whose removal alone costs the least KL;
+//! - `evopress`: a (1 + λ) evolutionary search started from the best of the
+//!   three, each offspring made by `min(U{1,m}, U{1,m})` swaps of one dropped
+//!   and one kept unit of the same type (attention with attention, MLP with
+//!   MLP), so the budget stays exact; multi-step selection with racing as in
+//!   [`super::evopress`]. The result is the better, on all calibration
+//!   windows, of the last parent and the starting point, so it is never worse
+//!   than the best baseline there.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Device;
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::evopress::{
+    DEFAULT_POOL_TOKENS, EvoParams, GenerationLog, RACE_MIN_WINDOWS, gen_rng, sample_windows,
+};
+use super::fitness::{BaseTargets, EvalStats, Evaluator, Knobs, RaceRule, SEARCH_BATCH};
+use crate::calib::load_calibration;
+use crate::database::Choice;
+use crate::error::{Error, Result};
+use crate::model::{DepthConfig, Model, ModelFiles, Scratch, Sublayer, SublayerId};
+use crate::progress;
+
+/// Parameters of a depth-pruning run.
+#[derive(Debug, Clone)]
+pub struct DepthOptions {
+    /// Units to drop: sublayers, or blocks with `whole_blocks`.
+    pub drop: usize,
+    /// Drop whole blocks only.
+    pub whole_blocks: bool,
+    /// EvoPress parameters (`init` and `initial_candidates` are not used: the
+    /// search starts from the best baseline).
+    pub evo: EvoParams,
+    /// Calibration text.
+    pub calib: Vec<PathBuf>,
+    /// Calibration tokens in the pool (default [`DEFAULT_POOL_TOKENS`] or what the text holds).
+    pub pool_tokens: Option<usize>,
+    pub seq_len: usize,
+    pub topk: usize,
+    pub full_logits_budget: usize,
+    pub quiet: bool,
+}
+
+impl Default for DepthOptions {
+    fn default() -> Self {
+        DepthOptions {
+            drop: 2,
+            whole_blocks: false,
+            evo: EvoParams::default(),
+            calib: vec![],
+            pool_tokens: None,
+            seq_len: 256,
+            topk: 256,
+            full_logits_budget: 256 << 20,
+            quiet: false,
+        }
+    }
+}
+
+/// What a depth-pruning run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct DepthOutcome {
+    /// One configuration per method: `last`, `shortgpt`, `kl-alone`, `evopress`
+    /// (each with its KL on all calibration windows).
+    pub configs: Vec<DepthConfig>,
+    /// Block Influence of each unit (forward order).
+    pub block_influence: Vec<f64>,
+    /// KL of each unit dropped alone (forward order).
+    pub kl_alone: Vec<f64>,
+    /// Calibration windows every method was scored on.
+    pub calib_windows: usize,
+    pub history: Vec<GenerationLog>,
+    pub stats: EvalStats,
+    pub seconds: f64,
+}
+
+impl DepthOutcome {
+    /// The configuration of one method.
+    pub fn config(&self, method: &str) -> Option<&DepthConfig> {
+        self.configs.iter().find(|c| c.method == method)
+    }
+}
+
+/// The units of a model: each sublayer in forward order, or each block.
+pub fn depth_units(num_layers: usize, whole_blocks: bool) -> Vec<Vec<SublayerId>> {
+    let sub = |block, sublayer| SublayerId { block, sublayer };
+    if whole_blocks {
+        (0..num_layers)
+            .map(|b| vec![sub(b, Sublayer::Attn), sub(b, Sublayer::Mlp)])
+            .collect()
+    } else {
+        (0..num_layers)
+            .flat_map(|b| Sublayer::ALL.map(|s| vec![sub(b, s)]))
+            .collect()
+    }
+}
+
+/// Checks that `drop` units out of `units` is a budget that leaves a model.
+pub fn check_drop(drop: usize, units: usize, whole_blocks: bool) -> Result<()> {
+    let what = if whole_blocks { "blocks" } else { "sublayers" };
+    if drop == 0 || drop >= units {
+        return Err(Error::option(
+            "--drop",
+            format!(
+                "--drop {drop}: the model has {units} {what}; drop at least 1 and fewer than {units}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The type a swap must preserve: the sublayer kind, or one type for blocks.
+fn unit_type(unit: &[SublayerId]) -> usize {
+    match unit {
+        [one] => one.sublayer as usize,
+        _ => 2,
+    }
+}
+
+/// The `drop` indices with the smallest scores (ties: the earlier unit).
+fn lowest(scores: &[f64], drop: usize) -> Choice {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+    let mut c = vec![1; scores.len()];
+    for &i in &order[..drop] {
+        c[i] = 0;
+    }
+    c
+}
+
+/// The `last` baseline: the last `drop` units in forward order.
+pub fn last_units(n_units: usize, drop: usize) -> Choice {
+    (0..n_units)
+        .map(|i| usize::from(i + drop < n_units))
+        .collect()
+}
+
+/// Block Influence `1 − mean cos(x_in, x_out)` of every unit, on the base
+/// model (nothing dropped) over `windows` of `targets`.
+pub fn block_influence(
+    model: &mut Model,
+    units: &[Vec<SublayerId>],
+    targets: &BaseTargets,
+    windows: &[usize],
+) -> Result<Vec<f64>> {
+    let t = targets.seq_len;
+    let h = model.config.hidden_size;
+    let (cos, sin) = model.rope().tables_vec(0, t);
+    let n_blocks = model.blocks().len();
+    let whole = units.first().is_some_and(|u| u.len() == 2);
+    // Σ cos and token counts per unit.
+    let mut sums = vec![0f64; units.len()];
+    let mut count = 0usize;
+    let mut sc = Scratch::default();
+    let cos_rows = |a: &[f32], b: &[f32]| -> f64 {
+        a.chunks_exact(h)
+            .zip(b.chunks_exact(h))
+            .map(|(x, y)| {
+                let (mut xy, mut xx, mut yy) = (0f64, 0f64, 0f64);
+                for (&p, &q) in x.iter().zip(y) {
+                    let (p, q) = (p as f64, q as f64);
+                    xy += p * q;
+                    xx += p * p;
+                    yy += q * q;
+                }
+                xy / (xx.sqrt() * yy.sqrt()).max(1e-30)
+            })
+            .sum()
+    };
+    for ws in windows.chunks(SEARCH_BATCH) {
+        let b = ws.len();
+        let ids: Vec<u32> = ws
+            .iter()
+            .flat_map(|&w| targets.ids[w * t..(w + 1) * t].iter().copied())
+            .collect();
+        let mut x = model.embed(&ids, b, t)?.flatten_all()?.to_vec1::<f32>()?;
+        for block in 0..n_blocks {
+            let x_in = x.clone();
+            if !whole {
+                // The residual after attention only: the MLP's input.
+                model.set_dropped(block, Sublayer::Mlp, true)?;
+                let mut mid = x_in.clone();
+                model.blocks()[block].forward_fast(&mut mid, b, t, &cos, &sin, &mut sc, None)?;
+                model.set_dropped(block, Sublayer::Mlp, false)?;
+                model.blocks()[block].forward_fast(&mut x, b, t, &cos, &sin, &mut sc, None)?;
+                sums[2 * block] += cos_rows(&x_in, &mid);
+                sums[2 * block + 1] += cos_rows(&mid, &x);
+            } else {
+                model.blocks()[block].forward_fast(&mut x, b, t, &cos, &sin, &mut sc, None)?;
+                sums[block] += cos_rows(&x_in, &x);
+            }
+        }
+        count += b * t;
+    }
+    Ok(sums.iter().map(|s| 1.0 - s / count.max(1) as f64).collect())
+}
+
+/// Offspring of `parent` by `min(U{1,m}, U{1,m})` same-type swaps; `None`
+/// when no swap is possible or the result equals the parent.
+fn mutate(
+    parent: &Choice,
+    types: &[usize],
+    max_mutations: usize,
+    rng: &mut ChaCha8Rng,
+) -> Option<Choice> {
+    let m = max_mutations.max(1);
+    let swaps = rng.random_range(1..=m).min(rng.random_range(1..=m));
+    let mut c = parent.clone();
+    for _ in 0..swaps {
+        // Types that have both a dropped and a kept unit.
+        let mut open: Vec<usize> = types.to_vec();
+        open.sort_unstable();
+        open.dedup();
+        open.retain(|&ty| {
+            let of = |k: usize| (0..c.len()).any(|i| types[i] == ty && c[i] == k);
+            of(0) && of(1)
+        });
+        if open.is_empty() {
+            return None;
+        }
+        let ty = open[rng.random_range(0..open.len())];
+        let pick = |k: usize, c: &Choice, rng: &mut ChaCha8Rng| {
+            let v: Vec<usize> = (0..c.len())
+                .filter(|&i| types[i] == ty && c[i] == k)
+                .collect();
+            v[rng.random_range(0..v.len())]
+        };
+        let d = pick(0, &c, rng);
+        let k = pick(1, &c, rng);
+        c[d] = 1;
+        c[k] = 0;
+    }
+    (c != *parent).then_some(c)
+}
+
+fn to_config(
+    units: &[Vec<SublayerId>],
+    c: &Choice,
+    num_layers: usize,
+    method: &str,
+    whole_blocks: bool,
+    kl: f64,
+) -> DepthConfig {
+    let dropped = units
+        .iter()
+        .zip(c)
+        .filter(|(_, k)| **k == 0)
+        .flat_map(|(u, _)| u.iter().copied())
+        .collect();
+    DepthConfig::new(num_layers, method, whole_blocks, dropped, Some(kl))
+}
+
+/// Runs the three baselines and EvoPress on calibration text.
+pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome> {
+    let start_time = Instant::now();
+    let num_layers = files.config.num_layers;
+    let units = depth_units(num_layers, opts.whole_blocks);
+    check_drop(opts.drop, units.len(), opts.whole_blocks)?;
+    if opts.calib.is_empty() {
+        return Err(Error::option(
+            "--calib",
+            "depth pruning needs calibration text (--calib FILE) for its fitness",
+        ));
+    }
+    if opts.evo.offspring == 0 {
+        return Err(Error::option(
+            "--offspring",
+            "--offspring must be at least 1",
+        ));
+    }
+    let max_stage = opts.evo.stages.iter().map(|s| s.tokens).max().unwrap_or(0);
+    let pool = opts
+        .pool_tokens
+        .unwrap_or(DEFAULT_POOL_TOKENS)
+        .max(max_stage);
+    let calib = match load_calibration(&opts.calib, &files.tokenizer, pool, opts.seq_len) {
+        Err(_) if opts.pool_tokens.is_none() && pool > max_stage => {
+            load_calibration(&opts.calib, &files.tokenizer, max_stage, opts.seq_len)?
+        }
+        r => r?,
+    };
+    let mut base = Model::from_files(files, &Device::Cpu)?;
+    if !base.blocks().iter().all(|b| b.fast_path_available()) {
+        return Err(Error::Invalid(
+            "depth pruning needs f32 CPU weights for its fitness".into(),
+        ));
+    }
+    let pb = progress::bar(calib.tokens() as u64, "base logits", "tok", opts.quiet);
+    let targets = BaseTargets::compute(
+        &base,
+        calib.ids.clone(),
+        opts.seq_len,
+        opts.topk,
+        opts.full_logits_budget,
+        |n| pb.inc(n as u64),
+    )?;
+    pb.finish_and_clear();
+    let all: Vec<usize> = (0..targets.windows()).collect();
+    let n = units.len();
+    let drop = opts.drop;
+
+    // Baselines.
+    let influence = block_influence(&mut base, &units, &targets, &all)?;
+    let mut eval = Evaluator::with_knobs(base, Knobs::Depth(units.clone()), 0);
+    let kept = vec![1usize; n];
+    let singles: Vec<Choice> = (0..n)
+        .map(|i| {
+            let mut c = kept.clone();
+            c[i] = 0;
+            c
+        })
+        .collect();
+    let kl_alone = eval.fitness_many(&singles, Some(&kept), &targets, &all)?;
+    let baselines = [
+        ("last", last_units(n, drop)),
+        ("shortgpt", lowest(&influence, drop)),
+        ("kl-alone", lowest(&kl_alone, drop)),
+    ];
+    let choices: Vec<Choice> = baselines.iter().map(|(_, c)| c.clone()).collect();
+    let base_fit = eval.fitness_many(&choices, None, &targets, &all)?;
+    let best = (0..baselines.len())
+        .min_by(|&a, &b| base_fit[a].total_cmp(&base_fit[b]).then(a.cmp(&b)))
+        .expect("three baselines");
+
+    // EvoPress from the best baseline.
+    let types: Vec<usize> = units.iter().map(|u| unit_type(u)).collect();
+    let params = &opts.evo;
+    let start = choices[best].clone();
+    let mut parent = start.clone();
+    let mut history = Vec::with_capacity(params.generations);
+    let n_pool = targets.windows();
+    let seq = targets.seq_len;
+    let pb = progress::bar(params.generations as u64, "evopress", "gen", opts.quiet);
+    for generation in 0..params.generations {
+        let mut rng = gen_rng(params.seed, generation as u64, 0);
+        let mut seen: HashSet<Choice> = HashSet::from([parent.clone()]);
+        let mut candidates = Vec::with_capacity(params.offspring);
+        let mut attempts = 0;
+        while candidates.len() < params.offspring && attempts < params.offspring * 100 {
+            attempts += 1;
+            if let Some(c) = mutate(&parent, &types, params.max_mutations, &mut rng)
+                && seen.insert(c.clone())
+            {
+                candidates.push(c);
+            }
+        }
+        if candidates.is_empty() {
+            break;
+        }
+        let mut stage_best = Vec::with_capacity(params.stages.len());
+        let mut fits = Vec::new();
+        for (s, stage) in params.stages.iter().enumerate() {
+            let last = s + 1 == params.stages.len();
+            let windows = sample_windows(n_pool, stage.tokens, seq, &mut rng);
+            let keep = stage.survivors.min(candidates.len() + usize::from(last));
+            let rule = RaceRule {
+                keep,
+                z: params.race_z,
+                min_windows: RACE_MIN_WINDOWS,
+                parent_competes: last,
+            };
+            let race = eval.race(&candidates, Some(&parent), &targets, &windows, &rule)?;
+            if last {
+                candidates.push(parent.clone());
+            }
+            let scores: Vec<f64> = race
+                .fitness
+                .iter()
+                .copied()
+                .chain(race.parent_fitness.filter(|_| last))
+                .collect();
+            let order: Vec<usize> = race.order.into_iter().take(keep).collect();
+            stage_best.push(scores[order[0]]);
+            candidates = order.iter().map(|&i| candidates[i].clone()).collect();
+            fits = order.iter().map(|&i| scores[i]).collect();
+        }
+        let improved = candidates[0] != parent;
+        parent = candidates[0].clone();
+        let log = GenerationLog {
+            generation,
+            fitness: fits[0],
+            stage_best,
+            bits_per_weight: 0.0,
+            improved,
+        };
+        pb.set_position(generation as u64 + 1);
+        pb.set_message(format!("KL {:.5}", log.fitness));
+        history.push(log);
+    }
+    pb.finish_and_clear();
+    debug_assert_eq!(parent.iter().filter(|&&k| k == 0).count(), drop);
+    // The better of the last parent and the start, on all windows.
+    let final_fit = eval.fitness(&parent, &targets, &all)?;
+    let (evo, evo_fit) = if final_fit <= base_fit[best] {
+        (parent, final_fit)
+    } else {
+        (start, base_fit[best])
+    };
+
+    let mut configs: Vec<DepthConfig> = baselines
+        .iter()
+        .zip(&base_fit)
+        .map(|((name, c), &f)| to_config(&units, c, num_layers, name, opts.whole_blocks, f))
+        .collect();
+    configs.push(to_config(
+        &units,
+        &evo,
+        num_layers,
+        "evopress",
+        opts.whole_blocks,
+        evo_fit,
+    ));
+    Ok(DepthOutcome {
+        configs,
+        block_influence: influence,
+        kl_alone,
+        calib_windows: all.len(),
+        history,
+        stats: eval.stats,
+        seconds: start_time.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dropped(c: &Choice) -> usize {
+        c.iter().filter(|&&k| k == 0).count()
+    }
+
+    #[test]
+    fn swaps_keep_the_budget_and_the_type_counts() {
+        let units = depth_units(8, false);
+        let types: Vec<usize> = units.iter().map(|u| unit_type(u)).collect();
+        let parent = lowest(&(0..16).map(|i| (i * 7 % 16) as f64).collect::<Vec<_>>(), 5);
+        assert_eq!(dropped(&parent), 5);
+        let count =
+            |c: &Choice, ty: usize| (0..16).filter(|&i| types[i] == ty && c[i] == 0).count();
+        let mut rng = gen_rng(3, 0, 0);
+        let mut made = 0;
+        for _ in 0..300 {
+            if let Some(c) = mutate(&parent, &types, 3, &mut rng) {
+                assert_eq!(dropped(&c), 5);
+                assert_ne!(c, parent);
+                assert_eq!(count(&c, 0), count(&parent, 0));
+                assert_eq!(count(&c, 1), count(&parent, 1));
+                made += 1;
+            }
+        }
+        assert!(made > 200, "only {made} offspring");
+    }
+
+    #[test]
+    fn baselines_pick_exactly_the_budget() {
+        assert_eq!(last_units(6, 2), vec![1, 1, 1, 1, 0, 0]);
+        // Ties go to the earlier unit, so the choice is deterministic.
+        assert_eq!(lowest(&[0.5, 0.1, 0.1, 0.9], 2), vec![1, 0, 0, 1]);
+        assert_eq!(lowest(&[0.2, 0.2, 0.2, 0.2], 3), vec![0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn the_budget_must_leave_a_model() {
+        assert!(check_drop(0, 16, false).is_err());
+        assert!(check_drop(16, 16, false).is_err());
+        assert!(check_drop(8, 8, true).is_err());
+        assert!(check_drop(15, 16, false).is_ok());
+    }
+
+    #[test]
+    fn units_cover_every_sublayer_once() {
+        for whole in [false, true] {
+            let u = depth_units(5, whole);
+            assert_eq!(u.len(), if whole { 5 } else { 10 });
+            let mut all: Vec<SublayerId> = u.into_iter().flatten().collect();
+            let n = all.len();
+            all.sort();
+            all.dedup();
+            assert_eq!(all.len(), n);
+            assert_eq!(n, 10);
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Depth pruning: dropped sublayers in every forward path, `dynapress prune`
+//! (exact budget, deterministic baselines, EvoPress no worse than the best
+//! baseline), `eval --config` and the Hugging Face export of dropped blocks.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::Tensor;
+use dynapress::model::{DepthConfig, KvCache, LinearId, LinearKind, Model, Sublayer};
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn ids(model: &Model, n: usize) -> Vec<u32> {
+    let v = model.config.vocab_size as u32;
+    (0..n as u32).map(|i| (i * 37 + 11) % v).collect()
+}
+
+/// The Qwen2 fixture (q/k/v biases) in a temp dir with the demo tokenizer.
+fn qwen2() -> (Model, tempfile::TempDir) {
+    let src = common::root().join("tests/fixtures/tiny/qwen2");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(
+        common::demo_model().join("tokenizer.json"),
+        tmp.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    (Model::load(tmp.path()).unwrap(), tmp)
+}
+
+/// Logits of the last position by the KV cache: a prefix, then one token at a time.
+fn cached_last(model: &Model, ids: &[u32]) -> Vec<f32> {
+    let mut caches = vec![KvCache::default(); model.blocks().len()];
+    let split = ids.len() - 3;
+    model
+        .forward_cached(&ids[..split], 1, split, &mut caches)
+        .unwrap();
+    let mut last = None;
+    for &id in &ids[split..] {
+        last = Some(model.forward_cached(&[id], 1, 1, &mut caches).unwrap());
+    }
+    flat(&last.unwrap())
+}
+
+fn last_row(all: &[f32], vocab: usize) -> Vec<f32> {
+    all[all.len() - vocab..].to_vec()
+}
+
+#[test]
+fn dropping_every_sublayer_leaves_head_of_norm_of_embeddings() {
+    for mut model in [Model::load(&common::demo_model()).unwrap(), qwen2().0] {
+        let n = model.blocks().len();
+        for b in 0..n {
+            for s in Sublayer::ALL {
+                model.set_dropped(b, s, true).unwrap();
+            }
+        }
+        assert_eq!(model.dropped().len(), 2 * n);
+        let t = 12;
+        let ids = ids(&model, 2 * t);
+        let expect = flat(
+            &model
+                .head()
+                .forward(&model.embed(&ids, 2, t).unwrap())
+                .unwrap(),
+        );
+        let fast = model.forward_vec(&ids, 2, t).unwrap();
+        let reference = flat(&model.forward_reference(&ids, 2, t).unwrap());
+        assert!(max_diff(&fast, &expect) < 1e-4, "fused path");
+        assert!(max_diff(&reference, &expect) < 1e-4, "candle path");
+        let v = model.config.vocab_size;
+        let cached = cached_last(&model, &ids[..t]);
+        let full = flat(&model.forward_reference(&ids[..t], 1, t).unwrap());
+        assert!(max_diff(&cached, &last_row(&full, v)) < 1e-4, "KV cache");
+    }
+}
+
+/// Dropping a branch equals zeroing its output projection (neither model
+/// has an o_proj or down_proj bias), computed with the candle path; the
+/// fused path, the KV cache and the block-by-block path must all agree.
+#[test]
+fn dropping_one_sublayer_equals_zeroing_its_output_projection() {
+    let (q, _tmp) = qwen2();
+    for (model, block) in [(Model::load(&common::demo_model()).unwrap(), 3), (q, 1)] {
+        assert!(!model.config.o_bias && !model.config.mlp_bias);
+        let t = 16;
+        let ids = ids(&model, 2 * t);
+        let v = model.config.vocab_size;
+        let undropped = model.forward_vec(&ids, 2, t).unwrap();
+        for (sub, kind) in [
+            (Sublayer::Attn, LinearKind::O),
+            (Sublayer::Mlp, LinearKind::Down),
+        ] {
+            let mut zeroed = model.clone();
+            let id = LinearId { block, kind };
+            let w = zeroed.linear_weight(&id.weight_name()).unwrap();
+            zeroed.set_linear(id, &w.zeros_like().unwrap()).unwrap();
+            let expect = flat(&zeroed.forward_reference(&ids, 2, t).unwrap());
+
+            let mut dropped = model.clone();
+            dropped.set_dropped(block, sub, true).unwrap();
+            let fast = dropped.forward_vec(&ids, 2, t).unwrap();
+            let reference = flat(&dropped.forward_reference(&ids, 2, t).unwrap());
+            assert!(
+                max_diff(&fast, &expect) < 1e-4,
+                "{sub:?}: fused {}",
+                max_diff(&fast, &expect)
+            );
+            assert!(max_diff(&reference, &expect) < 1e-4, "{sub:?}: candle");
+            assert!(
+                max_diff(&fast, &undropped) > 1e-3,
+                "{sub:?}: dropping changed nothing"
+            );
+            let cached = cached_last(&dropped, &ids[..t]);
+            let full = flat(&zeroed.forward_reference(&ids[..t], 1, t).unwrap());
+            assert!(
+                max_diff(&cached, &last_row(&full, v)) < 1e-4,
+                "{sub:?}: KV cache"
+            );
+            // Restoring gives the original model back.
+            dropped.set_dropped(block, sub, false).unwrap();
+            assert_eq!(dropped.forward_vec(&ids, 2, t).unwrap(), undropped);
+        }
+    }
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(common::bin()).args(args).output().unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `dynapress prune` on the demo with a small, fast schedule.
+fn prune(out: &Path, drop: usize, whole: bool) -> serde_json::Value {
+    let model = common::demo_model();
+    let calib = common::data("docs.valid.txt");
+    let d = drop.to_string();
+    let mut args = vec![
+        "prune",
+        "--model",
+        s(&model),
+        "--calib",
+        s(&calib),
+        "--drop",
+        &d,
+        "--out",
+        s(out),
+        "--calib-tokens",
+        "4096",
+        "--seq-len",
+        "128",
+        "--generations",
+        "4",
+        "--offspring",
+        "6",
+        "--stages",
+        "512:2,1024:1",
+        "--json",
+        "--quiet",
+        "--force",
+    ];
+    if whole {
+        args.push("--whole-blocks");
+    }
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn read(dir: &Path, method: &str) -> DepthConfig {
+    DepthConfig::read(&dir.join(format!("{method}.json"))).unwrap()
+}
+
+#[test]
+fn prune_keeps_the_budget_and_evopress_is_no_worse_than_the_baselines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    prune(&a, 3, false);
+    let methods = ["last", "shortgpt", "kl-alone", "evopress"];
+    let cfgs: Vec<DepthConfig> = methods.iter().map(|m| read(&a, m)).collect();
+    for c in &cfgs {
+        assert_eq!(c.dropped.len(), 3, "{}: budget not exact", c.method);
+        assert!(!c.whole_blocks);
+    }
+    assert_eq!(
+        cfgs[0]
+            .dropped
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        ["6.mlp", "7.attn", "7.mlp"]
+    );
+    let best = cfgs[..3]
+        .iter()
+        .map(|c| c.calib_kl.unwrap())
+        .fold(f64::INFINITY, f64::min);
+    let evo = cfgs[3].calib_kl.unwrap();
+    assert!(evo <= best, "evopress {evo} > best baseline {best}");
+    assert!(evo > 0.0);
+    // Baselines are deterministic: a second run chooses the same.
+    let b = tmp.path().join("b");
+    prune(&b, 3, false);
+    for m in methods {
+        assert_eq!(read(&a, m).dropped, read(&b, m).dropped, "{m}");
+    }
+}
+
+#[test]
+fn whole_block_export_loads_back_with_the_same_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    prune(&dir, 2, true);
+    let cfg_path = dir.join("evopress.json");
+    let cfg = DepthConfig::read(&cfg_path).unwrap();
+    assert_eq!(cfg.dropped.len(), 4);
+    assert!(cfg.partial_blocks().is_empty());
+    let out = tmp.path().join("hf");
+    let model = common::demo_model();
+    let o = run(&[
+        "export",
+        "--model",
+        s(&model),
+        "--config",
+        s(&cfg_path),
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_hidden_layers"], 6);
+
+    let mut in_memory = Model::load(&model).unwrap();
+    cfg.apply(&mut in_memory).unwrap();
+    let exported = Model::load(&out).unwrap();
+    assert_eq!(exported.blocks().len(), 6);
+    let t = 32;
+    let ids = ids(&exported, 2 * t);
+    let a = in_memory.forward_vec(&ids, 2, t).unwrap();
+    let b = exported.forward_vec(&ids, 2, t).unwrap();
+    assert!(max_diff(&a, &b) < 1e-5, "{}", max_diff(&a, &b));
+
+    // eval --config applies the same configuration as the export.
+    let data = common::data("docs.test.txt");
+    let eval = |extra: &[&str], m: &PathBuf| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            s(m),
+            "--data",
+            s(&data),
+            "--seq-len",
+            "64",
+            "--windows",
+            "4",
+            "--json",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let ppl = |text: &str| -> f64 {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["datasets"]["docs.test.txt"]["perplexity"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{v}"))
+    };
+    let p_mem = ppl(&eval(&["--config", s(&cfg_path)], &model));
+    let p_exp = ppl(&eval(&[], &out));
+    assert!((p_mem - p_exp).abs() / p_mem < 1e-5, "{p_mem} vs {p_exp}");
+}
+
+#[test]
+fn partial_blocks_are_refused_by_the_hf_export_and_bad_budgets_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::demo_model();
+    let cfg = DepthConfig::new(
+        8,
+        "hand",
+        false,
+        vec![dynapress::model::SublayerId {
+            block: 2,
+            sublayer: Sublayer::Attn,
+        }],
+        None,
+    );
+    let path = tmp.path().join("c.json");
+    cfg.write(&path).unwrap();
+    let out = tmp.path().join("hf");
+    let o = run(&[
+        "export",
+        "--model",
+        s(&model),
+        "--config",
+        s(&path),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("only one sublayer dropped"), "{err}");
+    assert!(!out.exists());
+
+    let calib = common::data("docs.valid.txt");
+    for (drop, whole) in [("16", false), ("0", false), ("8", true)] {
+        let mut args = vec![
+            "prune",
+            "--model",
+            s(&model),
+            "--calib",
+            s(&calib),
+            "--drop",
+            drop,
+            "--out",
+            s(tmp.path()),
+        ];
+        if whole {
+            args.push("--whole-blocks");
+        }
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "--drop {drop}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--drop"));
+    }
+}
