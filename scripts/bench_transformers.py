@@ -9,7 +9,7 @@ forward, each configuration is timed over --runs forwards and reported as
 median and best tokens/s (2048 tokens / seconds per forward).
 
 Usage (from the repository root):
-    /work/venv/bin/python scripts/bench_transformers.py [--threads 1,2] [--attn sdpa,eager] [--runs 10]
+    .venv/bin/python scripts/bench_transformers.py [--threads 1,2] [--attn sdpa,eager] [--runs 10]
 Prints one JSON object on stdout.
 """
 

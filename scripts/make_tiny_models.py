@@ -20,7 +20,7 @@ temporary sibling and renamed into place, so an interrupted run never leaves a
 half-written fixture behind.
 
 Usage (from the repository root):
-    /work/venv/bin/python scripts/make_tiny_models.py [--out tests/fixtures/tiny] [--only NAME ...]
+    .venv/bin/python scripts/make_tiny_models.py [--out tests/fixtures/tiny] [--only NAME ...]
 """
 
 from __future__ import annotations

@@ -61,11 +61,20 @@ pub fn llama_cpp_bin() -> Option<PathBuf> {
 }
 
 /// A Python interpreter with gguf-py (`pip install gguf numpy`):
-/// `$DYNAPRESS_GGUF_PYTHON`, else `/work/venv-gguf/bin/python` if present.
+/// `$DYNAPRESS_GGUF_PYTHON`, else the venv `.ci/run` makes
+/// (`$DYNAPRESS_CACHE/venv-ci`, default `$HOME/.cache/dynapress/venv-ci`) if present.
 pub fn gguf_python() -> Option<PathBuf> {
     let py = std::env::var_os("DYNAPRESS_GGUF_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/venv-gguf/bin/python"));
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("DYNAPRESS_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".cache/dynapress")
+                });
+            cache.join("venv-ci/bin/python")
+        });
     let ok = Command::new(&py)
         .args(["-c", "import gguf, numpy"])
         .output()
