@@ -122,6 +122,34 @@ impl EvoArgs {
     }
 }
 
+/// The calibration pool of a KL fitness (EvoPress over levels or depth).
+#[derive(Args, Debug, Clone)]
+pub struct FitnessArgs {
+    /// Calibration tokens in the pool the stages sample from (default: 32768, or
+    /// what the text holds; at least the largest stage).
+    #[arg(long)]
+    pub calib_tokens: Option<usize>,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Base-model top-k log-probabilities kept per position when full ones do not fit.
+    #[arg(long, default_value_t = 256)]
+    pub topk: usize,
+}
+
+impl FitnessArgs {
+    /// Refuses values no fitness can use.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.calib_tokens == Some(0) {
+            crate::bad_arg!("--calib-tokens must be positive (or left out: the largest stage)");
+        }
+        if self.seq_len < 2 {
+            crate::bad_arg!("--seq-len must be at least 2");
+        }
+        Ok(())
+    }
+}
+
 /// The budget: bits per weight, or the byte size of a GGUF file.
 #[derive(Args, Debug, Clone)]
 pub struct BudgetArgs {

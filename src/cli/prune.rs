@@ -6,7 +6,7 @@ use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::ModelFiles;
 use dynapress::search::{DepthOptions, run_depth};
 
-use super::args::EvoArgs;
+use super::args::{EvoArgs, FitnessArgs};
 
 /// Method names, in the order the table prints them.
 const METHODS: [&str; 4] = ["last", "shortgpt", "kl-alone", "evopress"];
@@ -35,14 +35,8 @@ pub struct PruneArgs {
     out: PathBuf,
     #[command(flatten)]
     evo: EvoArgs,
-    /// Calibration tokens in the pool (default: 32768, or what the text holds).
-    #[arg(long)]
-    calib_tokens: Option<usize>,
-    #[arg(long, default_value_t = 256)]
-    seq_len: usize,
-    /// Base-model top-k log-probabilities kept per position when full ones do not fit.
-    #[arg(long, default_value_t = 256)]
-    topk: usize,
+    #[command(flatten)]
+    fitness: FitnessArgs,
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
@@ -55,12 +49,7 @@ pub struct PruneArgs {
 
 pub fn run(a: PruneArgs) -> anyhow::Result<()> {
     let evo = a.evo.params()?;
-    if a.calib_tokens == Some(0) {
-        crate::bad_arg!("--calib-tokens must be positive (or left out)");
-    }
-    if a.seq_len < 2 {
-        crate::bad_arg!("--seq-len must be at least 2");
-    }
+    a.fitness.check()?;
     if a.calib.is_empty() {
         crate::bad_arg!("depth pruning needs calibration text: give --calib FILE");
     }
@@ -80,9 +69,9 @@ pub fn run(a: PruneArgs) -> anyhow::Result<()> {
         whole_blocks: a.whole_blocks,
         evo,
         calib: a.calib.clone(),
-        pool_tokens: a.calib_tokens,
-        seq_len: a.seq_len,
-        topk: a.topk,
+        pool_tokens: a.fitness.calib_tokens,
+        seq_len: a.fitness.seq_len,
+        topk: a.fitness.topk,
         quiet: a.quiet,
         ..Default::default()
     };
@@ -104,7 +93,7 @@ pub fn run(a: PruneArgs) -> anyhow::Result<()> {
     };
     println!(
         "drop {} {what}; KL(base ‖ pruned) per token on {} calibration windows of {} tokens",
-        a.drop, outcome.calib_windows, a.seq_len
+        a.drop, outcome.calib_windows, a.fitness.seq_len
     );
     println!("{:<10} {:>10}  dropped", "method", "calib KL");
     for m in METHODS {

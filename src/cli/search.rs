@@ -9,7 +9,7 @@ use dynapress::model::ModelFiles;
 use dynapress::search::{SearchOptions, run_search};
 use dynapress::selection::{Algo, Budget};
 
-use super::args::{BudgetArgs, EvoArgs, GgufTypeArgs};
+use super::args::{BudgetArgs, EvoArgs, FitnessArgs, GgufTypeArgs};
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -34,15 +34,8 @@ pub struct SearchArgs {
     out: PathBuf,
     #[command(flatten)]
     evo: EvoArgs,
-    /// Calibration tokens in the pool the stages sample from (default: 32768, or
-    /// what the text holds; at least the largest stage).
-    #[arg(long)]
-    calib_tokens: Option<usize>,
-    #[arg(long, default_value_t = 256)]
-    seq_len: usize,
-    /// Base-model top-k log-probabilities kept per position when full ones do not fit.
-    #[arg(long, default_value_t = 256)]
-    topk: usize,
+    #[command(flatten)]
+    fitness: FitnessArgs,
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
@@ -61,12 +54,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     // --target-size is a GGUF file size: the database's types decide later
     // whether it can be one.
     let budget = a.budget.budget(None, true)?;
-    if a.calib_tokens == Some(0) {
-        crate::bad_arg!("--calib-tokens must be positive (or left out: the largest stage)");
-    }
-    if a.seq_len < 2 {
-        crate::bad_arg!("--seq-len must be at least 2");
-    }
+    a.fitness.check()?;
     for c in &a.calib {
         dynapress::fsutil::check_input_file(c)?;
     }
@@ -102,9 +90,9 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         target,
         evo,
         calib: a.calib,
-        pool_tokens: a.calib_tokens,
-        seq_len: a.seq_len,
-        topk: a.topk,
+        pool_tokens: a.fitness.calib_tokens,
+        seq_len: a.fitness.seq_len,
+        topk: a.fitness.topk,
         checkpoint: Some(state),
         quiet: a.quiet,
         abort_after: a.abort_after,

@@ -65,3 +65,23 @@ pub fn resolve_budget(
         )),
     }
 }
+
+/// Completes a directory export assembled in `tmp`: writes `dynapress.json`
+/// (the configuration and the export's report) and renames `tmp` to `out`.
+pub(crate) fn finish_dir(
+    tmp: tempfile::TempDir,
+    out: &std::path::Path,
+    config: &impl serde::Serialize,
+    report: &impl serde::Serialize,
+) -> Result<()> {
+    let meta = serde_json::json!({ "config": config, "export": report });
+    crate::fsutil::write_atomic(
+        &tmp.path().join("dynapress.json"),
+        serde_json::to_string_pretty(&meta)
+            .expect("json")
+            .as_bytes(),
+    )?;
+    crate::fsutil::replace_dir(tmp.path(), out)?;
+    let _ = tmp.keep(); // renamed away: nothing left to delete
+    Ok(())
+}

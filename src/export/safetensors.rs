@@ -206,15 +206,7 @@ pub(super) fn export_dir(
         searched_params: sel.space().total_params,
         safetensors_bytes,
     };
-    let meta = serde_json::json!({ "config": sel.config, "export": report });
-    crate::fsutil::write_atomic(
-        &tmp.path().join("dynapress.json"),
-        serde_json::to_string_pretty(&meta)
-            .expect("json")
-            .as_bytes(),
-    )?;
-    crate::fsutil::replace_dir(tmp.path(), out)?;
-    let _ = tmp.keep(); // renamed away: nothing left to delete
+    super::finish_dir(tmp, out, &sel.config, &report)?;
     Ok(report)
 }
 

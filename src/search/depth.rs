@@ -31,10 +31,8 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use super::evopress::{
-    DEFAULT_POOL_TOKENS, EvoParams, GenerationLog, RACE_MIN_WINDOWS, gen_rng, sample_windows,
-};
-use super::fitness::{BaseTargets, EvalStats, Evaluator, Knobs, RaceRule, SEARCH_BATCH};
+use super::evopress::{DEFAULT_POOL_TOKENS, EvoParams, GenerationLog, gen_rng, select};
+use super::fitness::{BaseTargets, EvalStats, Evaluator, Knobs, SEARCH_BATCH};
 use crate::calib::load_calibration;
 use crate::database::Choice;
 use crate::error::{Error, Result};
@@ -348,8 +346,6 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
     let start = choices[best].clone();
     let mut parent = start.clone();
     let mut history = Vec::with_capacity(params.generations);
-    let n_pool = targets.windows();
-    let seq = targets.seq_len;
     let pb = progress::bar(params.generations as u64, "evopress", "gen", opts.quiet);
     for generation in 0..params.generations {
         let mut rng = gen_rng(params.seed, generation as u64, 0);
@@ -367,38 +363,13 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
         if candidates.is_empty() {
             break;
         }
-        let mut stage_best = Vec::with_capacity(params.stages.len());
-        let mut fits = Vec::new();
-        for (s, stage) in params.stages.iter().enumerate() {
-            let last = s + 1 == params.stages.len();
-            let windows = sample_windows(n_pool, stage.tokens, seq, &mut rng);
-            let keep = stage.survivors.min(candidates.len() + usize::from(last));
-            let rule = RaceRule {
-                keep,
-                z: params.race_z,
-                min_windows: RACE_MIN_WINDOWS,
-                parent_competes: last,
-            };
-            let race = eval.race(&candidates, Some(&parent), &targets, &windows, &rule)?;
-            if last {
-                candidates.push(parent.clone());
-            }
-            let scores: Vec<f64> = race
-                .fitness
-                .iter()
-                .copied()
-                .chain(race.parent_fitness.filter(|_| last))
-                .collect();
-            let order: Vec<usize> = race.order.into_iter().take(keep).collect();
-            stage_best.push(scores[order[0]]);
-            candidates = order.iter().map(|&i| candidates[i].clone()).collect();
-            fits = order.iter().map(|&i| scores[i]).collect();
-        }
-        let improved = candidates[0] != parent;
-        parent = candidates[0].clone();
+        let (winner, fitness, stage_best) =
+            select(&mut eval, params, &parent, candidates, &targets, &mut rng)?;
+        let improved = winner != parent;
+        parent = winner;
         let log = GenerationLog {
             generation,
-            fitness: fits[0],
+            fitness,
             stage_best,
             bits_per_weight: 0.0,
             improved,

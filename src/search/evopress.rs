@@ -466,37 +466,12 @@ pub fn evopress(
                 "no feasible mutation of the current configuration exists (the budget leaves no room to move)",
             ));
         }
-        let mut candidates = offspring;
-        let mut stage_best = Vec::with_capacity(params.stages.len());
-        let mut fits = Vec::new();
-        for (s, stage) in params.stages.iter().enumerate() {
-            let last = s + 1 == params.stages.len();
-            let windows = sample_windows(n_pool, stage.tokens, seq, &mut rng);
-            let keep = stage.survivors.min(candidates.len() + usize::from(last));
-            let rule = RaceRule {
-                keep,
-                z: params.race_z,
-                min_windows: RACE_MIN_WINDOWS,
-                parent_competes: last,
-            };
-            let race = eval.race(&candidates, Some(&parent), targets, &windows, &rule)?;
-            if last {
-                candidates.push(parent.clone());
-            }
-            let all: Vec<f64> = race
-                .fitness
-                .iter()
-                .copied()
-                .chain(race.parent_fitness.filter(|_| last))
-                .collect();
-            let order: Vec<usize> = race.order.into_iter().take(keep).collect();
-            stage_best.push(all[order[0]]);
-            candidates = order.iter().map(|&i| candidates[i].clone()).collect();
-            fits = order.iter().map(|&i| all[i]).collect();
-        }
-        let improved = candidates[0] != parent;
-        parent = candidates[0].clone();
-        parent_fitness = fits[0];
+        let candidates = offspring;
+        let (winner, fitness, stage_best) =
+            select(eval, params, &parent, candidates, targets, &mut rng)?;
+        let improved = winner != parent;
+        parent = winner;
+        parent_fitness = fitness;
         let log = GenerationLog {
             generation,
             fitness: parent_fitness,
@@ -535,6 +510,51 @@ pub fn evopress(
         history,
         stats: eval.stats,
     })
+}
+
+/// Multi-step selection of one generation (EvoPress's elitist staging): each
+/// stage samples fresh calibration windows and keeps its fittest candidates,
+/// racing out the clearly worse ones; the parent joins the last stage. Returns
+/// the winner, its fitness on the last stage and each stage's best fitness.
+pub(crate) fn select(
+    eval: &mut Evaluator<'_>,
+    params: &EvoParams,
+    parent: &Choice,
+    mut candidates: Vec<Choice>,
+    targets: &BaseTargets,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Choice, f64, Vec<f64>)> {
+    let n_pool = targets.windows();
+    let seq = targets.seq_len;
+    let mut stage_best = Vec::with_capacity(params.stages.len());
+    let mut fits = Vec::new();
+    for (s, stage) in params.stages.iter().enumerate() {
+        let last = s + 1 == params.stages.len();
+        let windows = sample_windows(n_pool, stage.tokens, seq, rng);
+        let keep = stage.survivors.min(candidates.len() + usize::from(last));
+        let rule = RaceRule {
+            keep,
+            z: params.race_z,
+            min_windows: RACE_MIN_WINDOWS,
+            parent_competes: last,
+        };
+        let race = eval.race(&candidates, Some(parent), targets, &windows, &rule)?;
+        if last {
+            candidates.push(parent.clone());
+        }
+        let all: Vec<f64> = race
+            .fitness
+            .iter()
+            .copied()
+            .chain(race.parent_fitness.filter(|_| last))
+            .collect();
+        let order: Vec<usize> = race.order.into_iter().take(keep).collect();
+        stage_best.push(all[order[0]]);
+        candidates = order.iter().map(|&i| candidates[i].clone()).collect();
+        fits = order.iter().map(|&i| all[i]).collect();
+    }
+    let winner = candidates.swap_remove(0);
+    Ok((winner, fits[0], stage_best))
 }
 
 #[cfg(test)]
