@@ -149,7 +149,7 @@ fn tensor_offset_past_the_end() {
 #[test]
 fn unknown_tensor_type_names_id_and_tensor() {
     let mut r = Raw::header(3, 1, 0);
-    r.tensor("blk.0.ffn_up.weight", &[256], 16, 0)
+    r.tensor("blk.0.ffn_up.weight", &[256], 19, 0)
         .pad(32)
         .zeros(1024);
     let e = err(&r);
@@ -157,12 +157,12 @@ fn unknown_tensor_type_names_id_and_tensor() {
         e,
         ParseError::UnknownTensorType {
             tensor: "blk.0.ffn_up.weight".into(),
-            type_id: 16
+            type_id: 19
         }
     );
     let msg = e.to_string();
     assert!(
-        msg.contains("blk.0.ffn_up.weight") && msg.contains("16"),
+        msg.contains("blk.0.ffn_up.weight") && msg.contains("19"),
         "{msg}"
     );
 }
