@@ -314,7 +314,8 @@ pub fn ggml_type_of(manifest: &Manifest, level: &str) -> Option<GgmlType> {
 pub fn fixed_bytes(files: &ModelFiles, db: &Database, types: GgufTypes) -> Result<u64> {
     let space = &db.space;
     let low = space.lowest();
-    let p = plan(files, db, &low, types, None)?;
+    // The imatrix provenance keys are part of the file's metadata.
+    let p = plan(files, db, &low, types, db.imatrix()?.as_ref())?;
     let specs: Vec<TensorSpec> = p.tensors.iter().map(|(s, _)| s.clone()).collect();
     let total = planned_size(&p.metadata, &specs).map_err(gerr(&files.dir))?;
     let linear: u64 = space.storage_bits(&low) / 8;
