@@ -9,26 +9,6 @@ use dynapress_compress::{
     Provenance, QuantError, QuantScheme, RtnParams, gptq, relative_output_error, rtn,
 };
 
-struct Layer {
-    w: Vec<f32>,
-    h: Hessian,
-    n: usize,
-}
-
-fn layer(seed: u64, rows: usize, n: usize, tokens: usize, dead: &[usize]) -> Layer {
-    let mut r = rng(seed);
-    let mut x = correlated_inputs(&mut r, tokens, n);
-    for t in 0..tokens {
-        for &d in dead {
-            x[t * n + d] = 0.0;
-        }
-    }
-    let mut h = Hessian::new(n);
-    h.add_batch(&x).unwrap();
-    let w = normals(&mut r, rows * n, 0.05);
-    Layer { w, h, n }
-}
-
 struct Case {
     bits: u8,
     group: usize,

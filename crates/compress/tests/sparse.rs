@@ -6,35 +6,19 @@ mod common;
 
 use common::*;
 use dynapress_compress::{
-    FactorParams, GptqFactor, Hessian, OwlError, QuantScheme, RtnParams, SparseError,
-    SparseGptParams, SparseLinear, SparseParams, SparseValues, SparsityPattern, allocate_zeros,
-    magnitude_prune, outlier_ratio, owl_sparsities, relative_output_error, rtn, sparsegpt,
-    sparsegpt_with_factor,
+    FactorParams, GptqFactor, OwlError, QuantScheme, RtnParams, SparseError, SparseGptParams,
+    SparseLinear, SparseParams, SparseValues, SparsityPattern, allocate_zeros, magnitude_prune,
+    outlier_ratio, owl_sparsities, relative_output_error, rtn, sparsegpt, sparsegpt_with_factor,
 };
 use half::f16;
 
-struct Layer {
-    w: Vec<f32>,
-    h: Hessian,
-    n: usize,
-}
-
 /// Correlated inputs; weights rounded to f16 so that "kept as f16" is exact.
 fn layer(seed: u64, rows: usize, n: usize, tokens: usize, dead: &[usize]) -> Layer {
-    let mut r = rng(seed);
-    let mut x = correlated_inputs(&mut r, tokens, n);
-    for t in 0..tokens {
-        for &d in dead {
-            x[t * n + d] = 0.0;
-        }
+    let mut l = common::layer(seed, rows, n, tokens, dead);
+    for v in &mut l.w {
+        *v = f16::from_f32(*v).to_f32();
     }
-    let mut h = Hessian::new(n);
-    h.add_batch(&x).unwrap();
-    let w = normals(&mut r, rows * n, 0.05)
-        .into_iter()
-        .map(|v| f16::from_f32(v).to_f32())
-        .collect();
-    Layer { w, h, n }
+    l
 }
 
 fn unstructured(s: f64, n: usize) -> SparseParams {

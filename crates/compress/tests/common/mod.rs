@@ -296,3 +296,26 @@ pub fn reference_gptq(
         w_hat,
     }
 }
+
+/// A layer `rows × n` with N(0, 0.05²) weights and the Hessian of `tokens`
+/// correlated inputs, the `dead` input columns always zero.
+pub struct Layer {
+    pub w: Vec<f32>,
+    pub h: dynapress_compress::Hessian,
+    pub n: usize,
+}
+
+/// See [`Layer`].
+pub fn layer(seed: u64, rows: usize, n: usize, tokens: usize, dead: &[usize]) -> Layer {
+    let mut r = rng(seed);
+    let mut x = correlated_inputs(&mut r, tokens, n);
+    for t in 0..tokens {
+        for &d in dead {
+            x[t * n + d] = 0.0;
+        }
+    }
+    let mut h = dynapress_compress::Hessian::new(n);
+    h.add_batch(&x).unwrap();
+    let w = normals(&mut r, rows * n, 0.05);
+    Layer { w, h, n }
+}
