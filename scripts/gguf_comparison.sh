@@ -14,9 +14,11 @@
 # Environment: PRESETS (default "Q2_K Q3_K_M Q4_K_M"), EMBEDS (token_embd
 # types tried by our searches; default: the type the preset itself gives
 # token_embd (Q2_K/Q3_K/Q4_K, so that only the linear layers' allocation
-# differs) and Q6_K (the compress default); output.weight is Q6_K in the
-# presets and in ours), GENERATIONS (default: the compress default). A budget
-# that an embedding type makes infeasible is reported as such and skipped.
+# differs), Q6_K, and `auto` (the compress default: token_embd and output
+# searched with the linear layers); with a fixed embedding type output.weight
+# is Q6_K, as in the presets), GENERATIONS (default: the compress default). A
+# budget that an embedding type makes infeasible is reported as such and
+# skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,31 +84,41 @@ for preset in $PRESETS; do
         "$preset" 2 >"$OUT/preset-$preset.log" 2>&1
     bytes=$(size "$pf")
     row "$preset" "llama.cpp $preset" "$pf"
-    embeds=${EMBEDS:-"${preset%%_[SML]} Q6_K"}
+    embeds=${EMBEDS:-"${preset%%_[SML]} Q6_K auto"}
     for emb in $embeds; do
-        # Knapsack at the same size.
-        kf=$OUT/knapsack-$preset-$emb.gguf
-        if [[ ! -f $kf ]]; then
-            if ! $DP search --model $MODEL --db "$OUT/db" --target-size "$bytes" --algo knapsack \
-                --embed-type "$emb" --out "$OUT/knapsack-$preset-$emb.json" --quiet \
-                2>"$OUT/knapsack-$preset-$emb.err"; then
-                printf '| %s | embed %s: infeasible (%s) | | | | | |\n' "$preset" "$emb" \
-                    "$(head -1 "$OUT/knapsack-$preset-$emb.err")"
-                continue
+        if [[ $emb == auto ]]; then
+            types=(--embed-type auto --output-type auto)
+            what="embed and output searched"
+        else
+            types=(--embed-type "$emb" --output-type Q6_K)
+            what="embed $emb"
+            # Knapsack at the same size (it cannot weigh the embedding's type
+            # against the layers': only with fixed types).
+            kf=$OUT/knapsack-$preset-$emb.gguf
+            if [[ ! -f $kf ]]; then
+                if ! $DP search --model $MODEL --db "$OUT/db" --target-size "$bytes" --algo knapsack \
+                    "${types[@]}" --out "$OUT/knapsack-$preset-$emb.json" --quiet \
+                    2>"$OUT/knapsack-$preset-$emb.err"; then
+                    printf '| %s | embed %s: infeasible (%s) | | | | | |\n' "$preset" "$emb" \
+                        "$(head -1 "$OUT/knapsack-$preset-$emb.err")"
+                    continue
+                fi
+                $DP export --model $MODEL --db "$OUT/db" --config "$OUT/knapsack-$preset-$emb.json" \
+                    --format gguf "${types[@]}" --out "$kf" --force >/dev/null
             fi
-            $DP export --model $MODEL --db "$OUT/db" --config "$OUT/knapsack-$preset-$emb.json" \
-                --format gguf --embed-type "$emb" --out "$kf" --force >/dev/null
+            row "$preset" "dynapress knapsack, $what" "$kf"
         fi
-        row "$preset" "dynapress knapsack, embed $emb" "$kf"
         # EvoPress (the compress defaults).
         ef=$OUT/evopress-$preset-$emb/model.gguf
         if [[ ! -f $ef ]]; then
-            log "compress $preset embed $emb"
+            log "compress $preset $what"
             $DP compress --model $MODEL "${CALIB[@]}" --eval assets/data/docs.test.txt \
-                --format gguf --target-size "$bytes" --embed-type "$emb" --db "$OUT/db" \
+                --format gguf --target-size "$bytes" "${types[@]}" --db "$OUT/db" \
                 --no-compare "${GEN_ARGS[@]}" --out "$OUT/evopress-$preset-$emb" --quiet \
                 >"$OUT/evopress-$preset-$emb.log" 2>&1
         fi
-        row "$preset" "dynapress compress (EvoPress), embed $emb" "$ef"
+        chosen=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(" → %s/%s" % (c.get("embed_type","-"), c.get("output_type","-")) if "embed_type" in c else "")' \
+            "$OUT/evopress-$preset-$emb/config.json")
+        row "$preset" "dynapress compress (EvoPress), $what$chosen" "$ef"
     done
 done

@@ -99,11 +99,14 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     )?;
     let db = Database::open(&db_dir)?;
     seconds.insert("database".into(), t.elapsed().as_secs_f64());
-    let target = resolve_budget(opts.budget, &files, &db, opts.gguf)?;
+    let (target, head) = resolve_budget(opts.budget, &files, &db, opts.gguf)?;
     if let Budget::GgufBytes(bytes) = target.budget {
         say(format!(
-            "      a {bytes}-byte GGUF leaves {:.4} bits per weight for the linear layers",
-            target.bits
+            "      a {bytes}-byte GGUF leaves {:.4} bits per weight for the linear layers{}",
+            target.bits,
+            head.as_ref()
+                .map(|h| h.describe_start())
+                .unwrap_or_default()
         ));
     }
     let target_bits = target.bits;
@@ -115,6 +118,7 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     let config_path = opts.out.join("config.json");
     let mut search = opts.search.clone();
     search.target = target;
+    search.head = head;
     let mut state = config_path.clone().into_os_string();
     state.push(".state");
     search.checkpoint = Some(PathBuf::from(state));
@@ -243,6 +247,8 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         config: config_path.display().to_string(),
         exported: export_path.display().to_string(),
         exported_bytes,
+        embed_type: found.config.embed_type.clone(),
+        output_type: found.config.output_type.clone(),
         compressed: compressed
             .as_ref()
             .map(|(p, _): &(PathBuf, u64)| p.display().to_string()),

@@ -60,6 +60,12 @@ pub struct CompressReport {
     pub exported: String,
     /// Bytes of the exported model (the GGUF file, or the dequantized safetensors).
     pub exported_bytes: u64,
+    /// The GGUF `token_embd` type the search chose (file-size budgets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_type: Option<String>,
+    /// The GGUF `output` type the search chose (untied checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_type: Option<String>,
     /// Safetensors export: the same model with every searched layer in its
     /// compressed form (`export --format dynapress`), and its bytes.
     pub compressed: Option<String>,
@@ -191,6 +197,16 @@ pub fn markdown(r: &CompressReport) -> String {
         "Outputs: database `{}`, configuration `{}`, exported model `{}` ({} bytes).",
         r.database, r.config, r.exported, r.exported_bytes
     );
+    if let Some(e) = &r.embed_type {
+        let _ = writeln!(
+            s,
+            "The search chose the GGUF's `token_embd` type, {e}{}, with the linear layers' levels under the file-size budget.",
+            r.output_type
+                .as_ref()
+                .map(|o| format!(", and `output`'s, {o}"))
+                .unwrap_or_default()
+        );
+    }
     if let (Some(c), Some(b)) = (&r.compressed, r.compressed_bytes) {
         let _ = writeln!(
             s,

@@ -123,6 +123,14 @@ pub struct ConfigFile {
     pub params: u64,
     /// The fitness (mean KL to the base on calibration tokens) of the result, for EvoPress.
     pub fitness: Option<f64>,
+    /// The ggml type of the GGUF's `token_embd` when the search chose it
+    /// (a file-size budget with `--embed-type auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_type: Option<String>,
+    /// The ggml type of the GGUF's `output` when the search chose it
+    /// (untied checkpoints, `--output-type auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_type: Option<String>,
     pub layers: Vec<LayerChoice>,
 }
 
@@ -150,6 +158,8 @@ impl ConfigFile {
             storage_bits: space.storage_bits(c),
             params: space.total_params,
             fitness,
+            embed_type: None,
+            output_type: None,
             layers: space
                 .layers
                 .iter()
@@ -379,6 +389,8 @@ mod tests {
             storage_bits: 42,
             params: 10,
             fitness: None,
+            embed_type: None,
+            output_type: None,
             layers: vec![],
         }
     }

@@ -200,7 +200,7 @@ fn size_target_is_met() {
     let (tmp, db) = (tempfile::tempdir().unwrap(), kquant_db());
     let cfg = tmp.path().join("size.json");
     let target = 4_200_000u64;
-    let embed = ["--embed-type", "Q4_K"];
+    let embed = ["--embed-type", "Q4_K", "--output-type", "Q6_K"];
     ok(&search_size(
         DEMO,
         db,
@@ -226,8 +226,107 @@ fn size_target_is_met() {
     clean_error(&o, &["cannot hold this model"]);
     // A size that holds the embeddings but not every layer at the lowest
     // level says which options to change.
-    let o = search_size(DEMO, db, "3600000", &cfg, &["--force"]);
+    let fixed = [&embed[..], &["--force"]].concat();
+    let o = search_size(DEMO, db, "3600000", &cfg, &fixed);
     clean_error(&o, &["--embed-type", "smallest file"]);
+    // With the embedding and output types searched (the default) the same
+    // size fits: they start smaller. The file holds the types the
+    // configuration records, within the size.
+    let auto = tmp.path().join("auto.json");
+    ok(&search_size(DEMO, db, "3600000", &auto, &["--quiet"]));
+    let c = read_json(&auto);
+    let (e, o) = (
+        c["embed_type"].as_str().unwrap().to_string(),
+        c["output_type"].as_str().unwrap().to_string(),
+    );
+    let out = tmp.path().join("auto.gguf");
+    ok(&export(db, &auto, &out, &["--format", "gguf"]));
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert!(size <= 3_600_000 && size > 3_560_000, "{size}");
+    let t = tensors(&out);
+    let ty = |n: &str| t.iter().find(|x| x.0 == n).unwrap().1.clone();
+    assert_eq!((ty("token_embd.weight"), ty("output.weight")), (e, o));
+    // Below the smallest types: one line naming both tensors.
+    let o = search_size(DEMO, db, "2000000", &auto, &["--force"]);
+    clean_error(
+        &o,
+        &["token_embd and output at their smallest", "smallest file"],
+    );
+}
+
+/// The search's fitness with the embedding and output types as layers: a
+/// candidate scored from the parent's cached states (starting at its first
+/// changed block, or at the head alone when only the output changed) gets
+/// exactly the KL of a forward from scratch, and changing either tensor's
+/// type changes the KL (it is applied, to the embedding lookup and the head).
+#[test]
+fn head_types_in_the_fitness_match_a_forward_from_scratch() {
+    use dynapress::calib::load_calibration;
+    use dynapress::database::Database;
+    use dynapress::export::{GgufTypes, resolve_budget};
+    use dynapress::model::{Model, ModelFiles};
+    use dynapress::search::fitness::{BaseTargets, Evaluator};
+    use dynapress::selection::Budget;
+
+    let files = ModelFiles::open(Path::new(DEMO)).unwrap();
+    let db = Database::open(kquant_db()).unwrap();
+    let (_, head) = resolve_budget(
+        Budget::GgufBytes(4_484_192),
+        &files,
+        &db,
+        Some(GgufTypes::default()),
+    )
+    .unwrap();
+    let head = head.expect("types searched by default");
+    assert_eq!(head.layers.len(), 2, "the demo model is untied");
+    let space = db.space.clone().with_head(head.layers);
+    let n = space.layers.len();
+    let calib = load_calibration(
+        &[common::data("docs.valid.txt")],
+        &files.tokenizer,
+        1024,
+        128,
+    )
+    .unwrap();
+    let base = Model::from_files(&files, &candle_core::Device::Cpu).unwrap();
+    let targets = BaseTargets::compute(&base, calib.ids.clone(), 128, 64, 1 << 30, |_| {}).unwrap();
+    let mut ev = Evaluator::new(base, &db, &space, 64 << 20);
+    let parent = space.all_at(2);
+    let with = |f: &dyn Fn(&mut Vec<usize>)| {
+        let mut c = parent.clone();
+        f(&mut c);
+        c
+    };
+    let cands = vec![
+        with(&|c| c[n] = 0),     // token_embd smallest
+        with(&|c| c[n + 1] = 0), // output smallest
+        with(&|c| c[n + 1] = 5), // output largest
+        with(&|c| c[5] += 1),    // a linear layer
+        with(&|c| {
+            c[n] = 5;
+            c[20] -= 1;
+        }),
+    ];
+    let windows: Vec<usize> = (0..targets.windows()).collect();
+    let cached = ev
+        .fitness_many(&cands, Some(&parent), &targets, &windows)
+        .unwrap();
+    let scratch = ev.fitness_many(&cands, None, &targets, &windows).unwrap();
+    let p = ev.fitness(&parent, &targets, &windows).unwrap();
+    for (a, b) in cached.iter().zip(&scratch) {
+        assert!((a - b).abs() <= 1e-9 * b.abs(), "{cached:?} vs {scratch:?}");
+    }
+    for (i, f) in scratch.iter().enumerate() {
+        assert!(
+            (f - p).abs() > 1e-4 * p,
+            "candidate {i} scores as the parent: {f} vs {p}"
+        );
+    }
+    // Smaller types are worse, here by a wide margin.
+    assert!(
+        scratch[0] > p && scratch[1] > p && scratch[2] < p,
+        "{scratch:?} vs {p}"
+    );
 }
 
 #[test]
@@ -390,13 +489,28 @@ fn tied_576_checkpoint_gets_fallback_levels_and_types() {
     // Budgets speak of token_embd alone, at its fallback type.
     let cfg = tmp.path().join("c.json");
     let search = |target: &str| search_size(m, &db, target, &cfg, &["--quiet"]);
-    let o = search("1000000");
+    let o = search_size(
+        m,
+        &db,
+        "1000000",
+        &cfg,
+        &["--quiet", "--embed-type", "Q6_K"],
+    );
     assert_eq!(o.status.code(), Some(1));
     let err = common::cli::stderr(&o);
     assert!(
         err.contains("token_embd (Q8_0: rows of 576 cannot hold Q6_K; tied")
             && !err.contains("output (")
             && !err.contains("--output-type"),
+        "{err}"
+    );
+    // Searched, the tied tensor's types are the 32-value fallbacks, and the
+    // messages speak of token_embd alone.
+    let o = search("1000000");
+    let err = common::cli::stderr(&o);
+    assert!(
+        err.contains("token_embd at its smallest type (Q4_0; tied")
+            && !err.contains("token_embd and output"),
         "{err}"
     );
     // Every linear layer at its smallest level plus a Q8_0 token_embd.

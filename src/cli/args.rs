@@ -184,23 +184,37 @@ impl BudgetArgs {
     }
 }
 
-/// The GGUF types of the tensors the search does not choose.
+/// The GGUF types of the embedding and output.
 #[derive(Args, Debug, Clone)]
 pub struct GgufTypeArgs {
     /// gguf: type of token_embd.weight (for tied embeddings, the output too).
-    #[arg(long, default_value = "Q6_K")]
+    /// `auto`: searched with the linear layers under a --target-size budget
+    /// (among Q2_K … Q8_0, starting from Q6_K), Q6_K under --target-bits.
+    #[arg(long, default_value = "auto")]
     pub embed_type: String,
-    /// gguf: type of output.weight.
-    #[arg(long, default_value = "Q6_K")]
+    /// gguf: type of output.weight; `auto` as for --embed-type.
+    #[arg(long, default_value = "auto")]
     pub output_type: String,
 }
 
 impl GgufTypeArgs {
     /// The parsed types.
     pub fn types(&self) -> anyhow::Result<GgufTypes> {
+        let d = GgufTypes::default();
+        let one = |s: &str, fallback| -> anyhow::Result<(GgmlType, bool)> {
+            if s.eq_ignore_ascii_case("auto") {
+                Ok((fallback, true))
+            } else {
+                Ok((parse_type(s)?, false))
+            }
+        };
+        let (embed, search_embed) = one(&self.embed_type, d.embed)?;
+        let (output, search_output) = one(&self.output_type, d.output)?;
         Ok(GgufTypes {
-            embed: parse_type(&self.embed_type)?,
-            output: parse_type(&self.output_type)?,
+            embed,
+            output,
+            search_embed,
+            search_output,
         })
     }
 }

@@ -242,6 +242,15 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         }
     }
     println!("model: {} ({} bytes)", r.exported, r.exported_bytes);
+    if let Some(e) = &r.embed_type {
+        println!(
+            "searched GGUF types: token_embd {e}{}",
+            r.output_type
+                .as_ref()
+                .map(|o| format!(", output {o}"))
+                .unwrap_or_default()
+        );
+    }
     if let (Some(c), Some(b)) = (&r.compressed, r.compressed_bytes) {
         println!("compressed form: {c} ({b} bytes)");
     }

@@ -158,7 +158,7 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                 println!(
                     "recipe: {}\n  {}",
                     path.display(),
-                    llama_quantize_command(&db, path, types)
+                    llama_quantize_command(&db, path, types.chosen(&sel.config)?)
                 );
             }
             if a.json {

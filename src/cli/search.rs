@@ -78,11 +78,14 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
     let gguf = matches!(budget, Budget::GgufBytes(_))
         .then(|| a.gguf_types.types())
         .transpose()?;
-    let target = resolve_budget(budget, &files, &db, gguf)?;
+    let (target, head) = resolve_budget(budget, &files, &db, gguf)?;
     if let (Budget::GgufBytes(bytes), false) = (budget, a.quiet) {
         eprintln!(
-            "a {bytes}-byte GGUF leaves {:.4} bits per weight for the linear layers",
-            target.bits
+            "a {bytes}-byte GGUF leaves {:.4} bits per weight for the linear layers{}",
+            target.bits,
+            head.as_ref()
+                .map(|h| h.describe_start())
+                .unwrap_or_default()
         );
     }
     let opts = SearchOptions {
@@ -96,6 +99,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         checkpoint: Some(state),
         quiet: a.quiet,
         abort_after: a.abort_after,
+        head,
         ..Default::default()
     };
     let out = run_search(&files, &db, &opts)?;
@@ -104,6 +108,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         let v = serde_json::json!({
             "config": a.out, "algo": out.config.algo, "target_bits": out.config.target_bits,
             "bits_per_weight": out.config.bits_per_weight, "fitness": out.config.fitness,
+            "embed_type": out.config.embed_type, "output_type": out.config.output_type,
             "seconds": out.seconds, "stats": out.stats,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -120,6 +125,16 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
                 .unwrap_or_default(),
             out.seconds
         );
+        if let Some(e) = &out.config.embed_type {
+            println!(
+                "GGUF types chosen with the layers: token_embd {e}{}",
+                out.config
+                    .output_type
+                    .as_ref()
+                    .map(|o| format!(", output {o}"))
+                    .unwrap_or_default()
+            );
+        }
         if let Some(s) = out.stats {
             let without = s.block_forwards - s.cache_forwards + s.block_forwards_saved;
             println!(

@@ -24,7 +24,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 pub use build::{BuildOptions, BuildReport, build_database, fallback_summary};
-pub use space::{Choice, LevelOption, SearchSpace, SpaceLayer};
+pub use space::{Choice, HeadLayer, HeadTensor, LevelOption, SearchSpace, SpaceLayer};
 
 use crate::calib::CalibSource;
 use crate::error::{Error, Result};
@@ -325,6 +325,18 @@ impl Database {
             Err(_) if !p.exists() => Ok(None),
             Err(e) => Err(Error::data(&p, e.to_string())),
         }
+    }
+
+    /// The importance of the output layer's inputs (mean squares per input
+    /// column) from the database's imatrix, if it has one: what the output
+    /// tensor (or a tied `token_embd`) is encoded with in a GGUF.
+    pub fn head_importance(&self) -> Result<Option<Vec<f32>>> {
+        Ok(self.imatrix()?.and_then(|im| {
+            im.entries
+                .get("output.weight")
+                .or_else(|| im.entries.get("token_embd.weight"))
+                .map(|e| e.mean_squares())
+        }))
     }
 
     /// Loads and verifies one entry.

@@ -4,6 +4,11 @@
 //! A level is whatever the database stored for a layer (a bit width, a ggml
 //! type, …); the space knows only its name, its exact storage bits and its
 //! per-layer error. [`Choice`] picks one level per layer by index.
+//!
+//! A search may add the GGUF file's embedding and output tensors as
+//! [`HeadLayer`]s ([`SearchSpace::with_head`]): a choice then holds one entry
+//! per linear layer followed by one per head tensor, and the budget covers
+//! them too. The database's own space has none.
 
 use crate::database::Manifest;
 use crate::error::{Error, Result};
@@ -28,8 +33,40 @@ pub struct SpaceLayer {
     pub levels: Vec<LevelOption>,
 }
 
-/// A level per layer: indices into each layer's own [`SpaceLayer::levels`].
+/// A level per layer: indices into each layer's own [`SpaceLayer::levels`]
+/// (then, in a space with head tensors, into each [`HeadLayer::levels`]).
 pub type Choice = Vec<usize>;
+
+/// A GGUF tensor outside the transformer blocks whose type a search chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HeadTensor {
+    /// `token_embd.weight` (for tied checkpoints also the output).
+    Embed,
+    /// `output.weight` (untied checkpoints only).
+    Output,
+}
+
+impl HeadTensor {
+    /// The GGUF tensor name.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            HeadTensor::Embed => "token_embd.weight",
+            HeadTensor::Output => "output.weight",
+        }
+    }
+}
+
+/// The embedding or output tensor as a searched layer: its levels are ggml
+/// types (smallest first), each costing the tensor's bytes in the file.
+#[derive(Debug, Clone)]
+pub struct HeadLayer {
+    pub tensor: HeadTensor,
+    pub params: u64,
+    pub levels: Vec<LevelOption>,
+    /// The level a search starts from, and the one every allocator that
+    /// cannot weigh it against the linear layers (uniform, knapsack) keeps.
+    pub default: usize,
+}
 
 /// The layers, their levels and costs.
 #[derive(Debug, Clone)]
@@ -38,7 +75,11 @@ pub struct SearchSpace {
     /// Every level name of the database, smallest first. A layer may lack
     /// some (a ggml type whose block does not divide its rows).
     pub levels: Vec<String>,
+    /// Parameters of every searched layer (head tensors included).
     pub total_params: u64,
+    /// Head tensors searched with the linear layers (empty: only the linear
+    /// layers are searched). Choice entry `layers.len() + j` is `head[j]`'s.
+    pub head: Vec<HeadLayer>,
 }
 
 impl SearchSpace {
@@ -103,15 +144,59 @@ impl SearchSpace {
             layers,
             levels,
             total_params,
+            head: Vec::new(),
         })
+    }
+
+    /// This space with `head` tensors searched after the linear layers.
+    pub fn with_head(mut self, head: Vec<HeadLayer>) -> Self {
+        self.total_params = self.layers.iter().map(|l| l.params).sum::<u64>()
+            + head.iter().map(|h| h.params).sum::<u64>();
+        self.head = head;
+        self
+    }
+
+    /// Number of entries of a choice: linear layers, then head tensors.
+    pub fn len(&self) -> usize {
+        self.layers.len() + self.head.len()
+    }
+
+    /// Whether the space has no layer at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The levels entry `i` of a choice can take (smallest first).
+    pub fn options(&self, i: usize) -> &[LevelOption] {
+        match self.layers.get(i) {
+            Some(l) => &l.levels,
+            None => &self.head[i - self.layers.len()].levels,
+        }
+    }
+
+    /// The name of entry `i`: the Hugging Face weight name of a linear
+    /// layer, the GGUF name of a head tensor.
+    pub fn name(&self, i: usize) -> String {
+        match self.layers.get(i) {
+            Some(l) => l.id.weight_name(),
+            None => self.head[i - self.layers.len()]
+                .tensor
+                .gguf_name()
+                .to_string(),
+        }
+    }
+
+    /// The head tensor of entry `i`, if it is one.
+    pub fn head_of(&self, i: usize) -> Option<&HeadLayer> {
+        i.checked_sub(self.layers.len())
+            .and_then(|j| self.head.get(j))
     }
 
     /// Total storage bits of a choice.
     pub fn storage_bits(&self, c: &[usize]) -> u64 {
-        self.layers
-            .iter()
-            .zip(c)
-            .map(|(l, &k)| l.levels[k].storage_bits)
+        c.iter()
+            .enumerate()
+            .map(|(i, &k)| self.options(i)[k].storage_bits)
             .sum()
     }
 
@@ -125,28 +210,35 @@ impl SearchSpace {
         (target * self.total_params as f64).floor() as u64
     }
 
-    /// The highest level index of layer `i`.
+    /// The highest level index of entry `i`.
     pub fn top(&self, i: usize) -> usize {
-        self.layers[i].levels.len() - 1
+        self.options(i).len() - 1
     }
 
-    /// Every layer at global level `g`, or, for a layer without it, the
-    /// largest level it has below (its smallest if none).
+    /// Every linear layer at global level `g`, or, for a layer without it,
+    /// the largest level it has below (its smallest if none); head tensors at
+    /// their default level.
     pub fn all_at(&self, g: usize) -> Choice {
         self.layers
             .iter()
             .map(|l| l.levels.iter().rposition(|o| o.global <= g).unwrap_or(0))
+            .chain(self.head.iter().map(|h| h.default))
             .collect()
     }
 
-    /// Every layer at its smallest level.
+    /// Every entry at its smallest level.
     pub fn lowest(&self) -> Choice {
-        vec![0; self.layers.len()]
+        vec![0; self.len()]
     }
 
-    /// Every layer at its largest level.
+    /// Every entry at its largest level.
     pub fn highest(&self) -> Choice {
-        (0..self.layers.len()).map(|i| self.top(i)).collect()
+        (0..self.len()).map(|i| self.top(i)).collect()
+    }
+
+    /// The head tensors' default levels (the tail of a choice).
+    pub fn head_defaults(&self) -> Vec<usize> {
+        self.head.iter().map(|h| h.default).collect()
     }
 
     /// Checks that a target lies between the lowest and highest levels.
@@ -173,12 +265,11 @@ impl SearchSpace {
         Ok(())
     }
 
-    /// Sum of the manifest's per-layer relative errors.
+    /// Sum of the per-layer relative errors (the manifest's for linear layers).
     pub fn error_sum(&self, c: &[usize]) -> f64 {
-        self.layers
-            .iter()
-            .zip(c)
-            .map(|(l, &k)| l.levels[k].rel_error)
+        c.iter()
+            .enumerate()
+            .map(|(i, &k)| self.options(i)[k].rel_error)
             .sum()
     }
 
@@ -228,6 +319,49 @@ pub(crate) mod tests {
             layers,
             levels: bits.iter().map(|b| format!("b{b}")).collect(),
             total_params,
+            head: Vec::new(),
         }
+    }
+
+    /// [`toy_space`] with two head tensors of `params` weights at levels
+    /// costing 3, 5 and 8 bits per weight, starting at 5.
+    pub fn toy_space_with_head(n: usize, params: u64) -> SearchSpace {
+        let head = [HeadTensor::Embed, HeadTensor::Output]
+            .into_iter()
+            .map(|tensor| HeadLayer {
+                tensor,
+                params,
+                levels: [3u8, 5, 8]
+                    .iter()
+                    .enumerate()
+                    .map(|(g, &b)| LevelOption {
+                        level: format!("h{b}"),
+                        global: g,
+                        bits: b,
+                        storage_bits: b as u64 * params,
+                        rel_error: 0.0,
+                    })
+                    .collect(),
+                default: 1,
+            })
+            .collect();
+        toy_space(n).with_head(head)
+    }
+
+    #[test]
+    fn head_tensors_count_in_the_budget_and_start_at_their_default() {
+        let s = toy_space_with_head(7, 4096);
+        assert_eq!(s.len(), 9);
+        let plain = toy_space(7);
+        assert_eq!(s.total_params, plain.total_params + 2 * 4096);
+        let c = s.all_at(1);
+        assert_eq!(&c[7..], &[1, 1]);
+        assert_eq!(
+            s.storage_bits(&c),
+            plain.storage_bits(&plain.all_at(1)) + 2 * 5 * 4096
+        );
+        assert_eq!(s.name(8), "output.weight");
+        assert_eq!(s.top(8), 2);
+        assert!(s.head_of(3).is_none());
     }
 }

@@ -20,19 +20,58 @@ use dynapress_gguf::{
 };
 
 use super::TensorSink;
-use crate::database::{Choice, Database, Manifest, Variant};
+use crate::database::{Choice, Database, HeadLayer, HeadTensor, LevelOption, Manifest, Variant};
 use crate::error::{Error, Result};
 use crate::model::weights::to_f32;
 use crate::model::{LinearId, ModelFiles};
+use crate::search::HeadSearch;
 use crate::selection::{Budget, Selection, Target};
 
-/// Types of the tensors the search does not choose.
-#[derive(Debug, Clone, Copy)]
+/// Types of the GGUF tensors outside the linear layers.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GgufTypes {
     /// `token_embd.weight`.
     pub embed: GgmlType,
     /// `output.weight` (when the embeddings are not tied).
     pub output: GgmlType,
+    /// Whether a file-size search chooses the embedding's type
+    /// ([`head_search`]; `embed` is then where it starts, and the type when
+    /// the budget is bits per weight).
+    pub search_embed: bool,
+    /// Whether a file-size search chooses the output's type.
+    pub search_output: bool,
+}
+
+impl GgufTypes {
+    /// Fixed types (nothing searched).
+    pub fn fixed(embed: GgmlType, output: GgmlType) -> Self {
+        GgufTypes {
+            embed,
+            output,
+            search_embed: false,
+            search_output: false,
+        }
+    }
+
+    /// These types with the ones a search chose (recorded in its
+    /// configuration) in place of the searched ones.
+    pub fn chosen(self, config: &crate::selection::ConfigFile) -> Result<Self> {
+        let parse = |name: &String| {
+            GgmlType::from_name(name).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the configuration's GGUF type `{name}` is not a ggml type"
+                ))
+            })
+        };
+        let mut t = self;
+        if let (true, Some(e)) = (t.search_embed, &config.embed_type) {
+            t.embed = parse(e)?;
+        }
+        if let (true, Some(o)) = (t.search_output, &config.output_type) {
+            t.output = parse(o)?;
+        }
+        Ok(t)
+    }
 }
 
 /// The types `token_embd` and `output` actually get for a checkpoint: the
@@ -99,12 +138,162 @@ impl EffectiveTypes {
 }
 
 impl Default for GgufTypes {
+    /// Q6_K embedding and output (llama.cpp's choice in its K presets from
+    /// Q3_K_M up), searched under a file-size budget.
     fn default() -> Self {
         GgufTypes {
             embed: GgmlType::Q6K,
             output: GgmlType::Q6K,
+            search_embed: true,
+            search_output: true,
         }
     }
+}
+
+/// The types a searched `token_embd` or `output` may take (each through
+/// llama.cpp's fallback for rows it cannot hold): the k-quants and Q8_0.
+pub const HEAD_TYPES: [GgmlType; 6] = [
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::Q8_0,
+];
+
+/// The levels of a `rows × cols` head tensor: each type's bytes in the file
+/// (padded to the GGUF alignment, as every tensor's data is), smallest first,
+/// one per distinct written type; and the index of `asked`'s.
+fn head_levels(
+    rows: usize,
+    cols: usize,
+    types: &[GgmlType],
+    asked: GgmlType,
+) -> (Vec<LevelOption>, usize) {
+    let mut written: Vec<(u64, GgmlType)> = types
+        .iter()
+        .map(|t| t.fallback_for_row(cols))
+        .filter_map(|t| {
+            let bytes = (t.row_bytes(cols)? * rows) as u64;
+            Some((bytes.next_multiple_of(GGUF_ALIGNMENT), t))
+        })
+        .collect();
+    written.sort_by_key(|&(b, t)| (b, t.id()));
+    written.dedup_by_key(|(_, t)| *t);
+    let asked = asked.fallback_for_row(cols);
+    let levels: Vec<LevelOption> = written
+        .iter()
+        .enumerate()
+        .map(|(g, &(bytes, t))| LevelOption {
+            level: t.name().to_string(),
+            global: g,
+            bits: t.bits_per_weight().round() as u8,
+            storage_bits: bytes * 8,
+            rel_error: 0.0,
+        })
+        .collect();
+    let default = written
+        .iter()
+        .rposition(|&(b, _)| {
+            b <= (asked
+                .row_bytes(cols)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(rows) as u64)
+                .next_multiple_of(GGUF_ALIGNMENT)
+        })
+        .unwrap_or(0);
+    (levels, default)
+}
+
+/// GGUF's default data alignment (our writer's).
+const GGUF_ALIGNMENT: u64 = 32;
+
+/// The embedding and output as layers of a file-size search
+/// ([`crate::search::HeadSearch`]): their levels, the bits the whole file
+/// leaves for them and the linear layers, and where the search starts — the
+/// asked types, or the largest smaller ones with which every linear layer at
+/// its lowest level still fits. `None` when neither type is searched.
+pub fn head_search(
+    files: &ModelFiles,
+    db: &Database,
+    types: GgufTypes,
+    bytes: u64,
+) -> Result<Option<HeadSearch>> {
+    let eff = EffectiveTypes::of(files, types);
+    // A tied checkpoint has no output tensor to search.
+    if !(types.search_embed || (types.search_output && eff.output.is_some())) {
+        return Ok(None);
+    }
+    let (rows, cols) = (files.config.vocab_size, eff.cols);
+    let mut head = Vec::new();
+    let mut at_asked = 0u64;
+    for (tensor, asked, searched) in [
+        (HeadTensor::Embed, types.embed, types.search_embed),
+        (HeadTensor::Output, types.output, types.search_output),
+    ] {
+        if tensor == HeadTensor::Output && eff.output.is_none() {
+            continue; // tied: token_embd is the output too
+        }
+        let list: &[GgmlType] = if searched { &HEAD_TYPES } else { &[asked] };
+        let (levels, default) = head_levels(rows, cols, list, asked);
+        let (asked_levels, _) = head_levels(rows, cols, &[asked], asked);
+        at_asked += asked_levels[0].storage_bits / 8;
+        head.push(HeadLayer {
+            tensor,
+            params: (rows * cols) as u64,
+            levels,
+            default,
+        });
+    }
+    // Everything but the head tensors and the linear layers' data.
+    let fixed = fixed_bytes(files, db, types)? - at_asked;
+    let linear_low = db.space.storage_bits(&db.space.lowest());
+    let head_bits =
+        |h: &[HeadLayer]| -> u64 { h.iter().map(|l| l.levels[l.default].storage_bits).sum() };
+    let smallest: u64 = head.iter().map(|l| l.levels[0].storage_bits).sum();
+    let budget_bits = bytes.saturating_sub(fixed) * 8;
+    if budget_bits < linear_low + smallest {
+        let min_bytes = fixed + (linear_low + smallest).div_ceil(8);
+        let names: Vec<&str> = head
+            .iter()
+            .map(|h| h.tensor.gguf_name().trim_end_matches(".weight"))
+            .collect();
+        let smallest_types: Vec<&str> = head.iter().map(|h| h.levels[0].level.as_str()).collect();
+        return Err(Error::budget(format!(
+            "a {bytes}-byte file cannot hold this model: metadata and norms take {fixed} bytes, \
+             every linear layer at its lowest level ({}) {} bytes and {} at {} smallest type{} ({}{}) {} bytes; \
+             the smallest file is about {min_bytes} bytes: raise --target-size",
+            db.space.levels[0],
+            linear_low / 8,
+            names.join(" and "),
+            if names.len() == 1 { "its" } else { "their" },
+            if names.len() == 1 { "" } else { "s" },
+            smallest_types.join(", "),
+            if eff.output.is_none() {
+                "; tied, it is the output too"
+            } else {
+                ""
+            },
+            smallest / 8,
+        )));
+    }
+    // Lower the largest head tensor until the lowest linear levels fit.
+    while budget_bits < linear_low + head_bits(&head) {
+        let j = (0..head.len())
+            .filter(|&j| head[j].default > 0)
+            .max_by_key(|&j| {
+                (
+                    head[j].levels[head[j].default].storage_bits,
+                    std::cmp::Reverse(j),
+                )
+            })
+            .expect("the smallest types fit");
+        head[j].default -= 1;
+    }
+    Ok(Some(HeadSearch {
+        layers: head,
+        budget_bits,
+    }))
 }
 
 pub(super) fn gerr(path: &Path) -> impl Fn(dynapress_gguf::GgufError) -> Error + '_ {
@@ -379,9 +568,10 @@ pub fn export_gguf(
     types: GgufTypes,
 ) -> Result<GgufReport> {
     let db = sel.db;
+    let types = types.chosen(&sel.config)?;
     let imatrix = db.imatrix()?;
     let p = plan(files, db, &sel.choice, types, imatrix.as_ref())?;
-    let head_importance = imatrix.as_ref().and_then(head_importance);
+    let head_importance = db.head_importance()?;
     write_gguf(out, &p.metadata, &p.hparams, p.tensors, |spec, src| {
         Ok(match src {
             Source::Linear(i) => {
@@ -476,14 +666,6 @@ pub(super) fn encode_checkpoint(
         name: hf.to_string(),
         msg,
     })
-}
-
-/// The output layer's importance from the database's imatrix, if present.
-fn head_importance(im: &dynapress_gguf::Imatrix) -> Option<Vec<f32>> {
-    im.entries
-        .get("output.weight")
-        .or_else(|| im.entries.get("token_embd.weight"))
-        .map(|e| e.mean_squares())
 }
 
 fn encode(

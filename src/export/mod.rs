@@ -34,6 +34,7 @@ pub use safetensors::{ExportDtype, ExportReport, export_safetensors};
 use crate::database::Database;
 use crate::error::Result;
 use crate::model::ModelFiles;
+use crate::search::HeadSearch;
 use crate::selection::{Budget, Target};
 
 /// A container being written tensor by tensor, in the order its header
@@ -49,16 +50,35 @@ pub trait TensorSink {
 
 /// Resolves a budget against a database: bits per weight as given, a GGUF
 /// file size through [`gguf_target`] (which needs the GGUF types of the
-/// tensors the search does not choose).
+/// embedding and output), or, when those types are searched too
+/// ([`GgufTypes::search_embed`]), through [`gguf::head_search`]: the target is
+/// then what the linear layers get with the head tensors at their starting
+/// types, and the head search goes to the search.
 pub fn resolve_budget(
     budget: Budget,
     files: &ModelFiles,
     db: &Database,
     gguf: Option<GgufTypes>,
-) -> Result<Target> {
+) -> Result<(Target, Option<HeadSearch>)> {
     match (budget, gguf) {
-        (Budget::Bits(b), _) => Ok(Target::bits(b)),
-        (Budget::GgufBytes(bytes), Some(types)) => gguf_target(files, db, types, bytes),
+        (Budget::Bits(b), _) => Ok((Target::bits(b), None)),
+        (Budget::GgufBytes(bytes), Some(types)) => {
+            match gguf::head_search(files, db, types, bytes)? {
+                None => Ok((gguf_target(files, db, types, bytes)?, None)),
+                Some(h) => {
+                    let head: u64 = h
+                        .layers
+                        .iter()
+                        .map(|l| l.levels[l.default].storage_bits)
+                        .sum();
+                    let target = Target {
+                        budget,
+                        bits: (h.budget_bits - head) as f64 / db.space.total_params as f64,
+                    };
+                    Ok((target, Some(h)))
+                }
+            }
+        }
         (Budget::GgufBytes(_), None) => Err(crate::Error::option(
             "--target-size",
             "a file-size target needs the GGUF format (--format gguf)",

@@ -512,6 +512,16 @@ fn apply_generation_config_text(config: &mut ModelConfig, text: &str, path: &Pat
     Ok(())
 }
 
+fn check_same_shape(name: &str, old: &Tensor, new: &Tensor) -> Result<()> {
+    if old.dims() != new.dims() {
+        return Err(Error::Tensor {
+            name: name.to_string(),
+            msg: format!("shape {:?} does not match {:?}", new.dims(), old.dims()),
+        });
+    }
+    Ok(())
+}
+
 /// A loaded model: embeddings, blocks and head as f32 tensors on one device.
 #[derive(Clone)]
 pub struct Model {
@@ -699,6 +709,26 @@ impl Model {
     /// Every linear layer, block by block.
     pub fn linear_ids(&self) -> Vec<LinearId> {
         linear_ids(&self.config)
+    }
+
+    /// The token embedding `[vocab, hidden]`.
+    pub fn embedding(&self) -> &Tensor {
+        &self.embedding
+    }
+
+    /// Replaces the token embedding (the LM head keeps its own weight, also
+    /// when the checkpoint ties them: see [`Model::set_head_weight`]).
+    pub fn set_embedding(&mut self, weight: &Tensor) -> Result<()> {
+        check_same_shape("model.embed_tokens.weight", &self.embedding, weight)?;
+        self.embedding = weight.clone();
+        Ok(())
+    }
+
+    /// Replaces the LM head's weight `[vocab, hidden]`.
+    pub fn set_head_weight(&mut self, weight: &Tensor) -> Result<()> {
+        check_same_shape("lm_head.weight", &self.head.weight, weight)?;
+        self.head.weight = weight.clone();
+        Ok(())
     }
 
     /// Drops (skips) or restores a sublayer of `block` (depth pruning): a

@@ -14,6 +14,11 @@
 //!    calibration windows and keeps the fittest; the parent joins the last
 //!    stage (elitism). The winner is the next parent.
 //!
+//! Head tensors in the space (the GGUF embedding and output, whose types a
+//! file-size budget pays for): the first parent is the fittest of the
+//! knapsack solutions for every combination of their types (the same staged,
+//! raced selection as a generation), and mutations move them like any layer.
+//!
 //! Every random choice comes from a generator seeded by (seed, generation),
 //! and the state is checkpointed after each generation, so a search killed
 //! and resumed ends with the same configuration as an uninterrupted one.
@@ -207,8 +212,8 @@ pub(crate) fn gen_rng(seed: u64, generation: u64, salt: u64) -> ChaCha8Rng {
 /// Groups of layers with identical shapes and level costs.
 fn groups(space: &SearchSpace) -> Vec<Vec<usize>> {
     let mut keys: Vec<(Vec<u64>, Vec<usize>)> = Vec::new();
-    for (i, l) in space.layers.iter().enumerate() {
-        let key: Vec<u64> = l.levels.iter().map(|o| o.storage_bits).collect();
+    for i in 0..space.len() {
+        let key: Vec<u64> = space.options(i).iter().map(|o| o.storage_bits).collect();
         match keys.iter_mut().find(|(k, _)| *k == key) {
             Some((_, v)) => v.push(i),
             None => keys.push((key, vec![i])),
@@ -225,7 +230,7 @@ struct Mutator<'a> {
 
 impl Mutator<'_> {
     fn cost(&self, i: usize, k: usize) -> u64 {
-        self.space.layers[i].levels[k].storage_bits
+        self.space.options(i)[k].storage_bits
     }
 
     /// One layer up and another of the same group down.
@@ -327,11 +332,48 @@ fn random_feasible(space: &SearchSpace, start: usize, budget: u64, rng: &mut Cha
     while total > budget {
         let downs: Vec<usize> = (0..c.len()).filter(|&i| c[i] > 0).collect();
         let d = downs[rng.random_range(0..downs.len())];
-        let l = &space.layers[d];
-        total -= l.levels[c[d]].storage_bits - l.levels[c[d] - 1].storage_bits;
+        let l = space.options(d);
+        total -= l[c[d]].storage_bits - l[c[d] - 1].storage_bits;
         c[d] -= 1;
     }
     c
+}
+
+/// For every combination of the head tensors' levels that leaves the linear
+/// layers at least their lowest levels, the knapsack solution of what is left.
+fn head_starts(space: &SearchSpace, budget: u64) -> Vec<Choice> {
+    let n = space.layers.len();
+    let mut combos: Vec<Vec<usize>> = vec![vec![]];
+    for h in &space.head {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                (0..h.levels.len()).map(move |k| {
+                    let mut c = c.clone();
+                    c.push(k);
+                    c
+                })
+            })
+            .collect();
+    }
+    let linear_low: u64 = space.storage_bits(&space.lowest()[..n]);
+    combos
+        .into_iter()
+        .filter_map(|head| {
+            let head_bits: u64 = head
+                .iter()
+                .enumerate()
+                .map(|(j, &k)| space.head[j].levels[k].storage_bits)
+                .sum();
+            let left = budget.checked_sub(head_bits)?;
+            if left < linear_low {
+                return None;
+            }
+            let mut c = super::knapsack::solve_linear(space, left).ok()?;
+            c.extend(head);
+            Some(c)
+        })
+        .collect()
 }
 
 pub(crate) fn sample_windows(
@@ -376,7 +418,7 @@ pub fn evopress(
         budget,
         groups: groups(space),
     };
-    let layer_names: Vec<String> = space.layers.iter().map(|l| l.id.weight_name()).collect();
+    let layer_names: Vec<String> = (0..space.len()).map(|i| space.name(i)).collect();
     let n_pool = targets.windows();
     let seq = targets.seq_len;
     let fingerprint = targets.fingerprint();
@@ -424,6 +466,17 @@ pub fn evopress(
             let first = params.stages[0];
             let windows = sample_windows(n_pool, first.tokens, seq, &mut rng);
             let start = match (params.init, exact) {
+                (Init::Knapsack, _) if !space.head.is_empty() => {
+                    let starts = head_starts(space, budget);
+                    let default = super::knapsack::knapsack(space, target_bits)?;
+                    let others: Vec<Choice> =
+                        starts.into_iter().filter(|c| *c != default).collect();
+                    if others.is_empty() {
+                        default
+                    } else {
+                        select(eval, params, &default, others, targets, &mut rng)?.0
+                    }
+                }
                 (Init::Knapsack, _) => super::knapsack::knapsack(space, target_bits)?,
                 (Init::Random, Some(k)) => space.all_at(k),
                 (Init::Random, None) => {

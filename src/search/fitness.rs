@@ -17,7 +17,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::database::Database;
-use crate::database::{Choice, SearchSpace};
+use crate::database::{Choice, HeadTensor, SearchSpace};
 use crate::error::{Error, Result};
 use crate::model::logits::row_stats;
 use crate::model::{Model, Scratch, SublayerId};
@@ -274,7 +274,7 @@ pub struct EvalStats {
 
 /// Dequantized weights of (layer, level), least recently used first out.
 struct WeightCache {
-    map: HashMap<(usize, usize), Tensor>,
+    map: HashMap<(usize, usize), (Tensor, usize)>,
     order: VecDeque<(usize, usize)>,
     bytes: usize,
     budget: usize,
@@ -282,7 +282,10 @@ struct WeightCache {
 
 /// What a configuration (a [`Choice`]) does to the model.
 pub enum Knobs<'a> {
-    /// Entry `i` is the level of `space.layers[i]`, loaded from the database.
+    /// Entry `i` is the level of `space.layers[i]`, loaded from the
+    /// database; the entries after them are the head tensors' ggml types
+    /// ([`SearchSpace::head`]), encoded from the base's own weights as the
+    /// GGUF export encodes them.
     Levels {
         db: &'a Database,
         space: &'a SearchSpace,
@@ -294,18 +297,44 @@ pub enum Knobs<'a> {
 impl Knobs<'_> {
     fn len(&self) -> usize {
         match self {
-            Knobs::Levels { space, .. } => space.layers.len(),
+            Knobs::Levels { space, .. } => space.len(),
             Knobs::Depth(units) => units.len(),
         }
     }
 
-    /// The first block entry `i` changes.
-    fn block(&self, i: usize) -> usize {
+    /// Whether entry `i` is the token embedding.
+    fn changes_embedding(&self, i: usize) -> bool {
         match self {
-            Knobs::Levels { space, .. } => space.layers[i].id.block,
+            Knobs::Levels { space, .. } => space
+                .head_of(i)
+                .is_some_and(|h| h.tensor == HeadTensor::Embed),
+            Knobs::Depth(_) => false,
+        }
+    }
+
+    /// The first block entry `i` changes (`n_blocks`: only the LM head).
+    fn block(&self, i: usize, n_blocks: usize) -> usize {
+        match self {
+            Knobs::Levels { space, .. } => match space.layers.get(i) {
+                Some(l) => l.id.block,
+                None => match space.head[i - space.layers.len()].tensor {
+                    HeadTensor::Embed => 0,
+                    HeadTensor::Output => n_blocks,
+                },
+            },
             Knobs::Depth(units) => units[i].iter().map(|s| s.block).min().unwrap_or(0),
         }
     }
+}
+
+/// What head-tensor levels are encoded from: the base model's own embedding
+/// and LM head weights, and the output's importance.
+struct HeadBase {
+    embedding: Vec<f32>,
+    /// `None` when the checkpoint ties the head to the embedding.
+    output: Option<Vec<f32>>,
+    importance: Option<Vec<f32>>,
+    shape: (usize, usize),
 }
 
 /// Evaluates configurations by swapping database weights into one model (or
@@ -316,6 +345,7 @@ pub struct Evaluator<'a> {
     /// The level each layer of `model` currently holds (`None`: original weight).
     loaded: Vec<Option<usize>>,
     cache: WeightCache,
+    head_base: Option<HeadBase>,
     pub stats: EvalStats,
 }
 
@@ -343,8 +373,59 @@ impl<'a> Evaluator<'a> {
                 bytes: 0,
                 budget: weight_budget,
             },
+            head_base: None,
             stats: EvalStats::default(),
         }
+    }
+
+    /// Keeps what the head tensors' levels are encoded from (once, when the
+    /// space has head tensors).
+    fn head_base(&mut self, db: &Database, space: &SearchSpace) -> Result<&HeadBase> {
+        if self.head_base.is_none() {
+            let tied = space.head.iter().all(|h| h.tensor != HeadTensor::Output);
+            let emb = self.model.embedding();
+            let shape = emb.dims2()?;
+            let output = if tied {
+                None
+            } else {
+                Some(self.model.head().weight.flatten_all()?.to_vec1::<f32>()?)
+            };
+            self.head_base = Some(HeadBase {
+                embedding: emb.flatten_all()?.to_vec1::<f32>()?,
+                output,
+                importance: db.head_importance()?,
+                shape,
+            });
+        }
+        Ok(self.head_base.as_ref().expect("just set"))
+    }
+
+    /// Head tensor `j` of the space at level `level`, dequantized: the values
+    /// the GGUF export writes (the output and a tied embedding with the
+    /// imatrix's output importance, an untied embedding without).
+    fn head_weight(
+        &mut self,
+        db: &Database,
+        space: &SearchSpace,
+        j: usize,
+        level: usize,
+    ) -> Result<Tensor> {
+        let h = &space.head[j];
+        let name = h.tensor.gguf_name();
+        let ty = dynapress_ggml::GgmlType::from_name(&h.levels[level].level)
+            .ok_or_else(|| Error::layer(name, "a head level is not a ggml type"))?;
+        let device = self.model.device().clone();
+        let base = self.head_base(db, space)?;
+        let (values, importance) = match (h.tensor, &base.output) {
+            (HeadTensor::Output, Some(out)) => (out, base.importance.as_deref()),
+            (HeadTensor::Embed, Some(_)) => (&base.embedding, None),
+            (_, None) => (&base.embedding, base.importance.as_deref()),
+        };
+        let cols = base.shape.1;
+        let enc = |e: dynapress_ggml::Error| Error::layer(name, e.to_string());
+        let bytes = dynapress_ggml::quantize(ty, values, cols, importance).map_err(enc)?;
+        let deq = dynapress_ggml::dequantize(ty, &bytes, values.len()).map_err(enc)?;
+        Ok(Tensor::from_vec(deq, base.shape, &device)?)
     }
 
     fn weight(
@@ -355,31 +436,34 @@ impl<'a> Evaluator<'a> {
         level: usize,
     ) -> Result<Tensor> {
         let key = (layer, level);
-        if let Some(t) = self.cache.map.get(&key) {
+        if let Some((t, _)) = self.cache.map.get(&key) {
             let t = t.clone();
             self.cache.order.retain(|k| *k != key);
             self.cache.order.push_back(key);
             return Ok(t);
         }
-        let l = &space.layers[layer];
-        let entry = db
-            .manifest
-            .entry(l.id, &l.levels[level].level)
-            .ok_or_else(|| Error::layer(l.id.weight_name(), "no database entry"))?;
-        let q = db.load(entry)?;
-        let t = Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), self.model.device())?;
-        let size = q.rows() * q.cols() * 4;
+        let t = match space.layers.get(layer) {
+            Some(l) => {
+                let entry = db
+                    .manifest
+                    .entry(l.id, &l.levels[level].level)
+                    .ok_or_else(|| Error::layer(l.id.weight_name(), "no database entry"))?;
+                let q = db.load(entry)?;
+                Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), self.model.device())?
+            }
+            None => self.head_weight(db, space, layer - space.layers.len(), level)?,
+        };
+        let size = t.elem_count() * 4;
         while self.cache.bytes + size > self.cache.budget {
             let Some(old) = self.cache.order.pop_front() else {
                 break;
             };
-            if self.cache.map.remove(&old).is_some() {
-                let (r, c) = space.layers[old.0].id.shape(&self.model.config);
-                self.cache.bytes -= r * c * 4;
+            if let Some((_, bytes)) = self.cache.map.remove(&old) {
+                self.cache.bytes -= bytes;
             }
         }
         if size <= self.cache.budget {
-            self.cache.map.insert(key, t.clone());
+            self.cache.map.insert(key, (t.clone(), size));
             self.cache.order.push_back(key);
             self.cache.bytes += size;
         }
@@ -396,7 +480,21 @@ impl<'a> Evaluator<'a> {
                 Knobs::Levels { db, space } => {
                     let (db, space) = (*db, *space);
                     let w = self.weight(db, space, i, k)?;
-                    self.model.set_linear(space.layers[i].id, &w)?;
+                    match space.layers.get(i) {
+                        Some(l) => self.model.set_linear(l.id, &w)?,
+                        None => {
+                            let tied = self.head_base.as_ref().is_some_and(|b| b.output.is_none());
+                            match space.head[i - space.layers.len()].tensor {
+                                HeadTensor::Embed => {
+                                    self.model.set_embedding(&w)?;
+                                    if tied {
+                                        self.model.set_head_weight(&w)?;
+                                    }
+                                }
+                                HeadTensor::Output => self.model.set_head_weight(&w)?,
+                            }
+                        }
+                    }
                 }
                 Knobs::Depth(units) => {
                     for s in &units[i] {
@@ -480,10 +578,20 @@ impl<'a> Evaluator<'a> {
             .map(|c| match parent {
                 Some(p) => (0..c.len())
                     .filter(|&i| c[i] != p[i])
-                    .map(|i| self.knobs.block(i))
+                    .map(|i| self.knobs.block(i, n_blocks))
                     .min()
                     .unwrap_or(n_blocks),
                 None => 0,
+            })
+            .collect();
+        // Candidates whose token embedding differs from the parent's: their
+        // forward starts before the parent's first cached state.
+        let new_embedding: Vec<bool> = candidates
+            .iter()
+            .map(|c| {
+                parent.is_some_and(|p| {
+                    (0..c.len()).any(|i| c[i] != p[i] && self.knobs.changes_embedding(i))
+                })
             })
             .collect();
         // Entrants: the candidates, then the parent if it competes.
@@ -527,16 +635,17 @@ impl<'a> Evaluator<'a> {
                     continue;
                 }
                 let first = if states.is_some() { firsts[i] } else { 0 };
+                // Loaded also when no block changes: the head may have.
+                self.load(c)?;
                 let mut x = match &states {
-                    Some(s) => s[first].clone(),
-                    None => self
+                    Some(s) if !new_embedding[i] => s[first].clone(),
+                    _ => self
                         .model
                         .embed(&ids, b, t)?
                         .flatten_all()?
                         .to_vec1::<f32>()?,
                 };
                 if first < n_blocks {
-                    self.load(c)?;
                     self.blocks_from(&mut x, b, first, &cos, &sin, &mut sc, t)?;
                 }
                 let kls = self.window_kls(&x, ws, targets, &mut xn)?;

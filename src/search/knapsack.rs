@@ -6,6 +6,10 @@
 //! is hundreds of bits, so the table stays small). If the budget would still
 //! need more than [`MAX_UNITS`] units, costs are rounded *up* to a coarser unit:
 //! the result then remains feasible and is optimal for the rounded costs.
+//!
+//! Head tensors of a space ([`SearchSpace::head`]) stay at their default
+//! levels: the manifest's per-layer output errors and an embedding's weight
+//! error are not on one scale, so only the KL fitness (EvoPress) moves them.
 
 use crate::database::{Choice, SearchSpace};
 use crate::error::Result;
@@ -24,8 +28,27 @@ pub fn knapsack(space: &SearchSpace, target: f64) -> Result<Choice> {
     solve(space, budget)
 }
 
-/// The error-minimising choice within `budget` storage bits.
+/// The error-minimising choice within `budget` storage bits (head tensors at
+/// their defaults).
 pub fn solve(space: &SearchSpace, budget: u64) -> Result<Choice> {
+    let head = space.head_defaults();
+    let head_bits: u64 = head
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| space.head[j].levels[k].storage_bits)
+        .sum();
+    let Some(budget) = budget.checked_sub(head_bits) else {
+        return Err(crate::error::Error::budget(
+            "no configuration fits the budget",
+        ));
+    };
+    let mut choice = solve_linear(space, budget)?;
+    choice.extend(head);
+    Ok(choice)
+}
+
+/// The knapsack over the linear layers alone (no head entries in the result).
+pub(crate) fn solve_linear(space: &SearchSpace, budget: u64) -> Result<Choice> {
     let mut unit = space
         .layers
         .iter()
@@ -73,7 +96,6 @@ pub fn solve(space: &SearchSpace, budget: u64) -> Result<Choice> {
         choice[i] = k;
         b -= cost(i, k);
     }
-    debug_assert!(space.storage_bits(&choice) <= budget);
     Ok(choice)
 }
 
@@ -132,5 +154,18 @@ mod tests {
         let c = solve(&s, budget).unwrap();
         assert!(s.storage_bits(&c) <= budget);
         assert!(s.error_sum(&c) <= s.error_sum(&super::super::uniform(&s, 3.1).unwrap()));
+    }
+
+    #[test]
+    fn head_tensors_keep_their_defaults_and_are_paid_first() {
+        let s = super::super::tests::toy_space_with_head(7, 4096);
+        let plain = toy_space(7);
+        let target = 4.0;
+        let c = knapsack(&s, target).unwrap();
+        assert_eq!(&c[7..], &[1, 1]);
+        assert!(s.storage_bits(&c) <= s.budget_bits(target));
+        // The linear part is the knapsack of what the head leaves.
+        let left = s.budget_bits(target) - 2 * 5 * 4096;
+        assert_eq!(&c[..7], &solve(&plain, left).unwrap()[..]);
     }
 }

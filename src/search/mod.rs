@@ -17,7 +17,7 @@ pub mod knapsack;
 mod run;
 
 pub use depth::{DepthOptions, DepthOutcome, run_depth};
-pub use run::{SearchOptions, SearchOutcome, run_search};
+pub use run::{HeadSearch, SearchOptions, SearchOutcome, run_search};
 
 use crate::database::{Choice, SearchSpace};
 use crate::error::Result;
@@ -36,7 +36,7 @@ pub fn uniform(space: &SearchSpace, target: f64) -> Result<Choice> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    pub use crate::database::space::tests::toy_space;
+    pub use crate::database::space::tests::{toy_space, toy_space_with_head};
 
     #[test]
     fn uniform_takes_the_highest_fitting_level() {

@@ -9,11 +9,49 @@ use super::evopress::{DEFAULT_POOL_TOKENS, EvoParams, GenerationLog, evopress};
 use super::fitness::{BaseTargets, EvalStats, Evaluator};
 use super::{knapsack, uniform};
 use crate::calib::load_calibration;
-use crate::database::Database;
+use crate::database::{Database, HeadLayer, HeadTensor};
 use crate::error::Result;
 use crate::model::{Model, ModelFiles};
 use crate::progress;
 use crate::selection::{Algo, ConfigFile, Target};
+
+/// The GGUF embedding and output searched with the linear layers under one
+/// file-size budget (`export::gguf::head_search` builds it).
+#[derive(Debug, Clone)]
+pub struct HeadSearch {
+    /// `token_embd` (and `output` when untied), their types and costs.
+    pub layers: Vec<HeadLayer>,
+    /// Storage bits the file leaves for the linear layers and these tensors.
+    pub budget_bits: u64,
+}
+
+impl HeadSearch {
+    /// ` with token_embd at Q6_K and output at Q6_K to start (searched among
+    /// …)`, for the budget message.
+    pub fn describe_start(&self) -> String {
+        let parts: Vec<String> = self
+            .layers
+            .iter()
+            .map(|l| {
+                let name = l.tensor.gguf_name().trim_end_matches(".weight");
+                if l.levels.len() == 1 {
+                    format!("{name} {}", l.levels[0].level)
+                } else {
+                    format!(
+                        "{name} searched from {} ({})",
+                        l.levels[l.default].level,
+                        l.levels
+                            .iter()
+                            .map(|o| o.level.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            })
+            .collect();
+        format!(" with {}", parts.join("; "))
+    }
+}
 
 /// Everything a search needs besides the model and database.
 #[derive(Debug, Clone)]
@@ -40,6 +78,10 @@ pub struct SearchOptions {
     pub quiet: bool,
     /// Testing only: abort after this many generations.
     pub abort_after: Option<usize>,
+    /// Head tensors searched with the linear layers (`target.bits` is then
+    /// what the linear layers get with the head at its defaults, and the
+    /// configuration records what they get with the chosen types).
+    pub head: Option<HeadSearch>,
 }
 
 impl Default for SearchOptions {
@@ -57,6 +99,7 @@ impl Default for SearchOptions {
             checkpoint: None,
             quiet: false,
             abort_after: None,
+            head: None,
         }
     }
 }
@@ -77,8 +120,15 @@ pub fn run_search(
     opts: &SearchOptions,
 ) -> Result<SearchOutcome> {
     let start = Instant::now();
-    let space = &db.space;
-    let target_bits = opts.target.bits;
+    let with_head;
+    let (space, target_bits) = match &opts.head {
+        None => (&db.space, opts.target.bits),
+        Some(h) => {
+            with_head = db.space.clone().with_head(h.layers.clone());
+            let bits = h.budget_bits as f64 / with_head.total_params as f64;
+            (&with_head, bits)
+        }
+    };
     space.check_target(target_bits)?;
     let (choice, fitness, history, stats) = match opts.algo {
         Algo::Uniform => (uniform(space, target_bits)?, None, vec![], None),
@@ -142,16 +192,37 @@ pub fn run_search(
         }
     };
     let seed = (opts.algo == Algo::Evopress).then_some(opts.evo.seed);
+    let n = db.space.layers.len();
+    let mut target = opts.target;
+    if let Some(h) = &opts.head {
+        // What the linear layers got: the file's bits less the chosen head's.
+        let head_bits: u64 = choice[n..]
+            .iter()
+            .zip(&h.layers)
+            .map(|(&k, l)| l.levels[k].storage_bits)
+            .sum();
+        target.bits = (h.budget_bits - head_bits) as f64 / db.space.total_params as f64;
+    }
+    let mut config = ConfigFile::new(
+        &db.space,
+        &db.manifest,
+        &choice[..n],
+        opts.algo,
+        target,
+        seed,
+        fitness,
+    );
+    if let Some(h) = &opts.head {
+        for (l, &k) in h.layers.iter().zip(&choice[n..]) {
+            let ty = Some(l.levels[k].level.clone());
+            match l.tensor {
+                HeadTensor::Embed => config.embed_type = ty,
+                HeadTensor::Output => config.output_type = ty,
+            }
+        }
+    }
     Ok(SearchOutcome {
-        config: ConfigFile::new(
-            space,
-            &db.manifest,
-            &choice,
-            opts.algo,
-            opts.target,
-            seed,
-            fitness,
-        ),
+        config,
         history,
         stats,
         seconds: start.elapsed().as_secs_f64(),
