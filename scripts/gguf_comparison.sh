@@ -18,13 +18,15 @@
 # searched with the linear layers); with a fixed embedding type output.weight
 # is Q6_K, as in the presets), GENERATIONS (default: the compress default). A
 # budget that an embedding type makes infeasible is reported as such and
-# skipped.
+# skipped. TYPES: the database's ggml types (default the k-quants and Q8_0;
+# add IQ2_XXS,IQ2_XS,IQ2_S,IQ3_XXS,IQ3_S,IQ4_XS for the i-quant levels).
+# DP: the dynapress binary (default target/release/dynapress).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${1:-/tmp/gguf-comparison}
 BIN=${DYNAPRESS_LLAMA_CPP_BIN:-$(scripts/build-llama-cpp.sh)}
-DP=target/release/dynapress
+DP=${DP:-target/release/dynapress}
 PRESETS=${PRESETS:-"Q2_K Q3_K_M Q4_K_M"}
 GEN_ARGS=()
 [[ -n ${GENERATIONS:-} ]] && GEN_ARGS=(--generations "$GENERATIONS")
@@ -40,7 +42,7 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 if [[ ! -f $OUT/db/manifest.json ]]; then
     log "database"
     $DP database --model $MODEL "${CALIB[@]}" --method gptq-kquant \
-        --types Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0 --out "$OUT/db" --quiet >/dev/null
+        --types "${TYPES:-Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0}" --out "$OUT/db" --quiet >/dev/null
 fi
 for t in "${TESTS[@]}"; do
     [[ -f $OUT/base-$t.kld ]] || "$BIN/llama-perplexity" -m "$OUT/f32.gguf" \

@@ -309,3 +309,57 @@ fn dry_run_estimates_without_working() {
     assert!(v["database_disk_mib"].as_f64().unwrap() > 1.0);
     assert!(!out.exists(), "a dry run writes nothing");
 }
+
+/// `--runtime vllm`: the database holds only what vLLM's Marlin kernels
+/// serve (symmetric 4- and 8-bit grids), so every searched layer is at 4 or
+/// 8 bits; a ggml method or a GGUF is refused for it, and llama.cpp needs one.
+#[test]
+fn runtime_restricts_the_levels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("vllm");
+    ok(&common::cli::database(
+        &db,
+        &[
+            "--calib",
+            "assets/data/docs.valid.txt",
+            "--calib-tokens",
+            "2048",
+            "--runtime",
+            "vllm",
+        ],
+    ));
+    let m = read_json(&db.join("manifest.json"));
+    assert_eq!(m["method"]["bits"], serde_json::json!([4, 8]));
+    assert_eq!(m["method"]["sym"], serde_json::json!(true));
+    let cfg = tmp.path().join("c.json");
+    knapsack(&db, "4.5", &cfg);
+    let c = ConfigFile::read(&cfg).unwrap();
+    assert!(c.layers.iter().all(|l| l.bits == 4 || l.bits == 8));
+    assert!(c.layers.iter().any(|l| l.bits == 8), "a mix at 4.5 bits");
+    let o = common::cli::database(
+        &tmp.path().join("x"),
+        &[
+            "--calib",
+            "assets/data/docs.valid.txt",
+            "--runtime",
+            "vllm",
+            "--method",
+            "kquant",
+        ],
+    );
+    common::cli::fails(&o, 2, &["--runtime vllm", "gptq or rtn"]);
+    let o = run(&[
+        "compress",
+        "--model",
+        DEMO,
+        "--calib",
+        "assets/data/docs.valid.txt",
+        "--eval",
+        "assets/data/docs.test.txt",
+        "--runtime",
+        "llama.cpp",
+        "--out",
+        s(&tmp.path().join("y")),
+    ]);
+    common::cli::fails(&o, 2, &["--format gguf"]);
+}

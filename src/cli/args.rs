@@ -27,9 +27,40 @@ pub enum Format {
     CompressedTensors,
 }
 
+/// The runtime a model is made for: its levels are restricted to what that
+/// runtime's kernels serve (docs/served-formats.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Runtime {
+    /// No restriction.
+    Any,
+    /// vLLM (compressed-tensors, Marlin kernels): symmetric 4- and 8-bit
+    /// GPTQ grids (`export --format compressed-tensors`).
+    Vllm,
+    /// GPTQModel's kernels: 2-, 3-, 4- and 8-bit GPTQ grids.
+    Gptqmodel,
+    /// llama.cpp: ggml types (gptq-kquant; `--format gguf`).
+    #[value(name = "llama.cpp")]
+    LlamaCpp,
+}
+
+impl Runtime {
+    /// The grid bit widths the runtime serves (`None`: any, or not a grid runtime).
+    pub fn grid_bits(self) -> Option<&'static [u8]> {
+        match self {
+            Runtime::Vllm => Some(&[4, 8]),
+            Runtime::Gptqmodel => Some(&[2, 3, 4, 8]),
+            Runtime::Any | Runtime::LlamaCpp => None,
+        }
+    }
+}
+
 /// The compressor and the levels of the database.
 #[derive(Args, Debug, Clone)]
 pub struct MethodArgs {
+    /// Restrict the levels to what a runtime serves: vllm (symmetric 4/8-bit
+    /// grids), gptqmodel (2/3/4/8-bit grids), llama.cpp (ggml types), any.
+    #[arg(long, value_enum, default_value = "any")]
+    pub runtime: Runtime,
     /// Compressor: gptq or rtn (grids of --bits with --group-size), kquant
     /// (ggml's encoders) or gptq-kquant (GPTQ inside ggml's grids) for --types.
     /// Default: gptq, or gptq-kquant with --format gguf.
@@ -62,19 +93,50 @@ pub struct MethodArgs {
 }
 
 impl MethodArgs {
-    /// The method spec, with `default` when --method is not given.
-    pub fn spec(&self, default: Method) -> MethodSpec {
-        MethodSpec {
-            method: self.method.unwrap_or(default),
-            bits: self.bits.clone(),
+    /// The method spec, with `default` when --method is not given (gptq-kquant
+    /// for `--runtime llama.cpp`), restricted to `--runtime`'s levels.
+    pub fn spec(&self, default: Method) -> anyhow::Result<MethodSpec> {
+        let default = match self.runtime {
+            Runtime::LlamaCpp => Method::GptqKquant,
+            Runtime::Vllm | Runtime::Gptqmodel if default.is_ggml() => Method::Gptq,
+            _ => default,
+        };
+        let method = self.method.unwrap_or(default);
+        let mut bits = self.bits.clone();
+        let mut sym = self.sym;
+        match (self.runtime, self.runtime.grid_bits()) {
+            (Runtime::LlamaCpp, _) if !method.is_ggml() => crate::bad_arg!(
+                "--runtime llama.cpp needs ggml types: --method kquant or gptq-kquant (the default for it)"
+            ),
+            (r, Some(allowed)) => {
+                if method.is_ggml() {
+                    crate::bad_arg!(
+                        "--runtime {} serves GPTQ grids: --method gptq or rtn, not a ggml method",
+                        r.to_possible_value().expect("listed").get_name()
+                    );
+                }
+                bits.retain(|b| allowed.contains(b));
+                if bits.is_empty() {
+                    crate::bad_arg!(
+                        "--runtime {} serves {allowed:?} bits; --bits has none of them",
+                        r.to_possible_value().expect("listed").get_name()
+                    );
+                }
+                sym |= r == Runtime::Vllm;
+            }
+            _ => {}
+        }
+        Ok(MethodSpec {
+            method,
+            bits,
             types: self.types.clone(),
             imatrix: !self.no_imatrix,
             group_size: self.group_size,
-            sym: self.sym,
+            sym,
             act_order: self.act_order,
             damp: self.damp,
             clip: self.clip,
-        }
+        })
     }
 }
 

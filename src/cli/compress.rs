@@ -10,7 +10,7 @@ use dynapress::pipeline::{CompressOptions, compress};
 use dynapress::search::SearchOptions;
 use dynapress::selection::Algo;
 
-use super::args::{BudgetArgs, EvoArgs, Format, GgufTypeArgs, MethodArgs};
+use super::args::{BudgetArgs, EvoArgs, Format, GgufTypeArgs, MethodArgs, Runtime};
 
 #[derive(Args)]
 pub struct CompressArgs {
@@ -156,7 +156,16 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         Method::GptqKquant
     } else {
         Method::Gptq
-    });
+    })?;
+    match (a.method.runtime, gguf.is_some()) {
+        (Runtime::LlamaCpp, false) => {
+            crate::bad_arg!("--runtime llama.cpp makes a GGUF: add --format gguf")
+        }
+        (Runtime::Vllm | Runtime::Gptqmodel, true) => crate::bad_arg!(
+            "--runtime vllm and gptqmodel serve GPTQ grids, not GGUF: drop --format gguf (then `export --format compressed-tensors`)"
+        ),
+        _ => {}
+    }
     let opts = CompressOptions {
         model,
         calib,

@@ -67,7 +67,7 @@ pub fn run(a: DatabaseArgs) -> anyhow::Result<()> {
     let files = ModelFiles::open(&a.model).context("loading the model")?;
     let calib = load_calibration(&a.calib, &files.tokenizer, a.calib_tokens, a.seq_len)?;
     let opts = BuildOptions {
-        spec: a.method.spec(Method::Gptq),
+        spec: a.method.spec(Method::Gptq)?,
         batch: a.batch,
         keep_hessians: a.keep_hessians,
         force: a.force,

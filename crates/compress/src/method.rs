@@ -20,7 +20,7 @@ use crate::rtn::{RtnParams, rtn};
 pub enum MethodError {
     /// A `--types` entry is not a quantized ggml type.
     #[error(
-        "unknown ggml type `{0}`; choose among Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1, Q8_0"
+        "unknown ggml type `{0}`; choose among Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1, Q8_0, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS"
     )]
     UnknownGgmlType(String),
     /// Stored ggml blocks do not decode.
@@ -111,7 +111,7 @@ pub struct LevelSpec {
 impl MethodSpec {
     /// Whether levels are ggml types.
     pub fn is_ggml(&self) -> bool {
-        matches!(self.method, Method::Kquant | Method::GptqKquant)
+        self.method.is_ggml()
     }
 
     /// The levels, lowest bits per weight first.
@@ -146,7 +146,10 @@ impl MethodSpec {
     }
 
     fn ggml_level(&self, ty: GgmlType, fallback: bool) -> LevelSpec {
-        let prefix = if self.method == Method::GptqKquant {
+        // GPTQ works inside a type's per-weight grid; the lattice i-quants
+        // (IQ2_*, IQ3_*) round groups of weights jointly and get ggml's own
+        // encoder, so their level is named as in a kquant database.
+        let prefix = if self.method == Method::GptqKquant && ty.has_block_grid() {
             "gptq-"
         } else {
             ""
@@ -225,6 +228,13 @@ pub enum Method {
     Kquant,
     /// GPTQ error feedback inside ggml's block grids.
     GptqKquant,
+}
+
+impl Method {
+    /// Whether the method's levels are ggml types (kquant, gptq-kquant).
+    pub fn is_ggml(self) -> bool {
+        matches!(self, Method::Kquant | Method::GptqKquant)
+    }
 }
 
 impl std::str::FromStr for Method {
@@ -326,9 +336,11 @@ pub fn compress_layer(
     if let Some(ty) = level.ggml {
         let rows = w.len() / cols;
         let bytes = match (spec.method, factor) {
-            (Method::GptqKquant, Some(f)) => crate::ggml_gptq::gptq_ggml(f, w, ty, imatrix)
-                .map_err(|e| e.to_string())?
-                .into_bytes(),
+            (Method::GptqKquant, Some(f)) if ty.has_block_grid() => {
+                crate::ggml_gptq::gptq_ggml(f, w, ty, imatrix)
+                    .map_err(|e| e.to_string())?
+                    .into_bytes()
+            }
             _ => dynapress_ggml::quantize(ty, w, cols, imatrix).map_err(|e| e.to_string())?,
         };
         return Ok(Variant::Ggml(GgmlBlocks {

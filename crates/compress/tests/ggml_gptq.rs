@@ -605,3 +605,58 @@ fn bad_inputs_are_errors() {
     let empty = gptq_ggml(&f, &[], GgmlType::Q6K, None).unwrap();
     assert_eq!((empty.rows(), empty.storage_bits()), (0, 0));
 }
+
+/// A gptq-kquant database with i-quant levels: IQ4_XS (a 16-value table per
+/// weight, so a per-weight grid) gets GPTQ and a `gptq-` level, beating ggml's
+/// encoder on correlated inputs; the lattice i-quants (IQ2_*, IQ3_*), which
+/// round groups of weights jointly, get ggml's encoder, byte for byte, under
+/// their plain names.
+#[test]
+fn gptq_kquant_levels_of_the_i_quants() {
+    use dynapress_compress::{Method, MethodSpec, Variant, compress_layer};
+    let spec = MethodSpec {
+        method: Method::GptqKquant,
+        types: ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let levels = spec.levels().unwrap();
+    let names: Vec<&str> = levels.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "IQ2_XXS",
+            "IQ2_XS",
+            "IQ2_S",
+            "IQ3_XXS",
+            "IQ3_S",
+            "gptq-IQ4_XS"
+        ]
+    );
+    let l = layer(11, 32, 256, 1024, &[]);
+    let f = factor(&l.h);
+    let imatrix = imatrix_from_hessian(&l.h);
+    let err = |bytes: &[u8], ty: GgmlType| {
+        let deq = dynapress_ggml::dequantize(ty, bytes, l.w.len()).unwrap();
+        relative_output_error(&l.w, &deq, &l.h)
+    };
+    for level in &levels {
+        let ty = level.ggml.unwrap();
+        let Variant::Ggml(g) =
+            compress_layer(&l.w, &l.h, Some(&f), Some(&imatrix), &spec, level).unwrap()
+        else {
+            panic!("{ty}: not ggml blocks")
+        };
+        let plain = quantize(ty, &l.w, l.n, Some(&imatrix)).unwrap();
+        if ty.is_lattice() {
+            assert!(g.bytes == plain, "{ty}: not ggml's encoder");
+        } else {
+            let (e_gptq, e_plain) = (err(&g.bytes, ty), err(&plain, ty));
+            assert!(
+                e_gptq < 0.9 * e_plain,
+                "{ty}: GPTQ {e_gptq} vs ggml {e_plain}"
+            );
+        }
+    }
+}
