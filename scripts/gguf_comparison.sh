@@ -27,6 +27,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/gguf-comparison}
 BIN=${DYNAPRESS_LLAMA_CPP_BIN:-$(scripts/build-llama-cpp.sh)}
 DP=${DP:-target/release/dynapress}
+DB_TYPES=${TYPES:-Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0}
 PRESETS=${PRESETS:-"Q2_K Q3_K_M Q4_K_M"}
 GEN_ARGS=()
 [[ -n ${GENERATIONS:-} ]] && GEN_ARGS=(--generations "$GENERATIONS")
@@ -42,7 +43,7 @@ log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 if [[ ! -f $OUT/db/manifest.json ]]; then
     log "database"
     $DP database --model $MODEL "${CALIB[@]}" --method gptq-kquant \
-        --types "${TYPES:-Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0}" --out "$OUT/db" --quiet >/dev/null
+        --types "$DB_TYPES" --out "$OUT/db" --quiet >/dev/null
 fi
 for t in "${TESTS[@]}"; do
     [[ -f $OUT/base-$t.kld ]] || "$BIN/llama-perplexity" -m "$OUT/f32.gguf" \
@@ -115,7 +116,7 @@ for preset in $PRESETS; do
         if [[ ! -f $ef ]]; then
             log "compress $preset $what"
             $DP compress --model $MODEL "${CALIB[@]}" --eval assets/data/docs.test.txt \
-                --format gguf --target-size "$bytes" "${types[@]}" --db "$OUT/db" \
+                --format gguf --target-size "$bytes" "${types[@]}" --db "$OUT/db" --types "$DB_TYPES" \
                 --no-compare "${GEN_ARGS[@]}" --out "$OUT/evopress-$preset-$emb" --quiet \
                 >"$OUT/evopress-$preset-$emb.log" 2>&1
         fi

@@ -308,11 +308,13 @@ fn comparison_rows(
             if !all && Some(k) != below && Some(k) != above {
                 continue;
             }
+            // A layer without the level (rows a ggml type cannot hold)
+            // takes its largest level below, as the bits above count it.
             named.push((
                 format!("uniform {level}"),
                 "uniform".into(),
                 bits[k],
-                Contender::Uniform(level.clone()),
+                Contender::Choice(space.all_at(k)),
             ));
         }
         let lo = bits[0];

@@ -513,6 +513,47 @@ fn tied_576_checkpoint_gets_fallback_levels_and_types() {
             && !err.contains("token_embd and output"),
         "{err}"
     );
+    // `compress` end to end on it: the uniform comparison rows give a layer
+    // without a level (rows of 576 cannot hold Q4_K) its largest level below.
+    let run_dir = tmp.path().join("run");
+    ok(&run(&[
+        "compress",
+        "--model",
+        m,
+        "--db",
+        s(&db),
+        "--method",
+        "kquant",
+        "--calib",
+        "assets/data/docs.valid.txt",
+        "--calib-tokens",
+        "2048",
+        "--eval",
+        "assets/data/docs.test.txt",
+        "--eval-windows",
+        "2",
+        "--format",
+        "gguf",
+        "--target-size",
+        "9000000",
+        "--generations",
+        "1",
+        "--offspring",
+        "2",
+        "--stages",
+        "256:1",
+        "--out",
+        s(&run_dir),
+        "--quiet",
+    ]));
+    let r = read_json(&run_dir.join("report.json"));
+    let uniform = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["kind"] == "uniform")
+        .count();
+    assert!(uniform >= 6, "{}", r["rows"]);
     // Every linear layer at its smallest level plus a Q8_0 token_embd.
     let target = 9_000_000u64;
     ok(&search(&target.to_string()));

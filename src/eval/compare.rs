@@ -41,7 +41,8 @@ impl Compare {
 
 /// A model the evaluation compares with the base, built when its turn comes.
 pub enum Contender {
-    /// Every layer at one database level.
+    /// Every layer at one database level (every layer must have it; for a
+    /// database whose layers lack some levels use `Choice(space.all_at(k))`).
     Uniform(String),
     /// A level per layer of the database's search space (a searched or
     /// knapsack selection).

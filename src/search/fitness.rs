@@ -20,6 +20,7 @@ use crate::database::Database;
 use crate::database::{Choice, HeadTensor, SearchSpace};
 use crate::error::{Error, Result};
 use crate::model::logits::row_stats;
+use crate::model::kernels::F32View;
 use crate::model::{Model, Scratch, SublayerId};
 
 /// Windows per forward pass during the search (and per racing step).
@@ -330,9 +331,11 @@ impl Knobs<'_> {
 /// What head-tensor levels are encoded from: the base model's own embedding
 /// and LM head weights, and the output's importance.
 struct HeadBase {
-    embedding: Vec<f32>,
+    /// The base's tensors themselves (shared, not copied: the model holds
+    /// the searched levels' weights in their place).
+    embedding: Tensor,
     /// `None` when the checkpoint ties the head to the embedding.
-    output: Option<Vec<f32>>,
+    output: Option<Tensor>,
     importance: Option<Vec<f32>>,
     shape: (usize, usize),
 }
@@ -385,13 +388,9 @@ impl<'a> Evaluator<'a> {
             let tied = space.head.iter().all(|h| h.tensor != HeadTensor::Output);
             let emb = self.model.embedding();
             let shape = emb.dims2()?;
-            let output = if tied {
-                None
-            } else {
-                Some(self.model.head().weight.flatten_all()?.to_vec1::<f32>()?)
-            };
+            let output = (!tied).then(|| self.model.head().weight.clone());
             self.head_base = Some(HeadBase {
-                embedding: emb.flatten_all()?.to_vec1::<f32>()?,
+                embedding: emb.clone(),
                 output,
                 importance: db.head_importance()?,
                 shape,
@@ -423,6 +422,9 @@ impl<'a> Evaluator<'a> {
         };
         let cols = base.shape.1;
         let enc = |e: dynapress_ggml::Error| Error::layer(name, e.to_string());
+        let view = F32View::new(values)
+            .ok_or_else(|| Error::Invalid("the search needs f32 CPU weights".into()))?;
+        let values = view.as_slice();
         let bytes = dynapress_ggml::quantize(ty, values, cols, importance).map_err(enc)?;
         let deq = dynapress_ggml::dequantize(ty, &bytes, values.len()).map_err(enc)?;
         Ok(Tensor::from_vec(deq, base.shape, &device)?)
