@@ -19,8 +19,8 @@ use rayon::prelude::*;
 use crate::database::Database;
 use crate::database::{Choice, HeadTensor, SearchSpace};
 use crate::error::{Error, Result};
-use crate::model::logits::row_stats;
 use crate::model::kernels::F32View;
+use crate::model::logits::row_stats;
 use crate::model::{Model, Scratch, SublayerId};
 
 /// Windows per forward pass during the search (and per racing step).
