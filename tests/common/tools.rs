@@ -61,11 +61,15 @@ pub fn quantize(bin: &Path, args: &[&str]) {
 ///
 /// llama.cpp's logger is asynchronous and not flushed at exit (llama.cpp
 /// issue #22142): when the output is a pipe, the last lines (the last
-/// chunk's `[i]ppl,` and "Final estimate") are sometimes lost, as in one CI
-/// run. The estimate after the last chunk equals the final one, so either is
-/// accepted, and the run is repeated (up to 5 times) until one is there.
+/// chunk's `[i]ppl,` and "Final estimate") are sometimes lost — on a loaded
+/// machine five runs in a row. So it runs one more batch of 8 chunks than
+/// asked (2048-token batches of 256-token chunks) and reads the running
+/// estimate after chunk `chunks`, which is printed a whole pass before the
+/// end and equals a `chunks`-chunk run's final one; the run is repeated (up
+/// to 5 times) if even that line is missing.
 pub fn llama_perplexity(bin: &Path, model: &Path, chunks: usize) -> f64 {
     let mut last = String::new();
+    let run_chunks = chunks + 8;
     for _attempt in 0..5 {
         let o = Command::new(bin.join("llama-perplexity"))
             .args([
@@ -76,7 +80,7 @@ pub fn llama_perplexity(bin: &Path, model: &Path, chunks: usize) -> f64 {
                 "-c",
                 "256",
                 "--chunks",
-                &chunks.to_string(),
+                &run_chunks.to_string(),
                 "-t",
                 "2",
             ])
@@ -85,15 +89,11 @@ pub fn llama_perplexity(bin: &Path, model: &Path, chunks: usize) -> f64 {
             .unwrap();
         let log =
             String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
-        let fin = log
-            .lines()
-            .find_map(|l| l.split("Final estimate: PPL = ").nth(1))
-            .and_then(|r| r.split_whitespace().next());
         let chunk = log
             .split(&format!("[{chunks}]"))
             .nth(1)
             .and_then(|s| s.split(',').next());
-        if let Some(ppl) = fin.or(chunk).and_then(|v| v.trim().parse::<f64>().ok()) {
+        if let Some(ppl) = chunk.and_then(|v| v.trim().parse::<f64>().ok()) {
             return ppl;
         }
         last = format!("exit status {:?}; output:\n{log}", o.status);
