@@ -43,16 +43,6 @@ pub struct GgufTypes {
 }
 
 impl GgufTypes {
-    /// Fixed types (nothing searched).
-    pub fn fixed(embed: GgmlType, output: GgmlType) -> Self {
-        GgufTypes {
-            embed,
-            output,
-            search_embed: false,
-            search_output: false,
-        }
-    }
-
     /// These types with the ones a search chose (recorded in its
     /// configuration) in place of the searched ones.
     pub fn chosen(self, config: &crate::selection::ConfigFile) -> Result<Self> {
