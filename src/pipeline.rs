@@ -132,6 +132,9 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     let found = run_search(&files, &db, &search)?;
     found.config.write(&config_path)?;
     let sel = db.resolve(&found.config, &config_path)?;
+    // The linear layers' budget as the search left it: with searched GGUF
+    // head types it is what the chosen types leave, not the starting ones.
+    let target_bits = found.config.target_bits;
     seconds.insert("search".into(), t.elapsed().as_secs_f64());
 
     // 3. Export.

@@ -554,6 +554,11 @@ fn tied_576_checkpoint_gets_fallback_levels_and_types() {
         .filter(|x| x["kind"] == "uniform")
         .count();
     assert!(uniform >= 6, "{}", r["rows"]);
+    // The report's budget is the one the configuration records: what the
+    // chosen token_embd type left for the layers.
+    let c = read_json(&run_dir.join("config.json"));
+    assert_eq!(r["target_bits"], c["target_bits"]);
+    assert!(c["embed_type"].is_string(), "{c}");
     // Every linear layer at its smallest level plus a Q8_0 token_embd.
     let target = 9_000_000u64;
     ok(&search(&target.to_string()));
