@@ -68,6 +68,14 @@ pub struct HeadLayer {
     pub default: usize,
 }
 
+/// Storage bits of head tensors `head` at `levels` (one per tensor).
+pub fn head_storage_bits(head: &[HeadLayer], levels: &[usize]) -> u64 {
+    head.iter()
+        .zip(levels)
+        .map(|(h, &k)| h.levels[k].storage_bits)
+        .sum()
+}
+
 /// The layers, their levels and costs.
 #[derive(Debug, Clone)]
 pub struct SearchSpace {
@@ -239,6 +247,11 @@ impl SearchSpace {
     /// The head tensors' default levels (the tail of a choice).
     pub fn head_defaults(&self) -> Vec<usize> {
         self.head.iter().map(|h| h.default).collect()
+    }
+
+    /// Storage bits of the head tensors at `levels` (the tail of a choice).
+    pub fn head_storage_bits(&self, levels: &[usize]) -> u64 {
+        head_storage_bits(&self.head, levels)
     }
 
     /// Checks that a target lies between the lowest and highest levels.

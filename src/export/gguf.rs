@@ -20,6 +20,7 @@ use dynapress_gguf::{
 };
 
 use super::TensorSink;
+use crate::database::space::head_storage_bits;
 use crate::database::{Choice, Database, HeadLayer, HeadTensor, LevelOption, Manifest, Variant};
 use crate::error::{Error, Result};
 use crate::model::weights::to_f32;
@@ -151,26 +152,30 @@ pub const HEAD_TYPES: [GgmlType; 6] = [
     GgmlType::Q8_0,
 ];
 
-/// The levels of a `rows × cols` head tensor: each type's bytes in the file
-/// (padded to the GGUF alignment, as every tensor's data is), smallest first,
-/// one per distinct written type; and the index of `asked`'s.
+/// Bytes of a `rows × cols` tensor of type `ty` in a GGUF file: its data
+/// padded to the alignment every tensor's data gets; `None` if the rows
+/// cannot hold the type.
+fn aligned_bytes(ty: GgmlType, rows: usize, cols: usize) -> Option<u64> {
+    Some(((ty.row_bytes(cols)? * rows) as u64).next_multiple_of(GGUF_ALIGNMENT))
+}
+
+/// The levels of a `rows × cols` head tensor: each type as written (through
+/// the row fallback) with its bytes in the file, smallest first, one per
+/// distinct written type; and the index of the largest level no bigger than
+/// `asked_bytes`.
 fn head_levels(
     rows: usize,
     cols: usize,
     types: &[GgmlType],
-    asked: GgmlType,
+    asked_bytes: u64,
 ) -> (Vec<LevelOption>, usize) {
     let mut written: Vec<(u64, GgmlType)> = types
         .iter()
         .map(|t| t.fallback_for_row(cols))
-        .filter_map(|t| {
-            let bytes = (t.row_bytes(cols)? * rows) as u64;
-            Some((bytes.next_multiple_of(GGUF_ALIGNMENT), t))
-        })
+        .filter_map(|t| Some((aligned_bytes(t, rows, cols)?, t)))
         .collect();
     written.sort_by_key(|&(b, t)| (b, t.id()));
     written.dedup_by_key(|(_, t)| *t);
-    let asked = asked.fallback_for_row(cols);
     let levels: Vec<LevelOption> = written
         .iter()
         .enumerate()
@@ -184,13 +189,7 @@ fn head_levels(
         .collect();
     let default = written
         .iter()
-        .rposition(|&(b, _)| {
-            b <= (asked
-                .row_bytes(cols)
-                .unwrap_or(usize::MAX)
-                .saturating_mul(rows) as u64)
-                .next_multiple_of(GGUF_ALIGNMENT)
-        })
+        .rposition(|&(b, _)| b <= asked_bytes)
         .unwrap_or(0);
     (levels, default)
 }
@@ -225,9 +224,11 @@ pub fn head_search(
             continue; // tied: token_embd is the output too
         }
         let list: &[GgmlType] = if searched { &HEAD_TYPES } else { &[asked] };
-        let (levels, default) = head_levels(rows, cols, list, asked);
-        let (asked_levels, _) = head_levels(rows, cols, &[asked], asked);
-        at_asked += asked_levels[0].storage_bits / 8;
+        // The fallback always fits the rows (F16 at worst).
+        let asked_bytes = aligned_bytes(asked.fallback_for_row(cols), rows, cols)
+            .expect("a row fallback holds the rows");
+        let (levels, default) = head_levels(rows, cols, list, asked_bytes);
+        at_asked += asked_bytes;
         head.push(HeadLayer {
             tensor,
             params: (rows * cols) as u64,
@@ -238,8 +239,6 @@ pub fn head_search(
     // Everything but the head tensors and the linear layers' data.
     let fixed = fixed_bytes(files, db, types)? - at_asked;
     let linear_low = db.space.storage_bits(&db.space.lowest());
-    let head_bits =
-        |h: &[HeadLayer]| -> u64 { h.iter().map(|l| l.levels[l.default].storage_bits).sum() };
     let smallest: u64 = head.iter().map(|l| l.levels[0].storage_bits).sum();
     let budget_bits = bytes.saturating_sub(fixed) * 8;
     if budget_bits < linear_low + smallest {
@@ -268,7 +267,11 @@ pub fn head_search(
         )));
     }
     // Lower the largest head tensor until the lowest linear levels fit.
-    while budget_bits < linear_low + head_bits(&head) {
+    let at_defaults = |h: &[HeadLayer]| {
+        let d: Vec<usize> = h.iter().map(|l| l.default).collect();
+        head_storage_bits(h, &d)
+    };
+    while budget_bits < linear_low + at_defaults(&head) {
         let j = (0..head.len())
             .filter(|&j| head[j].default > 0)
             .max_by_key(|&j| {

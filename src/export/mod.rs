@@ -66,14 +66,9 @@ pub fn resolve_budget(
             match gguf::head_search(files, db, types, bytes)? {
                 None => Ok((gguf_target(files, db, types, bytes)?, None)),
                 Some(h) => {
-                    let head: u64 = h
-                        .layers
-                        .iter()
-                        .map(|l| l.levels[l.default].storage_bits)
-                        .sum();
                     let target = Target {
                         budget,
-                        bits: (h.budget_bits - head) as f64 / db.space.total_params as f64,
+                        bits: h.linear_bits(&h.defaults(), db.space.total_params),
                     };
                     Ok((target, Some(h)))
                 }

@@ -360,12 +360,7 @@ fn head_starts(space: &SearchSpace, budget: u64) -> Vec<Choice> {
     combos
         .into_iter()
         .filter_map(|head| {
-            let head_bits: u64 = head
-                .iter()
-                .enumerate()
-                .map(|(j, &k)| space.head[j].levels[k].storage_bits)
-                .sum();
-            let left = budget.checked_sub(head_bits)?;
+            let left = budget.checked_sub(space.head_storage_bits(&head))?;
             if left < linear_low {
                 return None;
             }

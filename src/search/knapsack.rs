@@ -32,12 +32,7 @@ pub fn knapsack(space: &SearchSpace, target: f64) -> Result<Choice> {
 /// their defaults).
 pub fn solve(space: &SearchSpace, budget: u64) -> Result<Choice> {
     let head = space.head_defaults();
-    let head_bits: u64 = head
-        .iter()
-        .enumerate()
-        .map(|(j, &k)| space.head[j].levels[k].storage_bits)
-        .sum();
-    let Some(budget) = budget.checked_sub(head_bits) else {
+    let Some(budget) = budget.checked_sub(space.head_storage_bits(&head)) else {
         return Err(crate::error::Error::budget(
             "no configuration fits the budget",
         ));

@@ -9,6 +9,7 @@ use super::evopress::{DEFAULT_POOL_TOKENS, EvoParams, GenerationLog, evopress};
 use super::fitness::{BaseTargets, EvalStats, Evaluator};
 use super::{knapsack, uniform};
 use crate::calib::load_calibration;
+use crate::database::space::head_storage_bits;
 use crate::database::{Database, HeadLayer, HeadTensor};
 use crate::error::Result;
 use crate::model::{Model, ModelFiles};
@@ -26,6 +27,17 @@ pub struct HeadSearch {
 }
 
 impl HeadSearch {
+    /// Every head tensor at its default (starting) level.
+    pub fn defaults(&self) -> Vec<usize> {
+        self.layers.iter().map(|l| l.default).collect()
+    }
+
+    /// The bits per weight the linear layers (`linear_params` weights) may
+    /// average with the head tensors at `levels`.
+    pub fn linear_bits(&self, levels: &[usize], linear_params: u64) -> f64 {
+        (self.budget_bits - head_storage_bits(&self.layers, levels)) as f64 / linear_params as f64
+    }
+
     /// ` with token_embd at Q6_K and output at Q6_K to start (searched among
     /// …)`, for the budget message.
     pub fn describe_start(&self) -> String {
@@ -196,12 +208,7 @@ pub fn run_search(
     let mut target = opts.target;
     if let Some(h) = &opts.head {
         // What the linear layers got: the file's bits less the chosen head's.
-        let head_bits: u64 = choice[n..]
-            .iter()
-            .zip(&h.layers)
-            .map(|(&k, l)| l.levels[k].storage_bits)
-            .sum();
-        target.bits = (h.budget_bits - head_bits) as f64 / db.space.total_params as f64;
+        target.bits = h.linear_bits(&choice[n..], db.space.total_params);
     }
     let mut config = ConfigFile::new(
         &db.space,
