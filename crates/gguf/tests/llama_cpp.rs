@@ -23,13 +23,15 @@ fn run(cmd: &mut Command) -> (String, String) {
 }
 
 /// Runs `llama-perplexity` on docs.test.txt and returns the running
-/// perplexity after chunk `want` (the final one) and the whole output.
+/// perplexity after chunk `want` and the whole output.
 ///
 /// llama.cpp's logger is asynchronous and deliberately never flushed at exit
 /// (llama.cpp issue #22142), so the last lines of the output — the last
 /// chunks' `[i]ppl,` estimates and the "Final estimate" line — are sometimes
-/// lost when the output is a pipe. The run is repeated (up to 5 times) until
-/// the estimate for chunk `want` or the final estimate is there.
+/// lost when the output is a pipe. So the run computes 8 chunks more than
+/// wanted and reads the running estimate after chunk `want` (the same number
+/// a `--chunks want` run reports as final), and is repeated (up to 5 times)
+/// until that estimate is there.
 fn perplexity_run(bin: &Path, model: &Path, args: &[&str], want: usize) -> (f64, String) {
     let text = common::repo_root().join("assets/data/docs.test.txt");
     let mut last = String::new();
@@ -39,18 +41,16 @@ fn perplexity_run(bin: &Path, model: &Path, args: &[&str], want: usize) -> (f64,
             .arg(model)
             .arg("-f")
             .arg(&text)
-            .args(args));
+            .args(args)
+            .arg("--chunks")
+            .arg((want + 8).to_string()));
         let all = format!("{stdout}\n{stderr}");
-        let fin = all.lines().find_map(|l| {
-            l.split_once("Final estimate: PPL =")
-                .map(|(_, r)| r.trim().to_owned())
-        });
         let chunk = all
             .split(&format!("[{want}]"))
             .nth(1)
             .and_then(|s| s.split(',').next())
             .map(str::to_owned);
-        if let Some(v) = fin.or(chunk) {
+        if let Some(v) = chunk {
             let ppl = v
                 .split_whitespace()
                 .next()
@@ -63,9 +63,9 @@ fn perplexity_run(bin: &Path, model: &Path, args: &[&str], want: usize) -> (f64,
     panic!("no perplexity estimate for chunk {want} in 5 runs; last output:\n{last}");
 }
 
-/// `llama-perplexity -c 256 --chunks 64` on docs.test.txt; returns the final PPL.
+/// `llama-perplexity -c 256` on docs.test.txt; returns the PPL over 64 chunks.
 fn perplexity(bin: &Path, model: &Path) -> f64 {
-    let (ppl, _) = perplexity_run(bin, model, &["-c", "256", "--chunks", "64", "-t", "2"], 64);
+    let (ppl, _) = perplexity_run(bin, model, &["-c", "256", "-t", "2"], 64);
     eprintln!("{}: PPL = {ppl}", model.display());
     ppl
 }
@@ -308,12 +308,7 @@ fn llama_cpp_loads_every_architecture_we_write() {
         }
         w.finish().unwrap();
 
-        let (ppl, all) = perplexity_run(
-            &bin,
-            &path,
-            &["-c", "128", "--chunks", "2", "-t", "2", "-v"],
-            2,
-        );
+        let (ppl, all) = perplexity_run(&bin, &path, &["-c", "128", "-t", "2", "-v"], 2);
         assert!(ppl.is_finite() && ppl > 1.0, "{label}: perplexity {ppl}");
         let info = |key: &str| -> String {
             all.lines()
