@@ -62,6 +62,12 @@ fn assert_entries_equal_llama_quantize(
                 "--pure",
                 "--imatrix",
                 s(&imatrix),
+                // Only the blocks' layers are compared; the embedding has
+                // no imatrix entry, which IQ2_XXS/IQ2_XS/IQ1_* require.
+                "--token-embedding-type",
+                "q8_0",
+                "--output-tensor-type",
+                "q8_0",
                 s(source),
                 s(&out),
                 ty,
@@ -128,9 +134,53 @@ fn kquant_entries_equal_llama_quantize_blocks() {
 #[test]
 fn searched_gguf_runs_in_llama_cpp_and_the_recipe_reproduces_it() {
     let Some(bin) = llama_bin() else { return };
-    let (tmp, db) = (tempfile::tempdir().unwrap(), kquant_db());
+    assert_mix_runs_in_llama_cpp(&bin, kquant_db(), "3.6");
+}
+
+#[test]
+fn iquant_levels_equal_llama_quantize_and_their_mix_runs_in_llama_cpp() {
+    // Issue 13: the lattice i-quants as plain database levels. Every entry
+    // equals llama-quantize's tensor byte for byte (same imatrix), a searched
+    // mix of i- and k-quants is reproduced by the recipe, and llama.cpp's
+    // perplexity of it agrees with ours within 1 %.
+    let Some(bin) = llama_bin() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("iq-db");
+    let types = ["IQ2_XS", "IQ3_XXS", "IQ4_XS", "Q4_K"];
+    ok(&database(
+        &db,
+        &[
+            "--calib",
+            "assets/data/docs.valid.txt",
+            "--calib-tokens",
+            "1024",
+            "--seq-len",
+            "128",
+            "--method",
+            "kquant",
+            "--types",
+            &types.join(","),
+        ],
+    ));
+    assert_entries_equal_llama_quantize(&bin, &db, gguf("BF16"), &types[..3], (4, 2), None, 56);
+    let mix = assert_mix_runs_in_llama_cpp(&bin, &db, "3.3");
+    for t in ["IQ2_XS", "IQ3_XXS"] {
+        assert!(mix.contains(t), "the mix holds {t}: {mix:?}");
+    }
+}
+
+/// A knapsack mix of `db` at `bits` exported as GGUF: the exported recipe
+/// reproduces every tensor with llama-quantize, and llama-perplexity of the
+/// file agrees with `eval --protocol llama-perplexity` within 1 %.
+/// Returns the file's tensor types.
+fn assert_mix_runs_in_llama_cpp(
+    bin: &Path,
+    db: &Path,
+    bits: &str,
+) -> std::collections::BTreeSet<String> {
+    let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("mix.json");
-    knapsack(db, "3.6", &cfg);
+    knapsack(db, bits, &cfg);
     let ours = tmp.path().join("mix.gguf");
     let recipe = tmp.path().join("mix.txt");
     ok(&export(
@@ -142,7 +192,7 @@ fn searched_gguf_runs_in_llama_cpp_and_the_recipe_reproduces_it() {
     // The recipe reproduces every tensor with llama-quantize alone.
     let theirs = tmp.path().join("mix-llama.gguf");
     quantize(
-        &bin,
+        bin,
         &[
             "--imatrix",
             s(&db.join("imatrix.gguf")),
@@ -162,7 +212,7 @@ fn searched_gguf_runs_in_llama_cpp_and_the_recipe_reproduces_it() {
     a.sort();
     b.sort();
     assert_eq!(a.len(), b.len());
-    let types: std::collections::BTreeSet<&str> = a.iter().map(|(_, t, _)| t.as_str()).collect();
+    let types: std::collections::BTreeSet<String> = a.iter().map(|(_, t, _)| t.clone()).collect();
     assert!(types.len() >= 3, "a mixed file: {types:?}");
     for (x, y) in a.iter().zip(&b) {
         assert!(
@@ -175,7 +225,7 @@ fn searched_gguf_runs_in_llama_cpp_and_the_recipe_reproduces_it() {
         );
     }
     // llama.cpp runs it; its perplexity agrees with ours (same protocol).
-    let theirs_ppl = llama_perplexity(&bin, &ours, 16);
+    let theirs_ppl = llama_perplexity(bin, &ours, 16);
     let v = common::cli::eval_json(&[
         "--model",
         s(&ours),
@@ -193,6 +243,7 @@ fn searched_gguf_runs_in_llama_cpp_and_the_recipe_reproduces_it() {
         rel * 100.0
     );
     assert!(rel < 0.01, "llama.cpp {theirs_ppl} vs dynapress {ours_ppl}");
+    types
 }
 
 #[test]

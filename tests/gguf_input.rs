@@ -228,3 +228,34 @@ fn a_broken_gguf_is_one_clear_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(!err.contains("config.json"), "{err}");
 }
+
+#[test]
+fn loading_a_gguf_decodes_tensor_by_tensor_to_the_same_model() {
+    // `Model::load` of a GGUF decodes each tensor as it is loaded (so
+    // evaluating a GGUF holds the f32 model once, not the import beside it);
+    // `ModelFiles::open` builds the whole import in memory (for export and
+    // calibration). Both must give the same model: identical logits, bit for
+    // bit, for a quantized file (dequantized, Q/K rows un-permuted) and a
+    // BF16 one.
+    use dynapress::model::Model;
+    let tmp = tempfile::tempdir().unwrap();
+    let q4 = tmp.path().join("demo-q4k.gguf");
+    common::cli::convert(common::cli::DEMO, &q4, "Q4_K");
+    let ids: Vec<u32> = (0..64).map(|i| (i * 37 + 11) % 4096).collect();
+    for path in [q4.as_path(), gguf("BF16")] {
+        let lazy = Model::load(path).unwrap();
+        let eager =
+            Model::from_files(&ModelFiles::open(path).unwrap(), &candle_core::Device::Cpu).unwrap();
+        let (a, b) = (
+            lazy.forward_vec(&ids, 1, 64).unwrap(),
+            eager.forward_vec(&ids, 1, 64).unwrap(),
+        );
+        assert!(a == b, "{}: the two loads differ", path.display());
+        assert_eq!(lazy.config.vocab_size, eager.config.vocab_size);
+    }
+    // The quantized file is not its F32 original: the test compares models
+    // that went through dequantization.
+    let f32_model = Model::load(gguf("F32")).unwrap();
+    let q = Model::load(&q4).unwrap();
+    assert!(f32_model.forward_vec(&ids, 1, 64).unwrap() != q.forward_vec(&ids, 1, 64).unwrap());
+}

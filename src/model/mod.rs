@@ -81,11 +81,7 @@ impl ModelFiles {
     /// weights) or a GGUF file (imported into the same form in memory, every
     /// tensor dequantized to f32).
     pub fn open(dir: &Path) -> Result<Self> {
-        if dir.is_file()
-            && dir
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
+        if is_gguf_path(dir) {
             return Self::open_gguf(dir);
         }
         if dir.is_file()
@@ -135,22 +131,24 @@ impl ModelFiles {
 
     /// Imports a GGUF model file: F32, F16 and BF16 tensors keep their values
     /// and dtype (F32 stays f32, F16/BF16 are held as 16-bit safetensors);
-    /// quantized tensors are dequantized to f32.
+    /// quantized tensors are dequantized to f32. The import is built tensor
+    /// by tensor, so it peaks at its own size plus one tensor.
     pub fn open_gguf(path: &Path) -> Result<Self> {
-        // Most GGUF errors already begin with the file's path.
-        let gerr = |e: dynapress_gguf::GgufError| {
-            let msg = e.to_string();
-            if msg.starts_with(&path.display().to_string()) {
-                Error::Invalid(msg)
-            } else {
-                Error::Data {
-                    path: path.to_path_buf(),
-                    msg,
-                }
-            }
-        };
+        Self::open_gguf_as(path, false)
+    }
+
+    /// Opens a GGUF model file for [`Model::from_files`] only: no tensor is
+    /// decoded until it is loaded, so loading holds the f32 model and one
+    /// tensor, not the import beside it. [`WeightSource::raw`] is unavailable
+    /// on the result (use [`Self::open_gguf`] for exporting or calibrating).
+    pub fn open_gguf_for_loading(path: &Path) -> Result<Self> {
+        Self::open_gguf_as(path, true)
+    }
+
+    fn open_gguf_as(path: &Path, lazy: bool) -> Result<Self> {
+        let gerr = |e| gguf_error(path, e);
         let file = dynapress_gguf::GgufFile::open(path).map_err(gerr)?;
-        let imported = dynapress_gguf::import(&file).map_err(gerr)?;
+        let imported = dynapress_gguf::import_lazy(&file).map_err(gerr)?;
         // A NaN or infinite epsilon becomes JSON null, which would read as the default.
         if !imported
             .config
@@ -164,17 +162,13 @@ impl ModelFiles {
             ));
         }
         let mut config_value = imported.config.clone();
+        let types = imported.types();
         // The dtype the weights are held in: 16-bit when every matrix is.
-        let dtype_of = |ty: GgmlType| match ty {
-            GgmlType::F16 => safetensors::Dtype::F16,
-            GgmlType::BF16 => safetensors::Dtype::BF16,
-            _ => safetensors::Dtype::F32,
-        };
         let matrix_dtypes: std::collections::BTreeSet<_> = imported
             .tensors
             .iter()
             .filter(|t| t.shape.len() == 2)
-            .map(|t| dtype_of(imported.types[&t.name]))
+            .map(|t| gguf_held_dtype(t.ggml_type))
             .collect();
         if let (Some(&d), 1) = (matrix_dtypes.first(), matrix_dtypes.len()) {
             let name = match d {
@@ -192,50 +186,20 @@ impl ModelFiles {
             path,
             config.eos_token_ids.first().copied(),
         )?;
-        let encoded: Vec<(safetensors::Dtype, Vec<u8>)> = imported
-            .tensors
-            .iter()
-            .map(|t| {
-                let d = dtype_of(imported.types[&t.name]);
-                let bytes = match d {
-                    safetensors::Dtype::F16 => t
-                        .data
-                        .iter()
-                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                        .collect(),
-                    safetensors::Dtype::BF16 => t
-                        .data
-                        .iter()
-                        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-                        .collect(),
-                    _ => bytemuck::cast_slice::<f32, u8>(&t.data).to_vec(),
-                };
-                (d, bytes)
-            })
-            .collect();
-        let views = imported
-            .tensors
-            .iter()
-            .zip(&encoded)
-            .map(|(t, (d, bytes))| {
-                safetensors::tensor::TensorView::new(*d, t.shape.clone(), bytes)
-                    .map(|v| (t.name.clone(), v))
-                    .map_err(|e| Error::data(path, format!("{}: {e}", t.name)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bytes = safetensors::serialize(views, None).map_err(|e| Error::Data {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
-        drop(encoded);
-        let weights = WeightSource::from_buffers(path, vec![(path.to_path_buf(), bytes)])?;
         let source = ModelSource::Gguf(Arc::new(GgufInput {
             metadata: file.metadata().clone(),
             hparams: imported.hparams.clone(),
-            types: imported.types.clone(),
+            types,
             config_json: serde_json::to_string_pretty(&config_value).expect("json") + "\n",
-            tokenizer_json: imported.tokenizer_json,
+            tokenizer_json: imported.tokenizer_json.clone(),
         }));
+        let weights = if lazy {
+            WeightSource::from_gguf(path, file, imported)
+        } else {
+            let bytes = serialize_gguf_import(path, &file, &imported)?;
+            drop(file);
+            WeightSource::from_buffers(path, vec![(path.to_path_buf(), bytes)])?
+        };
         Ok(ModelFiles {
             dir: path.to_path_buf(),
             config,
@@ -543,7 +507,11 @@ impl Model {
 
     /// Loads a Hugging Face model directory onto `device`.
     pub fn load_on(dir: &Path, device: &Device) -> Result<Self> {
-        let files = ModelFiles::open(dir)?;
+        let files = if is_gguf_path(dir) {
+            ModelFiles::open_gguf_for_loading(dir)?
+        } else {
+            ModelFiles::open(dir)?
+        };
         Self::from_files(&files, device)
     }
 
@@ -765,5 +733,111 @@ impl Model {
             .ok_or_else(|| Error::UnknownLayer {
                 name: name.to_string(),
             })
+    }
+}
+
+/// The safetensors dtype an imported GGUF tensor is held in: F16 and BF16
+/// stay 16-bit (exactly), everything else is f32.
+fn gguf_held_dtype(ty: GgmlType) -> safetensors::Dtype {
+    match ty {
+        GgmlType::F16 => safetensors::Dtype::F16,
+        GgmlType::BF16 => safetensors::Dtype::BF16,
+        _ => safetensors::Dtype::F32,
+    }
+}
+
+/// One imported GGUF tensor as a safetensors view that decodes its values
+/// only when the serializer asks for them (the serializer asks one tensor at
+/// a time, so the whole import is never held twice). A decoding error is
+/// kept in `failed` and reported once serialization ends.
+struct LazyGgufView<'a> {
+    file: &'a dynapress_gguf::GgufFile,
+    import: &'a dynapress_gguf::LazyImport,
+    tensor: &'a dynapress_gguf::LazyTensor,
+    dtype: safetensors::Dtype,
+    failed: &'a std::cell::RefCell<Option<dynapress_gguf::GgufError>>,
+}
+
+impl safetensors::View for LazyGgufView<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.tensor.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let values = match self.import.decode(self.file, self.tensor) {
+            Ok(v) => v,
+            Err(e) => {
+                self.failed.borrow_mut().get_or_insert(e);
+                return vec![0u8; self.data_len()].into();
+            }
+        };
+        match self.dtype {
+            safetensors::Dtype::F16 => values
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+            safetensors::Dtype::BF16 => values
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+            _ => bytemuck::cast_slice::<f32, u8>(&values).to_vec().into(),
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.tensor.shape.iter().product::<usize>() * self.dtype.bitsize() / 8
+    }
+}
+
+/// The whole import as one in-memory safetensors file.
+fn serialize_gguf_import(
+    path: &Path,
+    file: &dynapress_gguf::GgufFile,
+    import: &dynapress_gguf::LazyImport,
+) -> Result<Vec<u8>> {
+    let failed = std::cell::RefCell::new(None);
+    let views = import.tensors.iter().map(|t| {
+        (
+            t.name.clone(),
+            LazyGgufView {
+                file,
+                import,
+                tensor: t,
+                dtype: gguf_held_dtype(t.ggml_type),
+                failed: &failed,
+            },
+        )
+    });
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::Data {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    if let Some(e) = failed.into_inner() {
+        return Err(gguf_error(path, e));
+    }
+    Ok(bytes)
+}
+
+/// Whether `path` is a GGUF model file (by its extension).
+fn is_gguf_path(path: &Path) -> bool {
+    path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// A GGUF error as ours: most already begin with the file's path.
+pub(crate) fn gguf_error(path: &Path, e: dynapress_gguf::GgufError) -> Error {
+    let msg = e.to_string();
+    if msg.starts_with(&path.display().to_string()) {
+        Error::Invalid(msg)
+    } else {
+        Error::data(path, msg)
     }
 }

@@ -69,6 +69,16 @@ pub struct WeightSource {
     index: Arc<HashMap<String, usize>>,
     /// Quantized layers (dynapress-native export), by weight name.
     quant: Arc<HashMap<String, QuantStorage>>,
+    /// A GGUF file whose tensors are decoded when loaded
+    /// ([`WeightSource::from_gguf`]).
+    gguf: Option<Arc<GgufTensors>>,
+}
+
+/// The tensors of a GGUF file, decoded on request.
+struct GgufTensors {
+    file: dynapress_gguf::GgufFile,
+    import: dynapress_gguf::LazyImport,
+    by_name: HashMap<String, usize>,
 }
 
 impl WeightSource {
@@ -180,7 +190,42 @@ impl WeightSource {
             files: Arc::new(files),
             index: Arc::new(index),
             quant: Arc::new(quant),
+            gguf: None,
         })
+    }
+
+    /// A source over a GGUF file whose tensors are decoded (dequantized, Q/K
+    /// rows un-permuted) one at a time as they are loaded, so loading a model
+    /// never holds a second copy of it. Only loading works on it:
+    /// [`Self::raw`] answers an error naming the file.
+    pub fn from_gguf(
+        path: &Path,
+        file: dynapress_gguf::GgufFile,
+        import: dynapress_gguf::LazyImport,
+    ) -> Self {
+        let by_name = import
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        WeightSource {
+            dir: path.to_path_buf(),
+            files: Arc::new(Vec::new()),
+            index: Arc::new(HashMap::new()),
+            quant: Arc::new(HashMap::new()),
+            gguf: Some(Arc::new(GgufTensors {
+                file,
+                import,
+                by_name,
+            })),
+        }
+    }
+
+    /// The GGUF tensor named `name`, when this is a GGUF source that has it.
+    fn gguf_tensor(&self, name: &str) -> Option<(&GgufTensors, &dynapress_gguf::LazyTensor)> {
+        let g = self.gguf.as_deref()?;
+        g.by_name.get(name).map(|&i| (g, &g.import.tensors[i]))
     }
 
     /// The checkpoint directory.
@@ -190,7 +235,9 @@ impl WeightSource {
 
     /// Whether a tensor exists (stored plainly or quantized).
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name) || self.quant.contains_key(name)
+        self.index.contains_key(name)
+            || self.quant.contains_key(name)
+            || self.gguf_tensor(name).is_some()
     }
 
     /// Whether `name` is stored quantized (dynapress-native checkpoint).
@@ -274,6 +321,11 @@ impl WeightSource {
             .filter(|n| !part_of_quant(n))
             .cloned()
             .chain(self.quant.keys().cloned())
+            .chain(
+                self.gguf
+                    .iter()
+                    .flat_map(|g| g.import.tensors.iter().map(|t| t.name.clone())),
+            )
             .collect();
         v.sort();
         v
@@ -308,6 +360,14 @@ impl WeightSource {
 
     /// The stored bytes, dtype and shape of a tensor.
     pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
+        if self.gguf_tensor(name).is_some() {
+            return Err(Error::data(
+                &self.dir,
+                format!(
+                    "{name}: this GGUF file was opened for loading only (a bug: open it with ModelFiles::open to read stored tensors)"
+                ),
+            ));
+        }
         let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
             dir: self.dir.clone(),
@@ -353,15 +413,27 @@ impl WeightSource {
         match self.quant.get(name) {
             Some(QuantStorage::Ggml { rows, cols, .. }) => Ok(vec![*rows, *cols]),
             Some(QuantStorage::Grid(m)) => Ok(vec![m.rows, m.cols]),
-            None => Ok(self.raw(name)?.shape),
+            None => match self.gguf_tensor(name) {
+                Some((_, t)) => Ok(t.shape.clone()),
+                None => Ok(self.raw(name)?.shape),
+            },
         }
     }
 
     /// Loads a floating-point tensor as f32 values, checking its shape and that
     /// every value is finite.
     pub fn load_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        if self.quant.contains_key(name) {
-            let (shape, values) = self.dequantized(name)?;
+        let decoded = match self.gguf_tensor(name) {
+            Some((g, t)) => Some((
+                t.shape.clone(),
+                g.import
+                    .decode(&g.file, t)
+                    .map_err(|e| super::gguf_error(&self.dir, e))?,
+            )),
+            None if self.quant.contains_key(name) => Some(self.dequantized(name)?),
+            None => None,
+        };
+        if let Some((shape, values)) = decoded {
             if shape != expected {
                 return Err(Error::TensorShape {
                     name: name.to_string(),
@@ -370,6 +442,7 @@ impl WeightSource {
                     got: shape,
                 });
             }
+            check_finite(&values, name, &self.dir)?;
             return Ok(values);
         }
         let raw = self.raw(name)?;
@@ -382,14 +455,7 @@ impl WeightSource {
             });
         }
         let values = to_f32(&raw, name)?;
-        let bad = values.iter().filter(|v| !v.is_finite()).count();
-        if bad > 0 {
-            return Err(Error::NonFinite {
-                name: name.to_string(),
-                path: raw.path.to_path_buf(),
-                count: bad,
-            });
-        }
+        check_finite(&values, name, raw.path)?;
         // The f32 copy is what the caller keeps: give the file's pages back,
         // or a loaded model would hold its checkpoint twice (f32 + mapped).
         drop(raw);
@@ -402,6 +468,19 @@ impl WeightSource {
         let v = self.load_f32(name, expected)?;
         Ok(Tensor::from_vec(v, expected, device)?)
     }
+}
+
+/// An error naming the tensor and file when some of `values` are NaN or infinite.
+fn check_finite(values: &[f32], name: &str, path: &Path) -> Result<()> {
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(Error::NonFinite {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            count: bad,
+        });
+    }
+    Ok(())
 }
 
 fn parse_file(path: PathBuf, bytes: Bytes) -> Result<StFile> {

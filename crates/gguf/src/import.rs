@@ -81,9 +81,71 @@ impl HfImport {
     }
 }
 
-/// Imports a whole GGUF model: config, tokenizer and every tensor dequantized
-/// to f32. Errors name the file and what could not be mapped.
-pub fn import(file: &GgufFile) -> Result<HfImport> {
+/// One weight of a [`LazyImport`]: its Hugging Face name and shape, and where
+/// its values are in the GGUF file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LazyTensor {
+    /// Hugging Face name (`model.layers.3.mlp.up_proj.weight`).
+    pub name: String,
+    /// PyTorch shape.
+    pub shape: Vec<usize>,
+    /// The GGUF tensor's name (`blk.3.ffn_up.weight`).
+    pub gguf_name: String,
+    /// Its storage type.
+    pub ggml_type: GgmlType,
+}
+
+/// A GGUF model in Hugging Face form with nothing decoded yet: the same
+/// checks, config and tokenizer as [`import`], and each tensor decoded on
+/// request by [`LazyImport::decode`], so a caller can hold one f32 tensor at
+/// a time instead of the whole model twice.
+#[derive(Debug, Clone)]
+pub struct LazyImport {
+    /// As [`HfImport::config`].
+    pub config: Json,
+    /// As [`HfImport::tokenizer_json`].
+    pub tokenizer_json: String,
+    /// Every weight, in the file's order.
+    pub tensors: Vec<LazyTensor>,
+    /// As [`HfImport::hparams`].
+    pub hparams: LlamaHparams,
+}
+
+impl LazyImport {
+    /// Hugging Face name → the GGUF tensor's storage type.
+    pub fn types(&self) -> BTreeMap<String, GgmlType> {
+        self.tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.ggml_type))
+            .collect()
+    }
+
+    /// The f32 values of `tensor` (one of [`Self::tensors`]), read from
+    /// `file`, the file this import was planned from: dequantized, and the
+    /// Q/K rows moved back from llama.cpp's RoPE layout.
+    pub fn decode(&self, file: &GgufFile, tensor: &LazyTensor) -> Result<Vec<f32>> {
+        let wrap = |e| GgufError::import(file.path(), e);
+        let info = file.tensor(&tensor.gguf_name).ok_or_else(|| {
+            wrap(ImportError::TensorData {
+                tensor: tensor.gguf_name.clone(),
+                reason: "not in this file (decoded from a different file than planned)".into(),
+            })
+        })?;
+        let p = Planned {
+            info,
+            hf_name: tensor.name.clone(),
+            shape: tensor.shape.clone(),
+        };
+        let data = decode(file, &p, &self.hparams).map_err(wrap)?.data;
+        file.release(info);
+        Ok(data)
+    }
+}
+
+/// Plans an import without decoding any tensor: checks the metadata, the
+/// tensor set and the tokenizer exactly as [`import`] does. Errors name the
+/// file and what could not be mapped.
+pub fn import_lazy(file: &GgufFile) -> Result<LazyImport> {
     let wrap = |e| GgufError::import(file.path(), e);
     let plan = plan(file).map_err(wrap)?;
     let tokenizer_json = import_tokenizer(file.metadata()).map_err(wrap)?;
@@ -96,19 +158,44 @@ pub fn import(file: &GgufFile) -> Result<HfImport> {
             plan.hparams.vocab_size
         ))));
     }
-    let mut tensors = Vec::with_capacity(plan.tensors.len());
-    let mut types = BTreeMap::new();
-    for p in &plan.tensors {
-        let t = decode(file, p, &plan.hparams).map_err(wrap)?;
-        types.insert(t.name.clone(), p.info.ggml_type);
-        tensors.push(t);
-    }
-    Ok(HfImport {
+    Ok(LazyImport {
         config: plan.config(file.metadata()),
         tokenizer_json,
-        tensors,
-        types,
+        tensors: plan
+            .tensors
+            .iter()
+            .map(|p| LazyTensor {
+                name: p.hf_name.clone(),
+                shape: p.shape.clone(),
+                gguf_name: p.info.name.clone(),
+                ggml_type: p.info.ggml_type,
+            })
+            .collect(),
         hparams: plan.hparams,
+    })
+}
+
+/// Imports a whole GGUF model: config, tokenizer and every tensor dequantized
+/// to f32. Errors name the file and what could not be mapped.
+pub fn import(file: &GgufFile) -> Result<HfImport> {
+    let lazy = import_lazy(file)?;
+    let tensors = lazy
+        .tensors
+        .iter()
+        .map(|t| {
+            Ok(ImportedTensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                data: lazy.decode(file, t)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(HfImport {
+        types: lazy.types(),
+        config: lazy.config,
+        tokenizer_json: lazy.tokenizer_json,
+        tensors,
+        hparams: lazy.hparams,
     })
 }
 

@@ -69,7 +69,7 @@ pub mod writer;
 pub use dynapress_ggml::GgmlType;
 pub use error::{GgufError, ImportError, ParseError, Result};
 pub use imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
-pub use import::{HfImport, ImportedTensor, import};
+pub use import::{HfImport, ImportedTensor, LazyImport, LazyTensor, import, import_lazy};
 pub use model::{Arch, LlamaHparams, RopeScaling};
 pub use reader::{GgufFile, Header, TensorInfo, parse_header};
 pub use tokenizer::TokenizerMetadata;

@@ -609,6 +609,29 @@ impl GgufFile {
         &self.storage.bytes()[start..start + info.n_bytes as usize]
     }
 
+    /// Drops the mapped pages of a tensor from the process's resident memory
+    /// (the kernel reads them again from the file if they are touched later):
+    /// a caller that decodes tensor by tensor calls this after each, so a
+    /// loaded model does not also hold its file.
+    pub fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let Storage::Mmap(m) = &self.storage {
+            let start = (self.header.data_offset + info.offset) as usize;
+            // SAFETY: a private read-only mapping; dropping pages only makes the
+            // kernel re-read them from the file on the next access, and slices
+            // handed out earlier stay valid (they read the same bytes again).
+            unsafe {
+                let _ = m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    info.n_bytes as usize,
+                );
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = info;
+    }
+
     /// Tensor `name` decoded to f32, for F32, F16 and BF16 tensors (quantized
     /// types need `dynapress-ggml`'s dequantizers).
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
