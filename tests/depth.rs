@@ -1,6 +1,7 @@
 //! Depth pruning: dropped sublayers in every forward path, `dynapress prune`
 //! (exact budget, deterministic baselines, EvoPress no worse than the best
-//! baseline), `eval --config` and the Hugging Face export of dropped blocks.
+//! baseline), `eval --config` and the Hugging Face and GGUF exports of
+//! dropped blocks.
 
 mod common;
 
@@ -340,4 +341,91 @@ fn partial_blocks_are_refused_by_the_hf_export_and_bad_budgets_are_errors() {
         assert_eq!(o.status.code(), Some(2), "--drop {drop}");
         assert!(String::from_utf8_lossy(&o.stderr).contains("--drop"));
     }
+}
+
+#[test]
+fn whole_block_gguf_export_runs_in_llama_cpp_like_eval_config() {
+    // A depth configuration exported as GGUF: fewer blocks, the same model as
+    // `eval --config` (F32, so the perplexities agree to rounding), and
+    // llama-perplexity of it agrees with `eval --protocol llama-perplexity`
+    // within 1 % (issue 10).
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    prune(&dir, 2, true);
+    let cfg_path = dir.join("evopress.json");
+    let model = common::demo_model();
+    let out = tmp.path().join("pruned.gguf");
+    let o = run(&[
+        "export",
+        "--model",
+        s(&model),
+        "--config",
+        s(&cfg_path),
+        "--out",
+        s(&out),
+        "--format",
+        "gguf",
+        "--dtype",
+        "f32",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["block_count"], 6);
+    assert_eq!(r["removed_blocks"].as_array().unwrap().len(), 2);
+    let f = dynapress_gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(f.metadata().get_u64("llama.block_count").unwrap(), 6);
+    assert!(f.tensor("blk.5.attn_q.weight").is_some());
+    assert!(f.tensor("blk.6.attn_q.weight").is_none());
+    // An existing output needs --force.
+    let again = run(&[
+        "export",
+        "--model",
+        s(&model),
+        "--config",
+        s(&cfg_path),
+        "--out",
+        s(&out),
+        "--format",
+        "gguf",
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let data = common::data("docs.test.txt");
+    let eval = |m: &Path, extra: &[&str]| -> f64 {
+        let mut args = vec![
+            "eval",
+            "--model",
+            s(m),
+            "--data",
+            s(&data),
+            "--windows",
+            "16",
+            "--json",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["datasets"]["docs.test.txt"]["perplexity"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{v}"))
+    };
+    let p_cfg = eval(&model, &["--config", s(&cfg_path)]);
+    let p_gguf = eval(&out, &[]);
+    assert!((p_cfg - p_gguf).abs() / p_cfg < 1e-4, "{p_cfg} vs {p_gguf}");
+
+    let Some(bin) = common::tools::llama_bin() else {
+        return;
+    };
+    let theirs = common::tools::llama_perplexity(&bin, &out, 16);
+    let ours = eval(&out, &["--protocol", "llama-perplexity"]);
+    let rel = (ours - theirs).abs() / theirs;
+    eprintln!(
+        "llama-perplexity {theirs}, dynapress {ours} ({:.3} %)",
+        rel * 100.0
+    );
+    assert!(rel < 0.01, "llama.cpp {theirs} vs dynapress {ours}");
 }

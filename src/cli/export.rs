@@ -4,8 +4,8 @@ use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
 use dynapress::export::{
-    ExportDtype, export_compressed_tensors, export_depth, export_dynapress, export_gguf,
-    export_safetensors, llama_quantize_command, llama_quantize_recipe,
+    ExportDtype, export_compressed_tensors, export_depth, export_depth_gguf, export_dynapress,
+    export_gguf, export_safetensors, llama_quantize_command, llama_quantize_recipe,
 };
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::{DepthConfig, ModelFiles};
@@ -23,7 +23,8 @@ pub struct ExportArgs {
     db: Option<PathBuf>,
     /// Configuration from `dynapress search`, or a depth configuration from
     /// `dynapress prune` (without --db: whole dropped blocks removed, a
-    /// Hugging Face directory with fewer layers).
+    /// Hugging Face directory or, with --format gguf, a GGUF file with fewer
+    /// blocks, every matrix at --dtype).
     #[arg(long)]
     config: PathBuf,
     /// Output: a directory (safetensors) or a file (gguf).
@@ -37,7 +38,7 @@ pub struct ExportArgs {
     /// quantization_config that transformers and vLLM load; gptq/rtn databases).
     #[arg(long, value_enum, default_value = "safetensors")]
     format: Format,
-    /// safetensors: dtype of the exported weights.
+    /// safetensors (and a depth-pruned gguf): dtype of the exported weights.
     #[arg(long, value_enum, default_value = "original")]
     dtype: ExportDtype,
     #[command(flatten)]
@@ -176,7 +177,8 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `export --config DEPTH.json` without `--db`: a depth-pruned Hugging Face directory.
+/// `export --config DEPTH.json` without `--db`: a depth-pruned Hugging Face
+/// directory or GGUF file.
 fn run_depth(a: ExportArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("{}: reading", a.config.display()))?;
@@ -186,13 +188,47 @@ fn run_depth(a: ExportArgs) -> anyhow::Result<()> {
             a.config.display()
         );
     }
-    if a.format != Format::Safetensors || a.recipe.is_some() {
+    if !matches!(a.format, Format::Safetensors | Format::Gguf) || a.recipe.is_some() {
         crate::bad_arg!(
-            "a depth configuration exports as --format safetensors (a Hugging Face directory) only, for now"
+            "a depth configuration exports as --format safetensors (a Hugging Face directory) or --format gguf (every matrix at --dtype), without --recipe"
+        );
+    }
+    if a.format == Format::Gguf
+        && !(a.gguf_types.embed_type.eq_ignore_ascii_case("auto")
+            && a.gguf_types.output_type.eq_ignore_ascii_case("auto"))
+    {
+        crate::bad_arg!(
+            "a depth-pruned GGUF keeps every matrix at --dtype (f32, bf16, f16 or the original's); quantize it afterwards with llama-quantize instead of --embed-type/--output-type"
         );
     }
     let files = ModelFiles::open(&a.model).context("loading the model")?;
     let cfg = DepthConfig::read(&a.config)?;
+    if a.format == Format::Gguf {
+        let ty = match a.dtype {
+            ExportDtype::F32 => dynapress_ggml::GgmlType::F32,
+            ExportDtype::Bf16 => dynapress_ggml::GgmlType::BF16,
+            ExportDtype::F16 => dynapress_ggml::GgmlType::F16,
+            ExportDtype::Original => match files.weights.raw("model.embed_tokens.weight")?.dtype {
+                safetensors::Dtype::BF16 => dynapress_ggml::GgmlType::BF16,
+                safetensors::Dtype::F16 => dynapress_ggml::GgmlType::F16,
+                _ => dynapress_ggml::GgmlType::F32,
+            },
+        };
+        let r = export_depth_gguf(&files, &cfg, &a.config, &a.out, ty, a.force)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        } else {
+            println!(
+                "{}: {} blocks (removed {:?}), {}; {} bytes",
+                r.out.display(),
+                r.block_count,
+                r.removed_blocks,
+                r.tensor_type,
+                r.bytes
+            );
+        }
+        return Ok(());
+    }
     let r = export_depth(&files, &cfg, &a.config, &a.out, a.force)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -2,7 +2,9 @@
 //! directory that plain transformers loads: the dropped blocks' tensors are
 //! left out, the remaining blocks renumbered `0..n`, `num_hidden_layers`
 //! (and per-layer lists such as `layer_types`) updated in `config.json`;
-//! every other tensor is copied byte for byte.
+//! every other tensor is copied byte for byte. The same pruned checkpoint
+//! converted to GGUF ([`export_depth_gguf`]) is a file llama.cpp loads with
+//! fewer blocks.
 //!
 //! A block with only one sublayer dropped cannot be written this way: the
 //! Hugging Face Llama/Qwen configurations have one attention and one MLP per
@@ -57,48 +59,7 @@ pub fn export_depth(
     out: &Path,
     force: bool,
 ) -> Result<DepthExportReport> {
-    let n = files.config.num_layers;
-    if config.num_layers != n {
-        return Err(Error::config(
-            config_path,
-            format!(
-                "the configuration is for a model with {} blocks; {} has {n}",
-                config.num_layers,
-                files.dir.display()
-            ),
-        ));
-    }
-    let partial = config.partial_blocks();
-    if !partial.is_empty() {
-        return Err(Error::config(
-            config_path,
-            format!(
-                "blocks {partial:?} have only one sublayer dropped, which a Hugging Face directory cannot express (one attention and one MLP per block); search with --whole-blocks, or evaluate it in dynapress with `eval --config`"
-            ),
-        ));
-    }
-    if files
-        .linear_ids()
-        .iter()
-        .any(|id| files.weights.is_quantized(&id.weight_name()))
-    {
-        return Err(Error::config(
-            &files.dir,
-            "the model holds dynapress-quantized layers; depth export needs a plain Hugging Face or GGUF input",
-        ));
-    }
-    let removed: Vec<usize> = (0..n).filter(|&b| config.block_dropped(b)).collect();
-    let mut next = 0;
-    let new_index: Vec<Option<usize>> = (0..n)
-        .map(|b| {
-            (!config.block_dropped(b)).then(|| {
-                next += 1;
-                next - 1
-            })
-        })
-        .collect();
-    let kept = next;
-
+    let plan = DepthPlan::new(files, config, config_path)?;
     crate::fsutil::check_output(
         out,
         "--out",
@@ -113,48 +74,11 @@ pub fn export_depth(
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     crate::fsutil::clean_stale_temps(&parent);
     let tmp = crate::fsutil::temp_dir_in(&parent).map_err(|e| Error::io(&parent, e))?;
-
-    for (name, bytes) in files.side_files()? {
-        let p = tmp.path().join(&name);
-        let bytes = if name == "config.json" {
-            edit_config(&bytes, &new_index, kept, &files.dir)?
-        } else {
-            bytes
-        };
-        std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
-    }
-
-    let mut pairs: Vec<(String, String)> = files
-        .weights
-        .names()
-        .into_iter()
-        .filter_map(|old| rename(&old, &new_index).map(|new| (old, new)))
-        .collect();
-    pairs.sort_by(|a, b| a.1.cmp(&b.1));
-    let mut specs = Vec::with_capacity(pairs.len());
-    for (old, new) in &pairs {
-        let raw = files.weights.raw(old)?;
-        specs.push(TensorSpec {
-            name: new.clone(),
-            dtype: raw.dtype,
-            shape: raw.shape.clone(),
-        });
-    }
-    let st_path = tmp.path().join("model.safetensors");
-    let mut md = std::collections::BTreeMap::new();
-    md.insert("format".to_string(), "pt".to_string());
-    let mut w = SafetensorsWriter::create(&st_path, specs, &md)?;
-    for (old, new) in &pairs {
-        let raw = files.weights.raw(old)?;
-        w.tensor(new, raw.data)?;
-        files.weights.release(old);
-    }
-    TensorSink::finish(w)?;
-    let safetensors_bytes = std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0);
+    let safetensors_bytes = plan.write_dir(files, tmp.path())?;
     let report = DepthExportReport {
         out: out.to_path_buf(),
-        removed_blocks: removed,
-        num_hidden_layers: kept,
+        removed_blocks: plan.removed.clone(),
+        num_hidden_layers: plan.kept,
         safetensors_bytes,
     };
     let meta = serde_json::json!({ "depth": config, "export": report });
@@ -167,6 +91,161 @@ pub fn export_depth(
     crate::fsutil::replace_dir(tmp.path(), out)?;
     let _ = tmp.keep();
     Ok(report)
+}
+
+/// What [`export_depth_gguf`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct DepthGgufReport {
+    pub out: PathBuf,
+    /// Blocks of the original model that were removed.
+    pub removed_blocks: Vec<usize>,
+    /// Blocks in the exported file (`{arch}.block_count`).
+    pub block_count: usize,
+    /// The matrices' type.
+    pub tensor_type: String,
+    pub bytes: u64,
+}
+
+/// Writes `files` with the whole blocks `config` drops removed as a GGUF file
+/// llama.cpp loads (fewer blocks, `block_count` updated), every matrix at
+/// `ty` (F32/F16/BF16, or a quantized type as `convert --type` writes it).
+/// The pruned checkpoint is written to a temporary directory beside `out`
+/// first (the model's size on disk, removed afterwards).
+pub fn export_depth_gguf(
+    files: &ModelFiles,
+    config: &DepthConfig,
+    config_path: &Path,
+    out: &Path,
+    ty: dynapress_ggml::GgmlType,
+    force: bool,
+) -> Result<DepthGgufReport> {
+    let plan = DepthPlan::new(files, config, config_path)?;
+    crate::fsutil::check_output(
+        out,
+        "--out",
+        crate::fsutil::OutputKind::File,
+        &[
+            crate::fsutil::Input::Dir(&files.dir),
+            crate::fsutil::Input::File(config_path),
+        ],
+        force,
+    )?;
+    let parent = crate::fsutil::parent_dir(out);
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    crate::fsutil::clean_stale_temps(&parent);
+    let tmp = crate::fsutil::temp_dir_in(&parent).map_err(|e| Error::io(&parent, e))?;
+    plan.write_dir(files, tmp.path())?;
+    let pruned = ModelFiles::open(tmp.path())?;
+    let r = super::convert_gguf(&pruned, out, ty, None)?;
+    Ok(DepthGgufReport {
+        out: out.to_path_buf(),
+        removed_blocks: plan.removed,
+        block_count: plan.kept,
+        tensor_type: ty.name().to_string(),
+        bytes: r.bytes,
+    })
+}
+
+/// The blocks a depth configuration keeps, checked against the model.
+struct DepthPlan {
+    removed: Vec<usize>,
+    /// Old block → new index, `None` when removed.
+    new_index: Vec<Option<usize>>,
+    kept: usize,
+}
+
+impl DepthPlan {
+    fn new(files: &ModelFiles, config: &DepthConfig, config_path: &Path) -> Result<Self> {
+        let n = files.config.num_layers;
+        if config.num_layers != n {
+            return Err(Error::config(
+                config_path,
+                format!(
+                    "the configuration is for a model with {} blocks; {} has {n}",
+                    config.num_layers,
+                    files.dir.display()
+                ),
+            ));
+        }
+        let partial = config.partial_blocks();
+        if !partial.is_empty() {
+            return Err(Error::config(
+                config_path,
+                format!(
+                    "blocks {partial:?} have only one sublayer dropped, which a Hugging Face directory cannot express (one attention and one MLP per block); search with --whole-blocks, or evaluate it in dynapress with `eval --config`"
+                ),
+            ));
+        }
+        if files
+            .linear_ids()
+            .iter()
+            .any(|id| files.weights.is_quantized(&id.weight_name()))
+        {
+            return Err(Error::config(
+                &files.dir,
+                "the model holds dynapress-quantized layers; depth export needs a plain Hugging Face or GGUF input",
+            ));
+        }
+        let removed: Vec<usize> = (0..n).filter(|&b| config.block_dropped(b)).collect();
+        let mut next = 0;
+        let new_index: Vec<Option<usize>> = (0..n)
+            .map(|b| {
+                (!config.block_dropped(b)).then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        Ok(DepthPlan {
+            removed,
+            new_index,
+            kept: next,
+        })
+    }
+
+    /// Writes the pruned checkpoint (side files with `config.json` edited,
+    /// `model.safetensors` with the kept blocks renumbered) into `dir`;
+    /// returns the safetensors file's size.
+    fn write_dir(&self, files: &ModelFiles, dir: &Path) -> Result<u64> {
+        let (new_index, kept) = (&self.new_index, self.kept);
+        for (name, bytes) in files.side_files()? {
+            let p = dir.join(&name);
+            let bytes = if name == "config.json" {
+                edit_config(&bytes, new_index, kept, &files.dir)?
+            } else {
+                bytes
+            };
+            std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
+        }
+
+        let mut pairs: Vec<(String, String)> = files
+            .weights
+            .names()
+            .into_iter()
+            .filter_map(|old| rename(&old, new_index).map(|new| (old, new)))
+            .collect();
+        pairs.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut specs = Vec::with_capacity(pairs.len());
+        for (old, new) in &pairs {
+            let raw = files.weights.raw(old)?;
+            specs.push(TensorSpec {
+                name: new.clone(),
+                dtype: raw.dtype,
+                shape: raw.shape.clone(),
+            });
+        }
+        let st_path = dir.join("model.safetensors");
+        let mut md = std::collections::BTreeMap::new();
+        md.insert("format".to_string(), "pt".to_string());
+        let mut w = SafetensorsWriter::create(&st_path, specs, &md)?;
+        for (old, new) in &pairs {
+            let raw = files.weights.raw(old)?;
+            w.tensor(new, raw.data)?;
+            files.weights.release(old);
+        }
+        TensorSink::finish(w)?;
+        Ok(std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0))
+    }
 }
 
 /// `config.json` with `num_hidden_layers` set and per-layer lists filtered.

@@ -25,7 +25,7 @@ pub mod safetensors;
 
 pub use compressed_tensors::{ServedReport, export_compressed_tensors};
 pub use convert::convert_gguf;
-pub use depth::{DepthExportReport, export_depth};
+pub use depth::{DepthExportReport, DepthGgufReport, export_depth, export_depth_gguf};
 pub use dynapress::export_dynapress;
 pub use gguf::{GgufReport, GgufTypes, export_gguf, gguf_target};
 pub use recipe::{llama_quantize_command, llama_quantize_recipe};
