@@ -100,6 +100,12 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     let db = Database::open(&db_dir)?;
     seconds.insert("database".into(), t.elapsed().as_secs_f64());
     let (target, head) = resolve_budget(opts.budget, &files, &db, opts.gguf)?;
+    if let Budget::Sparsity(s) = target.budget {
+        say(format!(
+            "      a sparsity of {s} is {:.4} bits per weight of the linear layers (mask and f16 values)",
+            target.bits
+        ));
+    }
     if let Budget::GgufBytes(bytes) = target.budget {
         say(format!(
             "      a {bytes}-byte GGUF leaves {:.4} bits per weight for the linear layers{}",
@@ -181,6 +187,18 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         target_bits,
         opts.compare.resolve(files.config.num_parameters()),
     )?;
+    // Sparsity levels: OWL is the published layer-wise baseline.
+    if opts.method.method == crate::database::Method::Sparsegpt
+        && opts.method.sparse_bits.is_empty()
+    {
+        let c = crate::search::owl::owl(&files, &db, space, target.sparsity(), target_bits)?;
+        named.push((
+            format!("owl @ {}", round4(target.sparsity())),
+            "owl".into(),
+            space.bits_per_weight(&c),
+            Contender::Choice(c),
+        ));
+    }
     named.push((
         format!("{} @ {target_bits:.4}", found.config.algo),
         found.config.algo.to_string(),
@@ -333,7 +351,7 @@ fn comparison_rows(
             }
             let c = knapsack::knapsack(space, tb)?;
             named.push((
-                format!("knapsack @ {tb}"),
+                format!("knapsack @ {}", round4(tb)),
                 "knapsack".into(),
                 space.bits_per_weight(&c),
                 Contender::Choice(c),
@@ -368,6 +386,15 @@ pub fn validate(opts: &CompressOptions, files: &ModelFiles) -> Result<()> {
             ));
         }
         _ => {}
+    }
+    if let Budget::Sparsity(_) = opts.budget
+        && (opts.method.method != crate::database::Method::Sparsegpt
+            || !opts.method.sparse_bits.is_empty())
+    {
+        return Err(Error::option(
+            "--target-sparsity",
+            "--target-sparsity needs --method sparsegpt with f16 values (no --sparse-bits); give --target-bits otherwise",
+        ));
     }
     if opts.gguf.is_some() && !opts.method.is_ggml() {
         return Err(Error::option(
@@ -442,6 +469,9 @@ fn level_storage_bits(
     if let Some(ty) = l.ggml {
         return ty.bits_per_weight() * (rows * cols) as f64;
     }
+    if let Some(sl) = l.sparse {
+        return sl.storage_bits(rows, cols).unwrap_or(0) as f64;
+    }
     let packed = |n: usize| (n * l.bits as usize).div_ceil(8);
     let groups = rows
         * if spec.group_size == 0 {
@@ -457,4 +487,11 @@ fn level_storage_bits(
         bytes += cols * if cols <= 1 << 16 { 2 } else { 4 };
     }
     8.0 * bytes as f64
+}
+
+/// `x` rounded to 4 decimals, printed without trailing zeros (3 → "3",
+/// 5.807291… → "5.8073").
+fn round4(x: f64) -> String {
+    let s = format!("{x:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }

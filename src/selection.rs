@@ -30,6 +30,10 @@ pub enum Budget {
     /// The byte size of the exported GGUF file (what the searched layers may
     /// use is what is left after metadata, embeddings, output and norms).
     GgufBytes(u64),
+    /// The average fraction of pruned weights of the searched layers (a
+    /// sparsegpt database with f16 values): the storage of every layer at
+    /// that sparsity, so the search trades sparsity between layers.
+    Sparsity(f64),
 }
 
 /// A budget resolved to bits per weight of the searched layers.
@@ -50,11 +54,21 @@ impl Target {
         }
     }
 
+    /// The average sparsity the budget stands for: the one asked for, or,
+    /// for a bits budget, the sparsity whose mask and f16 values take that
+    /// many bits per weight (`1 + 16·(1 − s)`), clamped to [0, 0.99].
+    pub fn sparsity(&self) -> f64 {
+        match self.budget {
+            Budget::Sparsity(s) => s,
+            _ => (1.0 - (self.bits - 1.0) / 16.0).clamp(0.0, 0.99),
+        }
+    }
+
     /// The GGUF file size asked for, if the budget was one.
     pub fn file_bytes(&self) -> Option<u64> {
         match self.budget {
             Budget::GgufBytes(n) => Some(n),
-            Budget::Bits(_) => None,
+            Budget::Bits(_) | Budget::Sparsity(_) => None,
         }
     }
 }
@@ -66,6 +80,8 @@ pub enum Algo {
     Evopress,
     Knapsack,
     Uniform,
+    /// Outlier-weighted layerwise sparsity (sparsegpt databases).
+    Owl,
 }
 
 impl std::str::FromStr for Algo {
@@ -75,8 +91,9 @@ impl std::str::FromStr for Algo {
             "evopress" => Ok(Algo::Evopress),
             "knapsack" => Ok(Algo::Knapsack),
             "uniform" => Ok(Algo::Uniform),
+            "owl" => Ok(Algo::Owl),
             o => Err(format!(
-                "unknown algorithm `{o}`; choose evopress, knapsack or uniform"
+                "unknown algorithm `{o}`; choose evopress, knapsack, uniform or owl"
             )),
         }
     }
@@ -88,6 +105,7 @@ impl std::fmt::Display for Algo {
             Algo::Evopress => "evopress",
             Algo::Knapsack => "knapsack",
             Algo::Uniform => "uniform",
+            Algo::Owl => "owl",
         })
     }
 }

@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use dynapress::database::{DEFAULT_GGML_TYPES, Method, MethodSpec};
+use dynapress::database::{DEFAULT_GGML_TYPES, DEFAULT_SPARSITIES, Method, MethodSpec};
 use dynapress::export::GgufTypes;
 use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
 use dynapress::selection::Budget;
@@ -62,8 +62,9 @@ pub struct MethodArgs {
     #[arg(long, value_enum, default_value = "any")]
     pub runtime: Runtime,
     /// Compressor: gptq or rtn (grids of --bits with --group-size), kquant
-    /// (ggml's encoders) or gptq-kquant (GPTQ inside ggml's grids) for --types.
-    /// Default: gptq, or gptq-kquant with --format gguf.
+    /// (ggml's encoders) or gptq-kquant (GPTQ inside ggml's grids) for --types,
+    /// sparsegpt (SparseGPT at --sparsities, kept weights f16 or on
+    /// --sparse-bits grids). Default: gptq, or gptq-kquant with --format gguf.
     #[arg(long, value_parser = method_parser())]
     pub method: Option<Method>,
     /// Bit widths, one level each (gptq, rtn).
@@ -90,6 +91,14 @@ pub struct MethodArgs {
     /// Search the MSE-optimal clipping range per group.
     #[arg(long)]
     pub clip: bool,
+    /// sparsegpt: fractions of each row pruned, one level each (steps of 0.01).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_SPARSITIES)]
+    pub sparsities: Vec<f64>,
+    /// sparsegpt: also quantize the kept weights on grids of these bit widths
+    /// (joint levels: every sparsity at every width, --group-size, --sym);
+    /// without it the kept weights are f16.
+    #[arg(long, value_delimiter = ',')]
+    pub sparse_bits: Vec<u8>,
 }
 
 impl MethodArgs {
@@ -102,6 +111,12 @@ impl MethodArgs {
             _ => default,
         };
         let method = self.method.unwrap_or(default);
+        if method == Method::Sparsegpt && self.runtime != Runtime::Any {
+            crate::bad_arg!(
+                "sparse levels run in dynapress (and, exported dense, in transformers); --runtime {} does not serve them",
+                self.runtime.to_possible_value().expect("listed").get_name()
+            );
+        }
         let mut bits = self.bits.clone();
         let mut sym = self.sym;
         match (self.runtime, self.runtime.grid_bits()) {
@@ -136,6 +151,16 @@ impl MethodArgs {
             act_order: self.act_order,
             damp: self.damp,
             clip: self.clip,
+            sparsities: if method == Method::Sparsegpt {
+                self.sparsities.clone()
+            } else {
+                vec![]
+            },
+            sparse_bits: if method == Method::Sparsegpt {
+                self.sparse_bits.clone()
+            } else {
+                vec![]
+            },
         })
     }
 }
@@ -212,22 +237,32 @@ impl FitnessArgs {
     }
 }
 
-/// The budget: bits per weight, or the byte size of a GGUF file.
+/// The budget: bits per weight, the byte size of a GGUF file, or a sparsity.
 #[derive(Args, Debug, Clone)]
 pub struct BudgetArgs {
     /// Budget: average storage bits per weight of the linear layers (scales
     /// and zeros included). Default 3 unless --target-size is given.
-    #[arg(long, conflicts_with = "target_size")]
+    #[arg(long, conflicts_with_all = ["target_size", "target_sparsity"])]
     pub target_bits: Option<f64>,
     /// Budget instead: size in bytes of the exported GGUF file (--format gguf;
     /// embeddings/output at --embed-type/--output-type).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "target_sparsity")]
     pub target_size: Option<u64>,
+    /// Budget instead: average fraction of pruned weights (a sparsegpt
+    /// database with f16 values): the storage of every layer at it.
+    #[arg(long)]
+    pub target_sparsity: Option<f64>,
 }
 
 impl BudgetArgs {
     /// The budget; `default_bits` when neither flag is given (`None`: one is required).
     pub fn budget(&self, default_bits: Option<f64>, gguf: bool) -> anyhow::Result<Budget> {
+        if let Some(s) = self.target_sparsity {
+            if !(0.0..1.0).contains(&s) {
+                crate::bad_arg!("--target-sparsity {s} is not a fraction in [0, 1)");
+            }
+            return Ok(Budget::Sparsity(s));
+        }
         match (self.target_bits, self.target_size) {
             (_, Some(0)) => crate::bad_arg!("--target-size must be a positive number of bytes"),
             (_, Some(_)) if !gguf => crate::bad_arg!(
@@ -284,7 +319,7 @@ impl GgufTypeArgs {
 /// `--method`: the closed set of compressors, listed in `--help` and errors.
 fn method_parser() -> impl clap::builder::TypedValueParser<Value = Method> {
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(["gptq", "rtn", "kquant", "gptq-kquant"])
+    clap::builder::PossibleValuesParser::new(["gptq", "rtn", "kquant", "gptq-kquant", "sparsegpt"])
         .map(|s| s.parse::<Method>().expect("every listed value parses"))
 }
 

@@ -132,7 +132,16 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
             "compress does not write compressed-tensors yet: run `compress`, then `export --format compressed-tensors --db OUT/database --config OUT/config.json` (docs/served-formats.md)"
         ),
     };
-    let budget = a.budget.budget(Some(3.0), gguf.is_some())?;
+    // A sparsegpt database's natural budget is a sparsity (50 % by default).
+    let sparse_default = a.method.method == Some(Method::Sparsegpt)
+        && a.budget.target_bits.is_none()
+        && a.budget.target_size.is_none()
+        && a.budget.target_sparsity.is_none();
+    let budget = if sparse_default {
+        dynapress::selection::Budget::Sparsity(0.5)
+    } else {
+        a.budget.budget(Some(3.0), gguf.is_some())?
+    };
     if a.calib_tokens == 0 {
         crate::bad_arg!("--calib-tokens must be positive");
     }

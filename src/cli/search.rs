@@ -26,7 +26,8 @@ pub struct SearchArgs {
     budget: BudgetArgs,
     #[command(flatten)]
     gguf_types: GgufTypeArgs,
-    /// evopress (whole-model KL), knapsack (sum of per-layer errors) or uniform.
+    /// evopress (whole-model KL), knapsack (sum of per-layer errors), uniform,
+    /// or owl (sparsity by outlier share; sparsegpt databases with f16 values).
     #[arg(long, value_enum, default_value = "evopress")]
     algo: Algo,
     /// Output configuration (JSON). A checkpoint `<out>.state` is kept next to it.
@@ -79,14 +80,19 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         .then(|| a.gguf_types.types())
         .transpose()?;
     let (target, head) = resolve_budget(budget, &files, &db, gguf)?;
-    if let (Budget::GgufBytes(bytes), false) = (budget, a.quiet) {
-        eprintln!(
+    match (budget, a.quiet) {
+        (Budget::GgufBytes(bytes), false) => eprintln!(
             "a {bytes}-byte GGUF leaves {:.4} bits per weight for the linear layers{}",
             target.bits,
             head.as_ref()
                 .map(|h| h.describe_start())
                 .unwrap_or_default()
-        );
+        ),
+        (Budget::Sparsity(s), false) => eprintln!(
+            "a sparsity of {s} is {:.4} bits per weight of the linear layers (mask and f16 values)",
+            target.bits
+        ),
+        _ => {}
     }
     let opts = SearchOptions {
         algo: a.algo,

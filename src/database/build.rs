@@ -274,7 +274,7 @@ pub fn build_database(
             let h = cap.get(site);
             // One factorisation per site: q/k/v (and gate/up) share it.
             let factor = match spec.method {
-                Method::Gptq | Method::GptqKquant => Some(
+                Method::Gptq | Method::GptqKquant | Method::Sparsegpt => Some(
                     GptqFactor::new(
                         h,
                         &FactorParams {
@@ -450,6 +450,32 @@ pub fn fallback_summary(spec: &MethodSpec, files: &ModelFiles) -> Result<Vec<Str
 }
 
 fn validate_spec(spec: &MethodSpec) -> Result<()> {
+    if spec.method == Method::Sparsegpt {
+        if spec.sparsities.is_empty() {
+            return Err(Error::option(
+                "--sparsities",
+                "--sparsities needs at least one fraction",
+            ));
+        }
+        if let Some(b) = spec.sparse_bits.iter().find(|&&b| !(2..=8).contains(&b)) {
+            return Err(Error::option(
+                "--sparse-bits",
+                format!("bit width {b} is not supported (2 to 8)"),
+            ));
+        }
+        if spec.act_order {
+            return Err(Error::option(
+                "--act-order",
+                "--act-order does not apply to SparseGPT (its blocks are runs of input columns)",
+            ));
+        }
+        if !(spec.damp > 0.0 && spec.damp.is_finite()) {
+            return Err(Error::option("--damp", "--damp must be a positive number"));
+        }
+        spec.levels()
+            .map_err(|e| Error::option("--sparsities", e.to_string()))?;
+        return Ok(());
+    }
     if spec.is_ggml() {
         if spec.types.is_empty() {
             return Err(Error::option(

@@ -38,8 +38,8 @@ pub const IMATRIX_FILE: &str = "imatrix.gguf";
 pub const FORMAT_VERSION: u32 = 1;
 
 pub use dynapress_compress::method::{
-    DEFAULT_GGML_TYPES, FALLBACK_GGML_TYPES, GgmlBlocks, LevelSpec, Method, MethodError,
-    MethodSpec, Variant,
+    DEFAULT_GGML_TYPES, DEFAULT_SPARSITIES, FALLBACK_GGML_TYPES, GgmlBlocks, LevelSpec, Method,
+    MethodError, MethodSpec, SparseLevel, Variant,
 };
 
 /// What identifies the model a database belongs to.
@@ -396,6 +396,10 @@ pub fn entry_bytes(layer: &str, level: &str, v: &Variant) -> Vec<u8> {
             q.to_buffers(),
             serde_json::json!({ "layer": layer, "level": level, "quant": q.meta() }),
         ),
+        Variant::Sparse(sp) => (
+            sp.to_buffers(),
+            serde_json::json!({ "layer": layer, "level": level, "sparse": sp.meta() }),
+        ),
         Variant::Ggml(g) => (
             vec![NamedBuffer {
                 name: "blocks".into(),
@@ -483,8 +487,6 @@ fn parse_entry(path: &Path, bytes: &[u8]) -> Result<Variant> {
             bytes: blocks.data().to_vec(),
         }));
     }
-    let meta: QuantMeta = serde_json::from_value(v["quant"].clone())
-        .map_err(|e| bad(format!("bad quantization metadata: {e}")))?;
     let mut buffers = Vec::new();
     for (name, view) in st.tensors() {
         let dtype = match view.dtype() {
@@ -501,6 +503,15 @@ fn parse_entry(path: &Path, bytes: &[u8]) -> Result<Variant> {
             data: view.data().to_vec(),
         });
     }
+    if let Some(sparse) = v.get("sparse") {
+        let meta: dynapress_compress::SparseMeta = serde_json::from_value(sparse.clone())
+            .map_err(|e| bad(format!("bad sparsity metadata: {e}")))?;
+        return dynapress_compress::SparseLinear::from_buffers(&meta, &buffers)
+            .map(Variant::Sparse)
+            .map_err(|e| bad(e.to_string()));
+    }
+    let meta: QuantMeta = serde_json::from_value(v["quant"].clone())
+        .map_err(|e| bad(format!("bad quantization metadata: {e}")))?;
     QuantizedLinear::from_buffers(&meta, &buffers)
         .map(Variant::Grid)
         .map_err(|e| bad(e.to_string()))
@@ -615,7 +626,10 @@ fn entry_header_numbers(path: &Path) -> Result<(usize, usize, u64)> {
         .and_then(|m| m.as_str())
         .and_then(|m| serde_json::from_str(m).ok())
         .ok_or_else(|| bad("missing dynapress metadata"))?;
-    let dims = meta.get("ggml").or_else(|| meta.get("quant"));
+    let dims = meta
+        .get("ggml")
+        .or_else(|| meta.get("quant"))
+        .or_else(|| meta.get("sparse"));
     let dim = |k: &str| {
         dims.and_then(|d| d.get(k))
             .and_then(|x| x.as_u64())

@@ -86,6 +86,14 @@ pub fn export_compressed_tensors(
                     ),
                 ));
             }
+            Variant::Sparse(_) => {
+                return Err(Error::data(
+                    &db.dir,
+                    format!(
+                        "{weight}: level {level} is a sparse layer, which dynapress does not write as compressed-tensors yet; export it with --format safetensors (dense, zeros stored) or --format dynapress (mask and kept weights)"
+                    ),
+                ));
+            }
         };
         let (scheme, tensors) = compressed_tensors_tensors(&q)
             .map_err(|e| Error::data(&db.dir, format!("{weight} (level {level}): {e}")))?;

@@ -172,7 +172,7 @@ impl DepthPlan {
             return Err(Error::config(
                 config_path,
                 format!(
-                    "blocks {partial:?} have only one sublayer dropped, which a Hugging Face directory cannot express (one attention and one MLP per block); search with --whole-blocks, or evaluate it in dynapress with `eval --config`"
+                    "blocks {partial:?} have only one sublayer dropped, which neither a Hugging Face directory nor a llama/qwen GGUF can express (one attention and one MLP per block); search with --whole-blocks, or evaluate it in dynapress with `eval --config`"
                 ),
             ));
         }

@@ -78,7 +78,59 @@ pub fn resolve_budget(
             "--target-size",
             "a file-size target needs the GGUF format (--format gguf)",
         )),
+        (Budget::Sparsity(s), _) => Ok((sparsity_target(files, db, s)?, None)),
     }
+}
+
+/// A sparsity budget as bits per weight: the exact storage of every searched
+/// layer at sparsity `s` (f16 values), over their weights. Only a database
+/// whose levels are all SparseGPT levels with f16 values has one.
+fn sparsity_target(files: &ModelFiles, db: &Database, s: f64) -> Result<Target> {
+    let err = |msg: String| crate::Error::option("--target-sparsity", msg);
+    if !(0.0..1.0).contains(&s) {
+        return Err(err(format!(
+            "--target-sparsity {s} is not a fraction in [0, 1)"
+        )));
+    }
+    let specs = db.manifest.method.levels()?;
+    if specs.is_empty()
+        || specs
+            .iter()
+            .any(|l| l.sparse.is_none_or(|sl| sl.quant.is_some()))
+    {
+        return Err(err(
+            "--target-sparsity needs a sparsegpt database with f16 values (no --sparse-bits); give --target-bits instead".into(),
+        ));
+    }
+    let fractions: Vec<f64> = specs
+        .iter()
+        .filter_map(|l| l.sparse.map(|sl| sl.fraction))
+        .collect();
+    let (lo, hi) = fractions
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &f| {
+            (a.min(f), b.max(f))
+        });
+    if s < lo - 1e-9 || s > hi + 1e-9 {
+        return Err(crate::Error::budget(format!(
+            "--target-sparsity {s} is outside the database's sparsities ({lo} to {hi}); change it or rebuild the database with other --sparsities"
+        )));
+    }
+    let level = dynapress_compress::SparseLevel {
+        fraction: s,
+        quant: None,
+    };
+    let mut bits = 0u64;
+    for layer in &db.space.layers {
+        let (rows, cols) = layer.id.shape(&files.config);
+        bits += level
+            .storage_bits(rows, cols)
+            .ok_or_else(|| err(format!("{}: no columns", layer.id.weight_name())))?;
+    }
+    Ok(Target {
+        budget: Budget::Sparsity(s),
+        bits: bits as f64 / db.space.total_params as f64,
+    })
 }
 
 /// Completes a directory export assembled in `tmp`: writes `dynapress.json`

@@ -121,22 +121,29 @@ pub(super) fn export_dir(
     let mut quant_meta = serde_json::Map::new();
     for name in &names {
         if let Some(v) = variants.get(name) {
+            let mut push_buffers = |buffers: Vec<dynapress_compress::NamedBuffer>| {
+                for b in buffers {
+                    specs.push(TensorSpec {
+                        name: format!("{name}.{}", b.name),
+                        dtype: match b.dtype {
+                            dynapress_compress::BufferDtype::U8 => Dtype::U8,
+                            dynapress_compress::BufferDtype::F16 => Dtype::F16,
+                            dynapress_compress::BufferDtype::U16 => Dtype::U16,
+                            dynapress_compress::BufferDtype::U32 => Dtype::U32,
+                        },
+                        shape: b.shape.clone(),
+                    });
+                    parts.push(b.data);
+                }
+            };
             match v {
                 crate::database::Variant::Grid(q) => {
                     quant_meta.insert(name.clone(), serde_json::to_value(q.meta()).expect("meta"));
-                    for b in q.to_buffers() {
-                        specs.push(TensorSpec {
-                            name: format!("{name}.{}", b.name),
-                            dtype: match b.dtype {
-                                dynapress_compress::BufferDtype::U8 => Dtype::U8,
-                                dynapress_compress::BufferDtype::F16 => Dtype::F16,
-                                dynapress_compress::BufferDtype::U16 => Dtype::U16,
-                                dynapress_compress::BufferDtype::U32 => Dtype::U32,
-                            },
-                            shape: b.shape.clone(),
-                        });
-                        parts.push(b.data);
-                    }
+                    push_buffers(q.to_buffers());
+                }
+                crate::database::Variant::Sparse(sp) => {
+                    quant_meta.insert(name.clone(), serde_json::json!({ "sparse": sp.meta() }));
+                    push_buffers(sp.to_buffers());
                 }
                 crate::database::Variant::Ggml(g) => {
                     quant_meta.insert(

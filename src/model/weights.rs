@@ -51,6 +51,7 @@ pub struct RawTensor<'a> {
 #[derive(Debug, Clone)]
 enum QuantStorage {
     Grid(dynapress_compress::QuantMeta),
+    Sparse(dynapress_compress::SparseMeta),
     Ggml {
         ty: dynapress_ggml::GgmlType,
         rows: usize,
@@ -156,6 +157,10 @@ impl WeightSource {
                 .map_err(|e| bad(format!("bad {QUANT_METADATA_KEY} metadata: {e}")))?;
             for (name, v) in map {
                 let storage = match v.get("ggml") {
+                    None if v.get("sparse").is_some() => QuantStorage::Sparse(
+                        serde_json::from_value(v["sparse"].clone())
+                            .map_err(|e| bad(format!("{name}: bad sparsity metadata: {e}")))?,
+                    ),
                     Some(g) => QuantStorage::Ggml {
                         ty: g["type"]
                             .as_str()
@@ -260,16 +265,26 @@ impl WeightSource {
                     .map_err(|e| bad(blocks.path, e.to_string()))?;
                 Ok((vec![*rows, *cols], v))
             }
-            QuantStorage::Grid(meta) => {
+            QuantStorage::Grid(_) | QuantStorage::Sparse(_) => {
                 use dynapress_compress::{BufferDtype, NamedBuffer};
+                let parts: &[(&str, bool)] = match storage {
+                    QuantStorage::Sparse(_) => &[
+                        ("mask", true),
+                        ("values", false),
+                        ("codes", false),
+                        ("scales", false),
+                        ("zeros", false),
+                    ],
+                    _ => &[
+                        ("codes", true),
+                        ("scales", true),
+                        ("zeros", false),
+                        ("perm", false),
+                    ],
+                };
                 let mut buffers = Vec::new();
                 let mut path = self.dir.clone();
-                for (suffix, required) in [
-                    ("codes", true),
-                    ("scales", true),
-                    ("zeros", false),
-                    ("perm", false),
-                ] {
+                for &(suffix, required) in parts {
                     let full = format!("{name}.{suffix}");
                     if !self.index.contains_key(&full) {
                         if required {
@@ -301,9 +316,19 @@ impl WeightSource {
                         data: r.data.to_vec(),
                     });
                 }
-                let q = dynapress_compress::QuantizedLinear::from_buffers(meta, &buffers)
-                    .map_err(|e| bad(&path, e.to_string()))?;
-                Ok((vec![q.rows(), q.cols()], q.dequantize()))
+                match storage {
+                    QuantStorage::Sparse(meta) => {
+                        let sp = dynapress_compress::SparseLinear::from_buffers(meta, &buffers)
+                            .map_err(|e| bad(&path, e.to_string()))?;
+                        Ok((vec![sp.rows(), sp.cols()], sp.dequantize()))
+                    }
+                    QuantStorage::Grid(meta) => {
+                        let q = dynapress_compress::QuantizedLinear::from_buffers(meta, &buffers)
+                            .map_err(|e| bad(&path, e.to_string()))?;
+                        Ok((vec![q.rows(), q.cols()], q.dequantize()))
+                    }
+                    QuantStorage::Ggml { .. } => Err(bad(&path, "ggml blocks read above".into())),
+                }
             }
         }
     }
@@ -413,6 +438,7 @@ impl WeightSource {
         match self.quant.get(name) {
             Some(QuantStorage::Ggml { rows, cols, .. }) => Ok(vec![*rows, *cols]),
             Some(QuantStorage::Grid(m)) => Ok(vec![m.rows, m.cols]),
+            Some(QuantStorage::Sparse(m)) => Ok(vec![m.rows, m.cols]),
             None => match self.gguf_tensor(name) {
                 Some((_, t)) => Ok(t.shape.clone()),
                 None => Ok(self.raw(name)?.shape),

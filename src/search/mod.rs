@@ -5,15 +5,17 @@
 //! zeros, permutation): a configuration is feasible when
 //! `Σ_i storage_bits_i(level_i) ≤ ⌊B · Σ_i params_i⌋`.
 //!
-//! Three allocators: [`uniform`] (every layer at the highest level that fits),
+//! Four allocators: [`uniform`] (every layer at the highest level that fits),
 //! [`knapsack`] (minimise the sum of the manifest's per-layer errors: the
-//! "error monotonicity" assumption), and [`evopress`] (evolutionary search on
-//! the whole model's KL divergence to the original).
+//! "error monotonicity" assumption), [`evopress`] (evolutionary search on
+//! the whole model's KL divergence to the original), and, for sparsity
+//! levels, [`owl`] (sparsity by each layer's share of outlier weights).
 
 pub mod depth;
 pub mod evopress;
 pub mod fitness;
 pub mod knapsack;
+pub mod owl;
 mod run;
 
 pub use depth::{DepthOptions, DepthOutcome, run_depth};

@@ -145,6 +145,12 @@ pub fn run_search(
     let (choice, fitness, history, stats) = match opts.algo {
         Algo::Uniform => (uniform(space, target_bits)?, None, vec![], None),
         Algo::Knapsack => (knapsack::knapsack(space, target_bits)?, None, vec![], None),
+        Algo::Owl => (
+            super::owl::owl(files, db, space, opts.target.sparsity(), target_bits)?,
+            None,
+            vec![],
+            None,
+        ),
         Algo::Evopress => {
             if opts.calib.is_empty() {
                 return Err(crate::error::Error::option(

@@ -101,7 +101,10 @@ pub use ggml_gptq::{GgmlGptqError, GgmlQuantized, gptq_ggml, imatrix_from_hessia
 pub use gptq::{FactorParams, GptqFactor, GptqParams, GptqQuantParams, gptq};
 pub use grid::{ClipSearch, GroupGrid, QuantScheme};
 pub use hessian::{Accumulation, Hessian};
-pub use method::{GgmlBlocks, LevelSpec, Method, MethodError, MethodSpec, Variant, compress_layer};
+pub use method::{
+    DEFAULT_SPARSITIES, GgmlBlocks, LevelSpec, Method, MethodError, MethodSpec, SparseLevel,
+    Variant, compress_layer,
+};
 pub use metrics::{quadratic_trace, relative_output_error};
 pub use owl::{OwlError, allocate_zeros, outlier_ratio, owl_sparsities};
 pub use quantized::{BufferDtype, NamedBuffer, Provenance, QuantMeta, QuantizedLinear};

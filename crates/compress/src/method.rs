@@ -1,8 +1,9 @@
 //! The compressors of a layer database: which method, at which levels, and the
 //! dispatch from a level to the compressor that makes its [`Variant`].
 //!
-//! A level is a grid bit width (GPTQ or RTN on [`QuantScheme`] grids) or a
-//! ggml type (ggml's own encoder, or GPTQ inside the type's block grid). The
+//! A level is a grid bit width (GPTQ or RTN on [`QuantScheme`] grids), a
+//! ggml type (ggml's own encoder, or GPTQ inside the type's block grid), or a
+//! sparsity (SparseGPT; the kept weights as f16 or, jointly, on a grid). The
 //! database stores one [`Variant`] per layer and level; [`compress_layer`] is
 //! the one place that turns `(W, H, spec, level)` into it.
 
@@ -14,10 +15,15 @@ use crate::grid::{ClipSearch, QuantScheme};
 use crate::hessian::Hessian;
 use crate::quantized::QuantizedLinear;
 use crate::rtn::{RtnParams, rtn};
+use crate::sparse::{SparseLinear, SparsityPattern};
+use crate::sparsegpt::{SparseParams, sparsegpt_with_factor};
 
 /// Errors of the method description and the stored variants.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MethodError {
+    /// A `--sparsities` entry is not a fraction in steps of 0.01 below 1.
+    #[error("sparsity {0} is not a fraction between 0 and 0.99 in steps of 0.01")]
+    Sparsity(f64),
     /// A `--types` entry is not a quantized ggml type.
     #[error(
         "unknown ggml type `{0}`; choose among Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1, Q8_0, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS"
@@ -36,7 +42,7 @@ pub enum MethodError {
 /// The compressor and its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodSpec {
-    /// `gptq`, `rtn`, `kquant` or `gptq-kquant`.
+    /// `gptq`, `rtn`, `kquant`, `gptq-kquant` or `sparsegpt`.
     pub method: Method,
     /// Grid methods (gptq, rtn): bit widths, one level each.
     pub bits: Vec<u8>,
@@ -57,6 +63,14 @@ pub struct MethodSpec {
     pub damp: f64,
     /// MSE-optimal clipping search per group.
     pub clip: bool,
+    /// sparsegpt: fractions of pruned weights per row, one level each (in
+    /// steps of 0.01).
+    #[serde(default)]
+    pub sparsities: Vec<f64>,
+    /// sparsegpt: grid bit widths of the kept weights (joint sparsity ×
+    /// quantization levels, with `group_size` and `sym`); empty: f16 values.
+    #[serde(default)]
+    pub sparse_bits: Vec<u8>,
 }
 
 impl Default for MethodSpec {
@@ -71,9 +85,14 @@ impl Default for MethodSpec {
             act_order: false,
             damp: 0.01,
             clip: false,
+            sparsities: vec![],
+            sparse_bits: vec![],
         }
     }
 }
+
+/// The sparsities a sparsegpt database uses by default.
+pub const DEFAULT_SPARSITIES: &str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9";
 
 /// The ggml types a ggml database uses by default.
 pub const DEFAULT_GGML_TYPES: &str = "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0";
@@ -106,6 +125,55 @@ pub struct LevelSpec {
     /// A fallback level (see [`FALLBACK_GGML_TYPES`]): built only for layers
     /// whose rows one of the chosen types cannot hold.
     pub fallback: bool,
+    /// A SparseGPT level.
+    pub sparse: Option<SparseLevel>,
+}
+
+/// A sparsity level: which fraction of each row is pruned, and how the kept
+/// weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseLevel {
+    /// Pruned fraction of every row (`⌊s · cols + ½⌋` weights per row).
+    pub fraction: f64,
+    /// Grid of the kept weights (`None`: f16).
+    pub quant: Option<QuantScheme>,
+}
+
+impl SparseLevel {
+    /// Exact storage bits of a `rows × cols` layer at this level (what
+    /// [`SparseLinear::storage_bits`] gives; `None` if `cols` is 0).
+    pub fn storage_bits(&self, rows: usize, cols: usize) -> Option<u64> {
+        let pattern = SparsityPattern::fraction(self.fraction, cols).ok()?;
+        let kept = rows * (cols - pattern.zeros_per_row(cols));
+        let mut bits = pattern.mask_bits(rows, cols);
+        match self.quant {
+            None => bits += 16 * kept as u64,
+            Some(q) => {
+                let groups = rows * q.groups_per_row(cols);
+                let mut bytes = crate::pack::packed_len(kept, q.bits) + 2 * groups;
+                if !q.sym {
+                    bytes += crate::pack::packed_len(groups, q.bits);
+                }
+                bits += 8 * bytes as u64;
+            }
+        }
+        Some(bits)
+    }
+
+    /// Bits per weight of a layer with rows of `cols` weights, ignoring byte
+    /// padding: the 1-bit mask, the kept values, and a grid's scales and zero
+    /// points (see [`crate::sparse`]).
+    pub fn bits_per_weight(&self, cols: usize) -> f64 {
+        let kept = 1.0 - self.fraction;
+        match self.quant {
+            None => 1.0 + 16.0 * kept,
+            Some(q) => {
+                let groups = q.groups_per_row(cols.max(1)) as f64;
+                let zero = if q.sym { 0.0 } else { f64::from(q.bits) };
+                1.0 + f64::from(q.bits) * kept + (16.0 + zero) * groups / cols.max(1) as f64
+            }
+        }
+    }
 }
 
 impl MethodSpec {
@@ -117,6 +185,9 @@ impl MethodSpec {
     /// The levels, lowest bits per weight first.
     pub fn levels(&self) -> Result<Vec<LevelSpec>, MethodError> {
         let mut v = Vec::new();
+        if self.method == Method::Sparsegpt {
+            return self.sparse_levels();
+        }
         if self.is_ggml() {
             for t in &self.types {
                 let ty = GgmlType::from_name(t)
@@ -137,10 +208,56 @@ impl MethodSpec {
                     bits: b,
                     ggml: None,
                     fallback: false,
+                    sparse: None,
                 });
             }
             v.sort_by_key(|l| l.bits);
         }
+        v.dedup_by(|a, b| a.name == b.name);
+        Ok(v)
+    }
+
+    /// SparseGPT's levels: every sparsity, with f16 values or at every
+    /// `sparse_bits` grid, ordered by their bits per weight at 4096 columns.
+    fn sparse_levels(&self) -> Result<Vec<LevelSpec>, MethodError> {
+        let bits: Vec<Option<u8>> = if self.sparse_bits.is_empty() {
+            vec![None]
+        } else {
+            self.sparse_bits.iter().copied().map(Some).collect()
+        };
+        let mut v = Vec::new();
+        for &s in &self.sparsities {
+            let pct = (s * 100.0).round();
+            if !(0.0..=99.0).contains(&pct) || (s * 100.0 - pct).abs() > 1e-6 {
+                return Err(MethodError::Sparsity(s));
+            }
+            for &b in &bits {
+                let quant = b.map(|bits| QuantScheme {
+                    bits,
+                    group_size: self.group_size,
+                    sym: self.sym,
+                });
+                let level = SparseLevel {
+                    fraction: pct / 100.0,
+                    quant,
+                };
+                let name = match quant {
+                    None => format!("sparsegpt-s{pct:02}"),
+                    Some(q) => format!("sparsegpt-s{pct:02}-b{}-g{}", q.bits, q.group_size),
+                };
+                v.push(LevelSpec {
+                    name,
+                    bits: level.bits_per_weight(4096).round().clamp(1.0, 17.0) as u8,
+                    ggml: None,
+                    fallback: false,
+                    sparse: Some(level),
+                });
+            }
+        }
+        v.sort_by(|a, b| {
+            let key = |l: &LevelSpec| l.sparse.expect("sparse").bits_per_weight(4096);
+            key(a).total_cmp(&key(b)).then(a.name.cmp(&b.name))
+        });
         v.dedup_by(|a, b| a.name == b.name);
         Ok(v)
     }
@@ -159,6 +276,7 @@ impl MethodSpec {
             bits: ty.bits_per_weight().floor() as u8,
             ggml: Some(ty),
             fallback,
+            sparse: None,
         }
     }
 
@@ -228,6 +346,8 @@ pub enum Method {
     Kquant,
     /// GPTQ error feedback inside ggml's block grids.
     GptqKquant,
+    /// SparseGPT (Frantar & Alistarh 2023): levels of sparsity.
+    Sparsegpt,
 }
 
 impl Method {
@@ -245,20 +365,23 @@ impl std::str::FromStr for Method {
             "rtn" => Ok(Method::Rtn),
             "kquant" => Ok(Method::Kquant),
             "gptq-kquant" => Ok(Method::GptqKquant),
+            "sparsegpt" => Ok(Method::Sparsegpt),
             other => Err(format!(
-                "unknown method `{other}`; choose gptq, rtn, kquant or gptq-kquant"
+                "unknown method `{other}`; choose gptq, rtn, kquant, gptq-kquant or sparsegpt"
             )),
         }
     }
 }
 
-/// A stored variant: a grid-quantized layer, or ggml blocks.
+/// A stored variant: a grid-quantized layer, ggml blocks, or a sparse layer.
 #[derive(Debug, Clone)]
 pub enum Variant {
     /// Codes, scales and zeros on a [`QuantScheme`] grid.
     Grid(QuantizedLinear),
     /// ggml blocks of one type.
     Ggml(GgmlBlocks),
+    /// A mask and the kept weights (SparseGPT).
+    Sparse(SparseLinear),
 }
 
 /// A layer encoded as ggml blocks (exactly the bytes a GGUF file stores).
@@ -280,6 +403,7 @@ impl Variant {
         match self {
             Variant::Grid(q) => q.rows(),
             Variant::Ggml(g) => g.rows,
+            Variant::Sparse(s) => s.rows(),
         }
     }
 
@@ -288,6 +412,7 @@ impl Variant {
         match self {
             Variant::Grid(q) => q.cols(),
             Variant::Ggml(g) => g.cols,
+            Variant::Sparse(s) => s.cols(),
         }
     }
 
@@ -295,6 +420,7 @@ impl Variant {
     pub fn dequantize(&self) -> Result<Vec<f32>, MethodError> {
         match self {
             Variant::Grid(q) => Ok(q.dequantize()),
+            Variant::Sparse(s) => Ok(s.dequantize()),
             Variant::Ggml(g) => dynapress_ggml::dequantize(g.ty, &g.bytes, g.rows * g.cols)
                 .map_err(|e| MethodError::Blocks {
                     ty: g.ty,
@@ -308,6 +434,7 @@ impl Variant {
         match self {
             Variant::Grid(q) => q.storage_bits(),
             Variant::Ggml(g) => 8 * g.bytes.len() as u64,
+            Variant::Sparse(s) => s.storage_bits(),
         }
     }
 
@@ -316,6 +443,10 @@ impl Variant {
         match self {
             Variant::Grid(q) => q.damp(),
             Variant::Ggml(_) => None,
+            Variant::Sparse(s) => match s.provenance() {
+                crate::sparse::SparseProvenance::SparseGpt { damp, .. } => Some(damp),
+                crate::sparse::SparseProvenance::Magnitude => None,
+            },
         }
     }
 }
@@ -333,6 +464,21 @@ pub fn compress_layer(
     level: &LevelSpec,
 ) -> std::result::Result<Variant, String> {
     let cols = h.dim();
+    if let Some(sl) = level.sparse {
+        let f = factor.ok_or("SparseGPT needs the layer's Hessian factor")?;
+        let pattern = SparsityPattern::fraction(sl.fraction, cols).map_err(|e| e.to_string())?;
+        return sparsegpt_with_factor(
+            f,
+            w,
+            &SparseParams {
+                pattern,
+                quant: sl.quant,
+                block_size: 128,
+            },
+        )
+        .map(Variant::Sparse)
+        .map_err(|e| e.to_string());
+    }
     if let Some(ty) = level.ggml {
         let rows = w.len() / cols;
         let bytes = match (spec.method, factor) {

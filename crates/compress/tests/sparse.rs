@@ -586,3 +586,42 @@ fn results_do_not_depend_on_thread_count() {
     assert_eq!(one, run(2));
     assert_eq!(one, run(3));
 }
+
+#[test]
+fn sparse_database_levels_predict_storage_exactly() {
+    // The search's budget checks use SparseLevel::storage_bits before any
+    // layer is built: it must equal what compress_layer stores, for f16 and
+    // joint levels, on row lengths that do not divide evenly (576, 200).
+    use dynapress_compress::{Method, MethodSpec, Variant, compress_layer};
+    for (rows, n) in [(24usize, 576usize), (16, 200)] {
+        let l = layer(7, rows, n, 4 * n, &[]);
+        let f = GptqFactor::new(&l.h, &FactorParams::default()).unwrap();
+        let spec = MethodSpec {
+            method: Method::Sparsegpt,
+            sparsities: vec![0.1, 0.37, 0.5, 0.9],
+            sparse_bits: vec![],
+            group_size: 64,
+            ..Default::default()
+        };
+        for bits in [vec![], vec![3u8, 4]] {
+            let spec = MethodSpec {
+                sparse_bits: bits,
+                ..spec.clone()
+            };
+            let levels = spec.levels().unwrap();
+            assert_eq!(levels.len(), 4 * spec.sparse_bits.len().max(1));
+            for level in &levels {
+                let v = compress_layer(&l.w, &l.h, Some(&f), None, &spec, level).unwrap();
+                let Variant::Sparse(sp) = &v else {
+                    panic!("{}: not sparse", level.name)
+                };
+                let want = level.sparse.unwrap().storage_bits(rows, n).unwrap();
+                assert_eq!(sp.storage_bits(), want, "{} at {rows}×{n}", level.name);
+                assert_eq!(
+                    sp.zeros(),
+                    rows * ((level.sparse.unwrap().fraction * n as f64) + 0.5).floor() as usize
+                );
+            }
+        }
+    }
+}
