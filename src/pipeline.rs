@@ -186,6 +186,7 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         space,
         target_bits,
         opts.compare.resolve(files.config.num_parameters()),
+        opts.search.tie_fused,
     )?;
     // Sparsity levels: OWL is the published layer-wise baseline.
     if opts.method.method == crate::database::Method::Sparsegpt
@@ -315,7 +316,21 @@ fn comparison_rows(
     space: &SearchSpace,
     target_bits: f64,
     how: Compare,
+    tie_fused: bool,
 ) -> Result<Vec<(String, String, f64, Contender)>> {
+    // The knapsack under the same constraint as the search: with fused
+    // layers tied, on the tied space, mapped back to every layer.
+    let tied = if tie_fused {
+        Some(space.tied(&crate::search::fused_groups(space))?)
+    } else {
+        None
+    };
+    let knapsack_at = |tb: f64| -> Result<crate::database::Choice> {
+        match &tied {
+            Some(t) => Ok(space.untie(t, &knapsack::knapsack(t, tb)?)),
+            None => knapsack::knapsack(space, tb),
+        }
+    };
     let mut named = Vec::new();
     if how != Compare::None {
         let all = how == Compare::All;
@@ -349,7 +364,7 @@ fn comparison_rows(
             if tb < lo || tb > hi {
                 continue;
             }
-            let c = knapsack::knapsack(space, tb)?;
+            let c = knapsack_at(tb)?;
             named.push((
                 format!("knapsack @ {}", round4(tb)),
                 "knapsack".into(),

@@ -362,4 +362,54 @@ fn runtime_restricts_the_levels() {
         s(&tmp.path().join("y")),
     ]);
     common::cli::fails(&o, 2, &["--format gguf"]);
+
+    // vLLM fuses q/k/v and gate/up and needs one scheme per fused module:
+    // --tie-fused (which `compress --runtime vllm` sets) gives them one
+    // level per block, for the knapsack and EvoPress, within the budget.
+    let fused_levels_agree = |c: &ConfigFile| {
+        let level = |b: usize, k: &str| {
+            c.layers
+                .iter()
+                .find(|l| l.layer == format!("model.layers.{b}.{k}.weight"))
+                .map(|l| l.level.clone())
+                .unwrap()
+        };
+        (0..8).all(|b| {
+            level(b, "self_attn.q_proj") == level(b, "self_attn.k_proj")
+                && level(b, "self_attn.k_proj") == level(b, "self_attn.v_proj")
+                && level(b, "mlp.gate_proj") == level(b, "mlp.up_proj")
+        })
+    };
+    assert!(!fused_levels_agree(&c), "the untied knapsack mixes them");
+    for algo in ["knapsack", "evopress"] {
+        let tied = tmp.path().join(format!("tied-{algo}.json"));
+        ok(&common::cli::search(
+            &db,
+            &tied,
+            &[
+                "--target-bits",
+                "6",
+                "--algo",
+                algo,
+                "--tie-fused",
+                "--calib",
+                "assets/data/docs.valid.txt",
+                "--generations",
+                "3",
+                "--offspring",
+                "4",
+                "--stages",
+                "512:2,1024:1",
+                "--quiet",
+            ],
+        ));
+        let t = ConfigFile::read(&tied).unwrap();
+        assert!(fused_levels_agree(&t), "{algo}");
+        assert!(
+            t.bits_per_weight <= 6.0 + 1e-9,
+            "{algo}: {}",
+            t.bits_per_weight
+        );
+        assert!(t.layers.iter().any(|l| l.bits == 8) && t.layers.iter().any(|l| l.bits == 4));
+    }
 }

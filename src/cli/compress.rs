@@ -190,6 +190,8 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
             algo: a.algo,
             evo,
             quiet: a.quiet,
+            // vLLM runs q/k/v and gate/up fused, one scheme per fused module.
+            tie_fused: a.method.runtime == Runtime::Vllm,
             ..Default::default()
         },
         eval_windows: a.eval_windows,

@@ -113,6 +113,43 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         }
         Format::CompressedTensors => {
             let r = export_compressed_tensors(&files, &sel, &a.out, a.force)?;
+            // vLLM fuses q/k/v and gate/up and refuses shards with different
+            // schemes (transformers loads them): say so, with the remedy.
+            let levels: std::collections::HashMap<&str, &str> = config
+                .layers
+                .iter()
+                .map(|l| (l.layer.as_str(), l.level.as_str()))
+                .collect();
+            let split: Vec<String> = (0..files.config.num_layers)
+                .flat_map(|b| {
+                    let at = |k: &str| {
+                        levels
+                            .get(format!("model.layers.{b}.{k}.weight").as_str())
+                            .copied()
+                    };
+                    let qkv = [
+                        at("self_attn.q_proj"),
+                        at("self_attn.k_proj"),
+                        at("self_attn.v_proj"),
+                    ];
+                    let mut v = Vec::new();
+                    if qkv.iter().any(|l| *l != qkv[0]) {
+                        v.push(format!("{b}.qkv"));
+                    }
+                    if at("mlp.gate_proj") != at("mlp.up_proj") {
+                        v.push(format!("{b}.gate_up"));
+                    }
+                    v
+                })
+                .collect();
+            if !split.is_empty() {
+                eprintln!(
+                    "note: {} fused modules mix levels ({}{}): transformers loads this, vLLM refuses it; for vLLM search with --tie-fused (compress --runtime vllm does)",
+                    split.len(),
+                    split.iter().take(4).cloned().collect::<Vec<_>>().join(", "),
+                    if split.len() > 4 { ", …" } else { "" }
+                );
+            }
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

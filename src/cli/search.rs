@@ -30,6 +30,10 @@ pub struct SearchArgs {
     /// or owl (sparsity by outlier share; sparsegpt databases with f16 values).
     #[arg(long, value_enum, default_value = "evopress")]
     algo: Algo,
+    /// One level for q/k/v and one for gate/up in every block (vLLM fuses
+    /// them and refuses per-shard schemes; `compress --runtime vllm` sets it).
+    #[arg(long)]
+    tie_fused: bool,
     /// Output configuration (JSON). A checkpoint `<out>.state` is kept next to it.
     #[arg(long)]
     out: PathBuf,
@@ -106,6 +110,7 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         quiet: a.quiet,
         abort_after: a.abort_after,
         head,
+        tie_fused: a.tie_fused,
         ..Default::default()
     };
     let out = run_search(&files, &db, &opts)?;

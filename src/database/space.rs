@@ -31,6 +31,17 @@ pub struct SpaceLayer {
     pub id: LinearId,
     pub params: u64,
     pub levels: Vec<LevelOption>,
+    /// Other layers that always take this layer's level ([`SearchSpace::tied`]:
+    /// a runtime's fused q/k/v or gate/up); `params` and each level's storage
+    /// and error are then the group's sums. Empty in a database's own space.
+    pub members: Vec<LinearId>,
+}
+
+impl SpaceLayer {
+    /// This layer and its tied members.
+    pub fn ids(&self) -> impl Iterator<Item = LinearId> + '_ {
+        std::iter::once(self.id).chain(self.members.iter().copied())
+    }
 }
 
 /// A level per layer: indices into each layer's own [`SpaceLayer::levels`]
@@ -142,6 +153,7 @@ impl SearchSpace {
                 id,
                 params,
                 levels: opts,
+                members: Vec::new(),
             });
         }
         if layers.is_empty() {
@@ -154,6 +166,79 @@ impl SearchSpace {
             total_params,
             head: Vec::new(),
         })
+    }
+
+    /// This space with each of `groups` (layers of one block that a runtime
+    /// fuses) merged into one entry: the group's first layer with the others
+    /// as its members, costing the group's summed storage and error at each
+    /// level. Groups need identical level lists; layers not in any group and
+    /// the head tensors are unchanged. [`Self::untie`] maps a choice back.
+    pub fn tied(&self, groups: &[Vec<LinearId>]) -> Result<SearchSpace> {
+        if !self.head.is_empty() {
+            return Err(Error::Invalid(
+                "tying fused layers is not supported together with searched GGUF head types".into(),
+            ));
+        }
+        let index = |id: &LinearId| self.layers.iter().position(|l| l.id == *id);
+        let mut merged_into: Vec<Option<usize>> = vec![None; self.layers.len()];
+        let mut layers: Vec<SpaceLayer> = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            if merged_into[i].is_some() {
+                continue;
+            }
+            let group: Vec<usize> = groups
+                .iter()
+                .find(|g| g.first() == Some(&l.id))
+                .map(|g| g.iter().filter_map(index).collect())
+                .unwrap_or_else(|| vec![i]);
+            let globals = |j: usize| -> Vec<usize> {
+                self.layers[j].levels.iter().map(|o| o.global).collect()
+            };
+            if group.iter().any(|&j| globals(j) != globals(i)) {
+                return Err(Error::layer(
+                    l.id.weight_name(),
+                    "the layers to tie with it do not have the same levels",
+                ));
+            }
+            let mut t = l.clone();
+            for &j in &group[1..] {
+                let m = &self.layers[j];
+                t.members.push(m.id);
+                t.params += m.params;
+                for (o, mo) in t.levels.iter_mut().zip(&m.levels) {
+                    o.storage_bits += mo.storage_bits;
+                    o.rel_error += mo.rel_error;
+                }
+            }
+            for &j in &group {
+                merged_into[j] = Some(layers.len());
+            }
+            layers.push(t);
+        }
+        Ok(SearchSpace {
+            layers,
+            levels: self.levels.clone(),
+            total_params: self.total_params,
+            head: Vec::new(),
+        })
+    }
+
+    /// A choice of `tied` (made by [`Self::tied`] from this space) as a
+    /// choice of this space: every member at its group's level.
+    pub fn untie(&self, tied: &SearchSpace, c: &[usize]) -> Choice {
+        let mut global = std::collections::HashMap::new();
+        for (l, &k) in tied.layers.iter().zip(c) {
+            for id in l.ids() {
+                global.insert(id, l.levels[k].global);
+            }
+        }
+        self.layers
+            .iter()
+            .map(|l| {
+                let g = global[&l.id];
+                l.levels.iter().position(|o| o.global == g).unwrap_or(0)
+            })
+            .collect()
     }
 
     /// This space with `head` tensors searched after the linear layers.
@@ -186,7 +271,11 @@ impl SearchSpace {
     /// layer, the GGUF name of a head tensor.
     pub fn name(&self, i: usize) -> String {
         match self.layers.get(i) {
-            Some(l) => l.id.weight_name(),
+            Some(l) => l
+                .ids()
+                .map(|id| id.weight_name())
+                .collect::<Vec<_>>()
+                .join("+"),
             None => self.head[i - self.layers.len()]
                 .tensor
                 .gguf_name()
@@ -291,7 +380,7 @@ impl SearchSpace {
         self.layers
             .iter()
             .zip(c)
-            .map(|(l, &k)| (l.id, l.levels[k].level.clone()))
+            .flat_map(|(l, &k)| l.ids().map(move |id| (id, l.levels[k].level.clone())))
             .collect()
     }
 }
@@ -324,6 +413,7 @@ pub(crate) mod tests {
                             rel_error: (1.0 + (i * 37 % 11) as f64) * 4f64.powi(-(b as i32)),
                         })
                         .collect(),
+                    members: Vec::new(),
                 }
             })
             .collect::<Vec<_>>();
@@ -376,5 +466,34 @@ pub(crate) mod tests {
         assert_eq!(s.name(8), "output.weight");
         assert_eq!(s.top(8), 2);
         assert!(s.head_of(3).is_none());
+    }
+
+    #[test]
+    fn tying_merges_costs_and_untying_gives_every_member_the_level() {
+        let s = toy_space(14);
+        let groups = crate::search::fused_groups(&s);
+        let t = s.tied(&groups).unwrap();
+        // Per block: q+k+v, o, gate+up, down.
+        assert_eq!(t.layers.len(), 2 * 4);
+        assert_eq!(t.total_params, s.total_params);
+        assert_eq!(t.layers[0].members.len(), 2);
+        assert_eq!(
+            t.name(0),
+            "model.layers.0.self_attn.q_proj.weight+model.layers.0.self_attn.k_proj.weight+model.layers.0.self_attn.v_proj.weight"
+        );
+        for k in 0..4 {
+            let c = t.all_at(k);
+            let u = s.untie(&t, &c);
+            assert_eq!(u, s.all_at(k));
+            assert_eq!(t.storage_bits(&c), s.storage_bits(&u));
+            assert!((t.error_sum(&c) - s.error_sum(&u)).abs() < 1e-12);
+        }
+        // A mixed tied choice: members follow their group.
+        let mut c = t.all_at(0);
+        c[2] = 3; // gate+up of block 0
+        let u = s.untie(&t, &c);
+        assert_eq!((u[4], u[5]), (3, 3));
+        assert_eq!(u.iter().filter(|&&k| k == 3).count(), 2);
+        assert_eq!(t.storage_bits(&c), s.storage_bits(&u));
     }
 }

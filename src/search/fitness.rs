@@ -273,10 +273,10 @@ pub struct EvalStats {
     pub race_windows_skipped: u64,
 }
 
-/// Dequantized weights of (layer, level), least recently used first out.
+/// Dequantized weights of (layer, member, level), least recently used first out.
 struct WeightCache {
-    map: HashMap<(usize, usize), (Tensor, usize)>,
-    order: VecDeque<(usize, usize)>,
+    map: HashMap<(usize, usize, usize), (Tensor, usize)>,
+    order: VecDeque<(usize, usize, usize)>,
     bytes: usize,
     budget: usize,
 }
@@ -430,14 +430,17 @@ impl<'a> Evaluator<'a> {
         Ok(Tensor::from_vec(deq, base.shape, &device)?)
     }
 
+    /// The weight of entry `layer` at `level`; for a linear layer with tied
+    /// members, `member` 0 is the layer itself and `m` its `m`-th member.
     fn weight(
         &mut self,
         db: &Database,
         space: &SearchSpace,
         layer: usize,
+        member: usize,
         level: usize,
     ) -> Result<Tensor> {
-        let key = (layer, level);
+        let key = (layer, member, level);
         if let Some((t, _)) = self.cache.map.get(&key) {
             let t = t.clone();
             self.cache.order.retain(|k| *k != key);
@@ -446,10 +449,11 @@ impl<'a> Evaluator<'a> {
         }
         let t = match space.layers.get(layer) {
             Some(l) => {
+                let id = l.ids().nth(member).unwrap_or(l.id);
                 let entry = db
                     .manifest
-                    .entry(l.id, &l.levels[level].level)
-                    .ok_or_else(|| Error::layer(l.id.weight_name(), "no database entry"))?;
+                    .entry(id, &l.levels[level].level)
+                    .ok_or_else(|| Error::layer(id.weight_name(), "no database entry"))?;
                 let q = db.load(entry)?;
                 Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), self.model.device())?
             }
@@ -481,10 +485,15 @@ impl<'a> Evaluator<'a> {
             match &self.knobs {
                 Knobs::Levels { db, space } => {
                     let (db, space) = (*db, *space);
-                    let w = self.weight(db, space, i, k)?;
                     match space.layers.get(i) {
-                        Some(l) => self.model.set_linear(l.id, &w)?,
+                        Some(l) => {
+                            for (m, id) in l.ids().enumerate() {
+                                let w = self.weight(db, space, i, m, k)?;
+                                self.model.set_linear(id, &w)?;
+                            }
+                        }
                         None => {
+                            let w = self.weight(db, space, i, 0, k)?;
                             let tied = self.head_base.as_ref().is_some_and(|b| b.output.is_none());
                             match space.head[i - space.layers.len()].tensor {
                                 HeadTensor::Embed => {

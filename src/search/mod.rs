@@ -19,7 +19,7 @@ pub mod owl;
 mod run;
 
 pub use depth::{DepthOptions, DepthOutcome, run_depth};
-pub use run::{HeadSearch, SearchOptions, SearchOutcome, run_search};
+pub use run::{HeadSearch, SearchOptions, SearchOutcome, fused_groups, run_search};
 
 use crate::database::{Choice, SearchSpace};
 use crate::error::Result;

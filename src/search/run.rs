@@ -10,9 +10,9 @@ use super::fitness::{BaseTargets, EvalStats, Evaluator};
 use super::{knapsack, uniform};
 use crate::calib::load_calibration;
 use crate::database::space::head_storage_bits;
-use crate::database::{Database, HeadLayer, HeadTensor};
+use crate::database::{Database, HeadLayer, HeadTensor, SearchSpace};
 use crate::error::Result;
-use crate::model::{Model, ModelFiles};
+use crate::model::{LinearId, LinearKind, Model, ModelFiles};
 use crate::progress;
 use crate::selection::{Algo, ConfigFile, Target};
 
@@ -94,6 +94,26 @@ pub struct SearchOptions {
     /// what the linear layers get with the head at its defaults, and the
     /// configuration records what they get with the chosen types).
     pub head: Option<HeadSearch>,
+    /// Give q/k/v, and gate/up, of every block one level (vLLM fuses them
+    /// and needs one quantization scheme per fused module).
+    pub tie_fused: bool,
+}
+
+/// The layers of each block that vLLM (and most fused runtimes) run as one
+/// module: q/k/v and gate/up.
+pub fn fused_groups(space: &SearchSpace) -> Vec<Vec<LinearId>> {
+    let blocks: std::collections::BTreeSet<usize> =
+        space.layers.iter().map(|l| l.id.block).collect();
+    blocks
+        .into_iter()
+        .flat_map(|block| {
+            let id = |kind| LinearId { block, kind };
+            [
+                vec![id(LinearKind::Q), id(LinearKind::K), id(LinearKind::V)],
+                vec![id(LinearKind::Gate), id(LinearKind::Up)],
+            ]
+        })
+        .collect()
 }
 
 impl Default for SearchOptions {
@@ -112,6 +132,7 @@ impl Default for SearchOptions {
             quiet: false,
             abort_after: None,
             head: None,
+            tie_fused: false,
         }
     }
 }
@@ -142,6 +163,16 @@ pub fn run_search(
         }
     };
     space.check_target(target_bits)?;
+    // With fused layers tied, the allocators see one entry per fused group;
+    // the choice is mapped back to every layer at the end.
+    let untied = space;
+    let tied_space;
+    let space = if opts.tie_fused {
+        tied_space = untied.tied(&fused_groups(untied))?;
+        &tied_space
+    } else {
+        untied
+    };
     let (choice, fitness, history, stats) = match opts.algo {
         Algo::Uniform => (uniform(space, target_bits)?, None, vec![], None),
         Algo::Knapsack => (knapsack::knapsack(space, target_bits)?, None, vec![], None),
@@ -208,6 +239,11 @@ pub fn run_search(
             pb.finish_and_clear();
             (r.choice, Some(r.fitness), r.history, Some(r.stats))
         }
+    };
+    let choice = if opts.tie_fused {
+        untied.untie(space, &choice)
+    } else {
+        choice
     };
     let seed = (opts.algo == Algo::Evopress).then_some(opts.evo.seed);
     let n = db.space.layers.len();
