@@ -376,7 +376,6 @@ impl ModelFiles {
     /// directory's safetensors files, a pack's decoded safetensors, or the GGUF
     /// file itself.
     pub fn weight_digests(&self) -> Result<Vec<(String, String)>> {
-        use sha2::{Digest, Sha256};
         let name_of = |p: &Path| {
             p.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -388,11 +387,11 @@ impl ModelFiles {
                 crate::fsutil::sha256_file(&self.dir)?,
             )]);
         }
-        let mut files = self.weights.file_bytes();
+        let mut files = self.weights.file_sha256()?;
         files.sort_by(|a, b| a.0.cmp(b.0));
         Ok(files
             .into_iter()
-            .map(|(p, bytes)| (name_of(p), crate::fsutil::hex(&Sha256::digest(bytes))))
+            .map(|(p, hash)| (name_of(p), hash))
             .collect())
     }
 
