@@ -190,6 +190,7 @@ pub fn build_database(
     let pb = progress::bar(total as u64, "database", "entries", opts.quiet);
     pb.set_position(reused as u64);
     let mut stream = BlockStream::new(files, calib, opts.batch)?;
+    crate::eval::log_memory("database: calibration embedded");
     let mut built = 0usize;
     let mut imatrix = Imatrix {
         datasets: calib
@@ -236,6 +237,9 @@ pub fn build_database(
             HessianCapture::new(cfg, block_idx)
         };
         stream.advance(&block, Some(&mut cap))?;
+        crate::eval::log_memory(&format!(
+            "database: block {block_idx} forward with its statistics"
+        ));
         for id in ids.iter().filter(|id| id.block == block_idx) {
             if let Some(name) = dynapress_gguf::model::gguf_tensor_name(&id.weight_name())
                 .ok()
