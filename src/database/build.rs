@@ -352,6 +352,11 @@ pub fn build_database(
                 }
             }
         }
+        // The block's Hessians, factors and scratch are freed: hand the pages
+        // back, or the allocator (tuned to keep buffers for the forward pass)
+        // keeps each block's leftovers and the resident size grows.
+        drop(cap);
+        crate::eval::release_freed_memory(&format!("database: block {block_idx} built"));
     }
     let (head, tokens) = stream.head_sum_sq(files)?;
     // llama-imatrix records the output's statistics under the weight the
