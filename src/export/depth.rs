@@ -60,20 +60,13 @@ pub fn export_depth(
     force: bool,
 ) -> Result<DepthExportReport> {
     let plan = DepthPlan::new(files, config, config_path)?;
-    crate::fsutil::check_output(
+    let tmp = temp_beside(
+        files,
+        config_path,
         out,
-        "--out",
         crate::fsutil::OutputKind::Dir,
-        &[
-            crate::fsutil::Input::Dir(&files.dir),
-            crate::fsutil::Input::File(config_path),
-        ],
         force,
     )?;
-    let parent = crate::fsutil::parent_dir(out);
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    crate::fsutil::clean_stale_temps(&parent);
-    let tmp = crate::fsutil::temp_dir_in(&parent).map_err(|e| Error::io(&parent, e))?;
     let safetensors_bytes = plan.write_dir(files, tmp.path())?;
     let report = DepthExportReport {
         out: out.to_path_buf(),
@@ -120,20 +113,13 @@ pub fn export_depth_gguf(
     force: bool,
 ) -> Result<DepthGgufReport> {
     let plan = DepthPlan::new(files, config, config_path)?;
-    crate::fsutil::check_output(
+    let tmp = temp_beside(
+        files,
+        config_path,
         out,
-        "--out",
         crate::fsutil::OutputKind::File,
-        &[
-            crate::fsutil::Input::Dir(&files.dir),
-            crate::fsutil::Input::File(config_path),
-        ],
         force,
     )?;
-    let parent = crate::fsutil::parent_dir(out);
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    crate::fsutil::clean_stale_temps(&parent);
-    let tmp = crate::fsutil::temp_dir_in(&parent).map_err(|e| Error::io(&parent, e))?;
     plan.write_dir(files, tmp.path())?;
     let pruned = ModelFiles::open(tmp.path())?;
     let r = super::convert_gguf(&pruned, out, ty, None)?;
@@ -144,6 +130,31 @@ pub fn export_depth_gguf(
         tensor_type: ty.name().to_string(),
         bytes: r.bytes,
     })
+}
+
+/// Checks `out` (it may not replace the model or the configuration; an
+/// existing one needs `force`) and makes a temporary directory beside it.
+fn temp_beside(
+    files: &ModelFiles,
+    config_path: &Path,
+    out: &Path,
+    kind: crate::fsutil::OutputKind,
+    force: bool,
+) -> Result<tempfile::TempDir> {
+    crate::fsutil::check_output(
+        out,
+        "--out",
+        kind,
+        &[
+            crate::fsutil::Input::Dir(&files.dir),
+            crate::fsutil::Input::File(config_path),
+        ],
+        force,
+    )?;
+    let parent = crate::fsutil::parent_dir(out);
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    crate::fsutil::clean_stale_temps(&parent);
+    crate::fsutil::temp_dir_in(&parent).map_err(|e| Error::io(&parent, e))
 }
 
 /// The blocks a depth configuration keeps, checked against the model.
