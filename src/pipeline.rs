@@ -49,6 +49,10 @@ pub struct CompressOptions {
     /// Which uniform levels and knapsack allocations the report compares.
     pub compare: Compare,
     pub dtype: ExportDtype,
+    /// Without `gguf`: write `model/` as compressed-tensors (the searched
+    /// codes packed for transformers and vLLM) instead of dequantized
+    /// weights (needs a grid method: gptq or rtn).
+    pub compressed_tensors: bool,
     pub quiet: bool,
     /// Rebuild a database in the database directory that was built from
     /// another model, calibration or method (otherwise an error).
@@ -150,11 +154,16 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         None => {
             let dir = opts.out.join("model");
             say(format!("[3/4] export {}", dir.display()));
-            let r = export_safetensors(&files, &sel, &dir, opts.dtype, true)?;
+            let bytes = if opts.compressed_tensors {
+                crate::export::export_compressed_tensors(&files, &sel, &dir, true)?
+                    .safetensors_bytes
+            } else {
+                export_safetensors(&files, &sel, &dir, opts.dtype, true)?.safetensors_bytes
+            };
             let compact = opts.out.join("model-dynapress");
             let c = export_dynapress(&files, &sel, &compact, true)?;
             compressed = Some((compact, c.safetensors_bytes));
-            (dir, r.safetensors_bytes)
+            (dir, bytes)
         }
         Some(types) => {
             let file = opts.out.join("model.gguf");
@@ -206,14 +215,26 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         found.config.bits_per_weight,
         Contender::Choice(sel.choice.clone()),
     ));
+    // The exported model, loaded back. dynapress does not read
+    // compressed-tensors: its codes are evaluated from model-dynapress/, which
+    // holds the same codes (tests/served.rs checks transformers' logits on
+    // the compressed-tensors files against ours).
+    let (exported_name, exported_path) = match (opts.gguf, &compressed) {
+        (Some(_), _) => ("exported GGUF".to_string(), export_path.clone()),
+        (None, Some((compact, _))) if opts.compressed_tensors => (
+            "exported (compressed-tensors codes, read from model-dynapress)".to_string(),
+            compact.clone(),
+        ),
+        _ => (
+            format!("exported ({:?} weights)", opts.dtype).to_lowercase(),
+            export_path.clone(),
+        ),
+    };
     named.push((
-        match opts.gguf {
-            None => format!("exported ({:?} weights)", opts.dtype).to_lowercase(),
-            Some(_) => "exported GGUF".to_string(),
-        },
+        exported_name,
         "exported".into(),
         found.config.bits_per_weight,
-        Contender::Exported(export_path.clone()),
+        Contender::Exported(exported_path),
     ));
     let wopts = WindowOptions {
         seq_len: opts.seq_len,
@@ -409,6 +430,17 @@ pub fn validate(opts: &CompressOptions, files: &ModelFiles) -> Result<()> {
         return Err(Error::option(
             "--target-sparsity",
             "--target-sparsity needs --method sparsegpt with f16 values (no --sparse-bits); give --target-bits otherwise",
+        ));
+    }
+    if opts.compressed_tensors
+        && !matches!(
+            opts.method.method,
+            crate::database::Method::Gptq | crate::database::Method::Rtn
+        )
+    {
+        return Err(Error::option(
+            "--format",
+            "--format compressed-tensors stores GPTQ/RTN grids: --method gptq or rtn",
         ));
     }
     if opts.gguf.is_some() && !opts.method.is_ggml() {

@@ -413,3 +413,84 @@ fn runtime_restricts_the_levels() {
         assert!(t.layers.iter().any(|l| l.bits == 8) && t.layers.iter().any(|l| l.bits == 4));
     }
 }
+
+#[test]
+fn compress_writes_compressed_tensors_for_vllm() {
+    // `compress --runtime vllm --format compressed-tensors`: model/ is the
+    // packed compressed-tensors checkpoint (tests/served.rs loads such files
+    // in transformers), the fused modules share levels, and the report's
+    // exported row (the same codes, read from model-dynapress) equals the
+    // search's. A ggml method is refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ct");
+    ok(&run(&[
+        "compress",
+        "--model",
+        DEMO,
+        "--runtime",
+        "vllm",
+        "--format",
+        "compressed-tensors",
+        "--target-bits",
+        "5",
+        "--calib",
+        "assets/data/docs.valid.txt",
+        "--eval",
+        "assets/data/docs.test.txt",
+        "--calib-tokens",
+        "4096",
+        "--generations",
+        "2",
+        "--offspring",
+        "4",
+        "--stages",
+        "512:2,1024:1",
+        "--eval-windows",
+        "4",
+        "--quiet",
+        "--out",
+        s(&out),
+    ]));
+    let cfg = read_json(&out.join("model/config.json"));
+    assert_eq!(cfg["quantization_config"]["format"], "pack-quantized");
+    let r = read_json(&out.join("report.json"));
+    let kl = |kind: &str| {
+        r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["kind"] == kind)
+            .and_then(|x| x["mean_kl"].as_f64())
+            .unwrap()
+    };
+    assert!(kl("evopress") > 0.0);
+    assert_eq!(kl("exported"), kl("evopress"));
+    let c = ConfigFile::read(&out.join("config.json")).unwrap();
+    for b in 0..8 {
+        let level = |k: &str| {
+            c.layers
+                .iter()
+                .find(|l| l.layer == format!("model.layers.{b}.{k}.weight"))
+                .map(|l| l.level.clone())
+                .unwrap()
+        };
+        assert_eq!(level("self_attn.q_proj"), level("self_attn.v_proj"), "{b}");
+        assert_eq!(level("mlp.gate_proj"), level("mlp.up_proj"), "{b}");
+    }
+    let o = run(&[
+        "compress",
+        "--model",
+        DEMO,
+        "--method",
+        "kquant",
+        "--format",
+        "compressed-tensors",
+        "--calib",
+        "assets/data/docs.valid.txt",
+        "--eval",
+        "assets/data/docs.test.txt",
+        "--out",
+        s(&tmp.path().join("refused")),
+    ]);
+    common::cli::clean_error(&o, &["--method gptq or rtn"]);
+}

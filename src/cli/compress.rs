@@ -27,8 +27,10 @@ pub struct CompressArgs {
     #[command(flatten)]
     budget: BudgetArgs,
     /// Export format: safetensors (a Hugging Face directory, and the same in
-    /// dynapress's format in model-dynapress/) or gguf (a file llama.cpp runs;
-    /// the database then uses ggml types).
+    /// dynapress's format in model-dynapress/), compressed-tensors (model/
+    /// packed for transformers and vLLM; gptq/rtn levels; with --runtime vllm
+    /// for vLLM's kernels) or gguf (a file llama.cpp runs; the database then
+    /// uses ggml types).
     #[arg(long, value_enum, default_value = "safetensors")]
     format: Format,
     #[command(flatten)]
@@ -123,13 +125,10 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
     };
     let evo = a.evo.params()?;
     let gguf = match a.format {
-        Format::Safetensors => None,
+        Format::Safetensors | Format::CompressedTensors => None,
         Format::Gguf => Some(a.gguf_types.types()?),
         Format::Dynapress => crate::bad_arg!(
-            "compress writes dynapress's format with --format safetensors (in model-dynapress/); choose safetensors or gguf"
-        ),
-        Format::CompressedTensors => crate::bad_arg!(
-            "compress does not write compressed-tensors yet: run `compress`, then `export --format compressed-tensors --db OUT/database --config OUT/config.json` (docs/served-formats.md)"
+            "compress writes dynapress's format with --format safetensors or compressed-tensors (in model-dynapress/); choose safetensors, compressed-tensors or gguf"
         ),
     };
     // A sparsegpt database's natural budget is a sparsity (50 % by default).
@@ -171,7 +170,7 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
             crate::bad_arg!("--runtime llama.cpp makes a GGUF: add --format gguf")
         }
         (Runtime::Vllm | Runtime::Gptqmodel, true) => crate::bad_arg!(
-            "--runtime vllm and gptqmodel serve GPTQ grids, not GGUF: drop --format gguf (then `export --format compressed-tensors`)"
+            "--runtime vllm and gptqmodel serve GPTQ grids, not GGUF: use --format compressed-tensors (vLLM) or safetensors"
         ),
         _ => {}
     }
@@ -201,6 +200,7 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
             a.compare
         },
         dtype: a.dtype,
+        compressed_tensors: a.format == Format::CompressedTensors,
         quiet: a.quiet,
         force: a.force,
     };
