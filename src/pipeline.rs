@@ -104,20 +104,8 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
     let db = Database::open(&db_dir)?;
     seconds.insert("database".into(), t.elapsed().as_secs_f64());
     let (target, head) = resolve_budget(opts.budget, &files, &db, opts.gguf)?;
-    if let Budget::Sparsity(s) = target.budget {
-        say(format!(
-            "      a sparsity of {s} is {:.4} bits per weight of the linear layers (mask and f16 values)",
-            target.bits
-        ));
-    }
-    if let Budget::GgufBytes(bytes) = target.budget {
-        say(format!(
-            "      a {bytes}-byte GGUF leaves {:.4} bits per weight for the linear layers{}",
-            target.bits,
-            head.as_ref()
-                .map(|h| h.describe_start())
-                .unwrap_or_default()
-        ));
+    if let Some(note) = crate::export::describe_budget(&target, head.as_ref()) {
+        say(format!("      {note}"));
     }
     let target_bits = target.bits;
     let space = &db.space;

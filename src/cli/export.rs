@@ -115,31 +115,20 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
             let r = export_compressed_tensors(&files, &sel, &a.out, a.force)?;
             // vLLM fuses q/k/v and gate/up and refuses shards with different
             // schemes (transformers loads them): say so, with the remedy.
-            let levels: std::collections::HashMap<&str, &str> = config
-                .layers
+            let space = sel.space();
+            let levels = space.level_names(&sel.choice);
+            let split: Vec<String> = dynapress::search::fused_groups(space)
                 .iter()
-                .map(|l| (l.layer.as_str(), l.level.as_str()))
-                .collect();
-            let split: Vec<String> = (0..files.config.num_layers)
-                .flat_map(|b| {
-                    let at = |k: &str| {
-                        levels
-                            .get(format!("model.layers.{b}.{k}.weight").as_str())
-                            .copied()
-                    };
-                    let qkv = [
-                        at("self_attn.q_proj"),
-                        at("self_attn.k_proj"),
-                        at("self_attn.v_proj"),
-                    ];
-                    let mut v = Vec::new();
-                    if qkv.iter().any(|l| *l != qkv[0]) {
-                        v.push(format!("{b}.qkv"));
-                    }
-                    if at("mlp.gate_proj") != at("mlp.up_proj") {
-                        v.push(format!("{b}.gate_up"));
-                    }
-                    v
+                .filter(|g| g.iter().any(|id| levels.get(id) != levels.get(&g[0])))
+                .map(|g| {
+                    format!(
+                        "{}.{}",
+                        g[0].block,
+                        g.iter()
+                            .map(|id| id.kind.short_name())
+                            .collect::<Vec<_>>()
+                            .join("+")
+                    )
                 })
                 .collect();
             if !split.is_empty() {

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
-use dynapress::export::resolve_budget;
+use dynapress::export::{describe_budget, resolve_budget};
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::ModelFiles;
 use dynapress::search::{SearchOptions, run_search};
@@ -84,19 +84,8 @@ pub fn run(a: SearchArgs) -> anyhow::Result<()> {
         .then(|| a.gguf_types.types())
         .transpose()?;
     let (target, head) = resolve_budget(budget, &files, &db, gguf)?;
-    match (budget, a.quiet) {
-        (Budget::GgufBytes(bytes), false) => eprintln!(
-            "a {bytes}-byte GGUF leaves {:.4} bits per weight for the linear layers{}",
-            target.bits,
-            head.as_ref()
-                .map(|h| h.describe_start())
-                .unwrap_or_default()
-        ),
-        (Budget::Sparsity(s), false) => eprintln!(
-            "a sparsity of {s} is {:.4} bits per weight of the linear layers (mask and f16 values)",
-            target.bits
-        ),
-        _ => {}
+    if let (Some(note), false) = (describe_budget(&target, head.as_ref()), a.quiet) {
+        eprintln!("{note}");
     }
     let opts = SearchOptions {
         algo: a.algo,

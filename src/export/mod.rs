@@ -82,6 +82,23 @@ pub fn resolve_budget(
     }
 }
 
+/// What a resolved budget means for the linear layers, for the user (`None`
+/// for a plain bits-per-weight budget, which needs no explaining).
+pub fn describe_budget(target: &Target, head: Option<&HeadSearch>) -> Option<String> {
+    match target.budget {
+        Budget::GgufBytes(bytes) => Some(format!(
+            "a {bytes}-byte GGUF leaves {:.4} bits per weight for the linear layers{}",
+            target.bits,
+            head.map(|h| h.describe_start()).unwrap_or_default()
+        )),
+        Budget::Sparsity(s) => Some(format!(
+            "a sparsity of {s} is {:.4} bits per weight of the linear layers (mask and f16 values)",
+            target.bits
+        )),
+        Budget::Bits(_) => None,
+    }
+}
+
 /// A sparsity budget as bits per weight: the exact storage of every searched
 /// layer at sparsity `s` (f16 values), over their weights. Only a database
 /// whose levels are all SparseGPT levels with f16 values has one.

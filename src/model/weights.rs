@@ -252,85 +252,89 @@ impl WeightSource {
 
     /// The f32 values of a quantized layer `[rows, cols]`.
     fn dequantized(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let storage = &self.quant[name];
-        let part = |suffix: &str| self.raw(&format!("{name}.{suffix}"));
         let bad = |path: &Path, msg: String| Error::Safetensors {
             path: path.to_path_buf(),
             msg: format!("{name}: {msg}"),
         };
-        match storage {
+        match &self.quant[name] {
             QuantStorage::Ggml { ty, rows, cols } => {
-                let blocks = part("ggml")?;
+                let blocks = self.raw(&format!("{name}.ggml"))?;
                 let v = dynapress_ggml::dequantize(*ty, blocks.data, rows * cols)
                     .map_err(|e| bad(blocks.path, e.to_string()))?;
                 Ok((vec![*rows, *cols], v))
             }
-            QuantStorage::Grid(_) | QuantStorage::Sparse(_) => {
-                use dynapress_compress::{BufferDtype, NamedBuffer};
-                let parts: &[(&str, bool)] = match storage {
-                    QuantStorage::Sparse(_) => &[
-                        ("mask", true),
-                        ("values", false),
-                        ("codes", false),
-                        ("scales", false),
-                        ("zeros", false),
-                    ],
-                    _ => &[
-                        ("codes", true),
-                        ("scales", true),
-                        ("zeros", false),
-                        ("perm", false),
-                    ],
-                };
-                let mut buffers = Vec::new();
-                let mut path = self.dir.clone();
-                for &(suffix, required) in parts {
-                    let full = format!("{name}.{suffix}");
-                    if !self.index.contains_key(&full) {
-                        if required {
-                            return Err(Error::MissingTensor {
-                                name: full,
-                                dir: self.dir.clone(),
-                            });
-                        }
-                        continue;
-                    }
-                    let r = part(suffix)?;
-                    path = r.path.to_path_buf();
-                    let dtype = match r.dtype {
-                        Dtype::U8 => BufferDtype::U8,
-                        Dtype::F16 => BufferDtype::F16,
-                        Dtype::U16 => BufferDtype::U16,
-                        Dtype::U32 => BufferDtype::U32,
-                        other => {
-                            return Err(bad(
-                                r.path,
-                                format!("unexpected dtype {other:?} for {suffix}"),
-                            ));
-                        }
-                    };
-                    buffers.push(NamedBuffer {
-                        name: suffix.to_string(),
-                        dtype,
-                        shape: r.shape.clone(),
-                        data: r.data.to_vec(),
-                    });
-                }
-                match storage {
-                    QuantStorage::Sparse(meta) => {
-                        let sp = dynapress_compress::SparseLinear::from_buffers(meta, &buffers)
-                            .map_err(|e| bad(&path, e.to_string()))?;
-                        Ok((vec![sp.rows(), sp.cols()], sp.dequantize()))
-                    }
-                    QuantStorage::Grid(meta) => {
-                        let q = dynapress_compress::QuantizedLinear::from_buffers(meta, &buffers)
-                            .map_err(|e| bad(&path, e.to_string()))?;
-                        Ok((vec![q.rows(), q.cols()], q.dequantize()))
-                    }
-                    QuantStorage::Ggml { .. } => Err(bad(&path, "ggml blocks read above".into())),
-                }
+            QuantStorage::Grid(meta) => {
+                let parts = [
+                    ("codes", true),
+                    ("scales", true),
+                    ("zeros", false),
+                    ("perm", false),
+                ];
+                let (path, buffers) = self.named_buffers(name, &parts)?;
+                let q = dynapress_compress::QuantizedLinear::from_buffers(meta, &buffers)
+                    .map_err(|e| bad(&path, e.to_string()))?;
+                Ok((vec![q.rows(), q.cols()], q.dequantize()))
+            }
+            QuantStorage::Sparse(meta) => {
+                let parts = [
+                    ("mask", true),
+                    ("values", false),
+                    ("codes", false),
+                    ("scales", false),
+                    ("zeros", false),
+                ];
+                let (path, buffers) = self.named_buffers(name, &parts)?;
+                let sp = dynapress_compress::SparseLinear::from_buffers(meta, &buffers)
+                    .map_err(|e| bad(&path, e.to_string()))?;
+                Ok((vec![sp.rows(), sp.cols()], sp.dequantize()))
             }
         }
+    }
+
+    /// The stored parts `NAME.SUFFIX` of a quantized layer as named buffers
+    /// (`(suffix, required)`; an absent optional part is skipped), and the
+    /// file they were read from.
+    fn named_buffers(
+        &self,
+        name: &str,
+        parts: &[(&str, bool)],
+    ) -> Result<(PathBuf, Vec<dynapress_compress::NamedBuffer>)> {
+        use dynapress_compress::{BufferDtype, NamedBuffer};
+        let mut buffers = Vec::new();
+        let mut path = self.dir.clone();
+        for &(suffix, required) in parts {
+            let full = format!("{name}.{suffix}");
+            if !self.index.contains_key(&full) {
+                if required {
+                    return Err(Error::MissingTensor {
+                        name: full,
+                        dir: self.dir.clone(),
+                    });
+                }
+                continue;
+            }
+            let r = self.raw(&full)?;
+            path = r.path.to_path_buf();
+            let dtype = match r.dtype {
+                Dtype::U8 => BufferDtype::U8,
+                Dtype::F16 => BufferDtype::F16,
+                Dtype::U16 => BufferDtype::U16,
+                Dtype::U32 => BufferDtype::U32,
+                other => {
+                    return Err(Error::Safetensors {
+                        path: r.path.to_path_buf(),
+                        msg: format!("{name}: unexpected dtype {other:?} for {suffix}"),
+                    });
+                }
+            };
+            buffers.push(NamedBuffer {
+                name: suffix.to_string(),
+                dtype,
+                shape: r.shape.clone(),
+                data: r.data.to_vec(),
+            });
+        }
+        Ok((path, buffers))
     }
 
     /// All tensor names, sorted (a quantized layer appears once, under its

@@ -38,15 +38,19 @@ pub fn owl(
             "OWL allocates sparsity levels; it has no GGUF head types".into(),
         ));
     }
-    // Each layer's levels as sparsity fractions.
-    let fraction = |name: &str| {
-        db.manifest
-            .method
-            .level(name)
-            .and_then(|l| l.sparse)
-            .filter(|s| s.quant.is_none())
-            .map(|s| s.fraction)
-    };
+    // Each layer's levels as sparsity fractions (f16 sparse levels only).
+    let by_name: std::collections::HashMap<String, f64> = db
+        .manifest
+        .method
+        .levels()?
+        .into_iter()
+        .filter_map(|l| {
+            l.sparse
+                .filter(|s| s.quant.is_none())
+                .map(|s| (l.name, s.fraction))
+        })
+        .collect();
+    let fraction = |name: &str| by_name.get(name).copied();
     let fractions: Vec<Vec<f64>> = space
         .layers
         .iter()

@@ -160,19 +160,10 @@ impl SparseLevel {
         Some(bits)
     }
 
-    /// Bits per weight of a layer with rows of `cols` weights, ignoring byte
-    /// padding: the 1-bit mask, the kept values, and a grid's scales and zero
-    /// points (see [`crate::sparse`]).
+    /// Bits per weight of one row of `cols` weights at this level
+    /// ([`Self::storage_bits`] of a `1 × cols` layer over `cols`).
     pub fn bits_per_weight(&self, cols: usize) -> f64 {
-        let kept = 1.0 - self.fraction;
-        match self.quant {
-            None => 1.0 + 16.0 * kept,
-            Some(q) => {
-                let groups = q.groups_per_row(cols.max(1)) as f64;
-                let zero = if q.sym { 0.0 } else { f64::from(q.bits) };
-                1.0 + f64::from(q.bits) * kept + (16.0 + zero) * groups / cols.max(1) as f64
-            }
-        }
+        self.storage_bits(1, cols.max(1)).unwrap_or(0) as f64 / cols.max(1) as f64
     }
 }
 
