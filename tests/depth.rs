@@ -429,3 +429,110 @@ fn whole_block_gguf_export_runs_in_llama_cpp_like_eval_config() {
     );
     assert!(rel < 0.01, "llama.cpp {theirs} vs dynapress {ours}");
 }
+
+#[test]
+fn sublayer_configuration_exports_as_a_deci_gguf_that_llama_cpp_runs_like_eval_config() {
+    // Blocks keeping one sublayer: llama.cpp's deci architecture (per-layer
+    // head counts and FFN widths). Block 0's attention (the linear-attention
+    // stand-in), a middle attention, two MLPs (zero FFNs) and a whole block.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::demo_model();
+    let id = |block, sublayer| dynapress::model::SublayerId { block, sublayer };
+    let cfg = DepthConfig::new(
+        8,
+        "hand",
+        false,
+        vec![
+            id(0, Sublayer::Attn),
+            id(2, Sublayer::Mlp),
+            id(4, Sublayer::Attn),
+            id(6, Sublayer::Attn),
+            id(6, Sublayer::Mlp),
+            id(7, Sublayer::Mlp),
+        ],
+        None,
+    );
+    let cfg_path = tmp.path().join("c.json");
+    cfg.write(&cfg_path).unwrap();
+    let out = tmp.path().join("deci.gguf");
+    let o = run(&[
+        "export",
+        "--model",
+        s(&model),
+        "--config",
+        s(&cfg_path),
+        "--out",
+        s(&out),
+        "--format",
+        "gguf",
+        "--dtype",
+        "f32",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["architecture"], "deci");
+    assert_eq!(r["block_count"], 7);
+    assert_eq!(r["attention_dropped"], serde_json::json!([0, 4]));
+    assert_eq!(r["mlp_dropped"], serde_json::json!([2, 6]));
+    let f = dynapress_gguf::GgufFile::open(&out).unwrap();
+    let md = f.metadata();
+    assert_eq!(md.get_str("general.architecture").unwrap(), "deci");
+    assert_eq!(md.get_u64("deci.block_count").unwrap(), 7);
+    let ints = |k: &str| match md.get_array(k).unwrap() {
+        dynapress_gguf::Array::I32(v) => v.clone(),
+        a => panic!("{k}: {a:?}"),
+    };
+    let cfg8 = dynapress::model::ModelFiles::open(&model).unwrap().config;
+    let (h, kv, ff) = (
+        cfg8.num_heads as i32,
+        cfg8.num_kv_heads as i32,
+        cfg8.intermediate_size as i32,
+    );
+    assert_eq!(ints("deci.attention.head_count"), [h, h, h, h, 0, h, h]);
+    assert_eq!(
+        ints("deci.attention.head_count_kv"),
+        [0, kv, kv, kv, 0, kv, kv]
+    );
+    let z = dynapress::export::depth::DECI_ZERO_FFN as i32;
+    assert_eq!(ints("deci.feed_forward_length"), [ff, ff, z, ff, ff, ff, z]);
+    assert!(f.tensor("blk.0.attn_q.weight").is_none());
+    assert!(f.tensor("blk.0.attn_output.weight").is_some());
+    assert!(f.tensor("blk.4.attn_norm.weight").is_none());
+    assert!(f.tensor("blk.1.attn_q.weight").is_some());
+    // A zero FFN adds nothing: every byte of it is 0.
+    let down = f.tensor_bytes("blk.2.ffn_down.weight").unwrap();
+    assert!(!down.is_empty() && down.iter().all(|&b| b == 0));
+
+    let Some(bin) = common::tools::llama_bin() else {
+        return;
+    };
+    let data = common::data("docs.test.txt");
+    let o = run(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--config",
+        s(&cfg_path),
+        "--data",
+        s(&data),
+        "--windows",
+        "16",
+        "--protocol",
+        "llama-perplexity",
+        "--json",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ours = v["datasets"]["docs.test.txt"]["perplexity"]
+        .as_f64()
+        .unwrap();
+    let theirs = common::tools::llama_perplexity(&bin, &out, 16);
+    let rel = (ours - theirs).abs() / theirs;
+    eprintln!(
+        "deci: llama-perplexity {theirs}, dynapress eval --config {ours} ({:.4} %)",
+        rel * 100.0
+    );
+    assert!(rel < 0.01, "llama.cpp {theirs} vs dynapress {ours}");
+}

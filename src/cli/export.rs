@@ -245,13 +245,20 @@ fn run_depth(a: ExportArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
             println!(
-                "{}: {} blocks (removed {:?}), {}; {} bytes",
+                "{}: {} {} blocks (removed {:?}), {}; {} bytes",
                 r.out.display(),
+                r.architecture,
                 r.block_count,
                 r.removed_blocks,
                 r.tensor_type,
                 r.bytes
             );
+            if r.architecture == "deci" {
+                println!(
+                    "  blocks without attention {:?}, without MLP {:?} (llama.cpp's deci architecture)",
+                    r.attention_dropped, r.mlp_dropped
+                );
+            }
         }
         return Ok(());
     }

@@ -6,11 +6,11 @@
 //! converted to GGUF ([`export_depth_gguf`]) is a file llama.cpp loads with
 //! fewer blocks.
 //!
-//! A block with only one sublayer dropped cannot be written this way: the
-//! Hugging Face Llama/Qwen configurations have one attention and one MLP per
-//! block. Such configurations are refused; llama.cpp's `deci` architecture
-//! (per-layer head counts and FFN sizes, 0 meaning "absent") or a format with
-//! per-block flags could express them (not built yet, see docs/depth.md).
+//! A block with only one sublayer dropped cannot be written as a Hugging Face
+//! directory: the Llama/Qwen configurations have one attention and one MLP
+//! per block, so such configurations are refused there. The GGUF export
+//! writes them with llama.cpp's `deci` architecture ([`to_deci`]): per-layer
+//! head counts and FFN sizes, a head count of 0 meaning "no attention".
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::TensorSink;
 use crate::error::{Error, Result};
 use crate::formats::safetensors::{SafetensorsWriter, TensorSpec};
-use crate::model::{DepthConfig, ModelFiles};
+use crate::model::{DepthConfig, ModelFiles, Sublayer, SublayerId};
 
 /// What [`export_depth`] wrote.
 #[derive(Debug, Clone, Serialize)]
@@ -59,7 +59,7 @@ pub fn export_depth(
     out: &Path,
     force: bool,
 ) -> Result<DepthExportReport> {
-    let plan = DepthPlan::new(files, config, config_path)?;
+    let plan = DepthPlan::new(files, config, config_path, false)?;
     let tmp = temp_beside(
         files,
         config_path,
@@ -96,14 +96,22 @@ pub struct DepthGgufReport {
     pub block_count: usize,
     /// The matrices' type.
     pub tensor_type: String,
+    /// `llama` (whole blocks only) or `deci` (some block keeps one sublayer).
+    pub architecture: String,
+    /// Exported blocks (new indices) whose attention is absent.
+    pub attention_dropped: Vec<usize>,
+    /// Exported blocks (new indices) whose MLP is absent.
+    pub mlp_dropped: Vec<usize>,
     pub bytes: u64,
 }
 
 /// Writes `files` with the whole blocks `config` drops removed as a GGUF file
 /// llama.cpp loads (fewer blocks, `block_count` updated), every matrix at
 /// `ty` (F32/F16/BF16, or a quantized type as `convert --type` writes it).
-/// The pruned checkpoint is written to a temporary directory beside `out`
-/// first (the model's size on disk, removed afterwards).
+/// Blocks with one sublayer dropped make it a `deci` file ([`to_deci`];
+/// Llama checkpoints only). The pruned checkpoint is written to a temporary
+/// directory beside `out` first (the model's size on disk, removed
+/// afterwards).
 pub fn export_depth_gguf(
     files: &ModelFiles,
     config: &DepthConfig,
@@ -112,7 +120,19 @@ pub fn export_depth_gguf(
     ty: dynapress_ggml::GgmlType,
     force: bool,
 ) -> Result<DepthGgufReport> {
-    let plan = DepthPlan::new(files, config, config_path)?;
+    let plan = DepthPlan::new(files, config, config_path, true)?;
+    let partial = !plan.attn_dropped.is_empty() || !plan.mlp_dropped.is_empty();
+    if partial && files.config.arch != crate::model::Architecture::Llama {
+        return Err(Error::config(
+            config_path,
+            format!(
+                "blocks {:?} keep one sublayer; llama.cpp expresses that only with its `deci` architecture, which follows Llama, and {} is {:?}; search with --whole-blocks",
+                config.partial_blocks(),
+                files.dir.display(),
+                files.config.arch
+            ),
+        ));
+    }
     let tmp = temp_beside(
         files,
         config_path,
@@ -122,14 +142,164 @@ pub fn export_depth_gguf(
     )?;
     plan.write_dir(files, tmp.path())?;
     let pruned = ModelFiles::open(tmp.path())?;
-    let r = super::convert_gguf(&pruned, out, ty, None)?;
+    let bytes = if partial {
+        let llama = tmp.path().join("pruned-llama.gguf");
+        super::convert_gguf(&pruned, &llama, ty, None)?;
+        to_deci(&llama, out, &plan.attn_dropped, &plan.mlp_dropped)?
+    } else {
+        super::convert_gguf(&pruned, out, ty, None)?.bytes
+    };
     Ok(DepthGgufReport {
         out: out.to_path_buf(),
         removed_blocks: plan.removed,
         block_count: plan.kept,
         tensor_type: ty.name().to_string(),
-        bytes: r.bytes,
+        architecture: if partial { "deci" } else { "llama" }.to_string(),
+        attention_dropped: plan.attn_dropped,
+        mlp_dropped: plan.mlp_dropped,
+        bytes,
     })
+}
+
+/// Width of the all-zero FFN that stands for a dropped MLP in a `deci` file.
+///
+/// llama.cpp's `deci` graph `continue`s past an FFN-free layer (feed-forward
+/// length 0) before the residual add, which discards that layer's attention
+/// output too; an FFN whose weights are all zero adds exactly nothing
+/// (`down · (silu(gate · x) ⊙ (up · x)) = 0`), so a dropped MLP becomes one
+/// of this width (F32, `3 · 32 · hidden` weights).
+pub const DECI_ZERO_FFN: usize = 32;
+
+/// Rewrites a `llama` GGUF `src` as a `deci` one at `out` with the attention
+/// of blocks `attn` and the MLP of blocks `mlp` (indices in `src`) absent:
+///
+/// - keys `llama.*` become `deci.*`; `attention.head_count`,
+///   `attention.head_count_kv` and `feed_forward_length` become per-layer
+///   arrays; `attention.key_length` / `value_length` are written explicitly;
+/// - a dropped attention has head count 0 and no attention tensors, except in
+///   block 0, whose head count llama.cpp reads as the model's (it derives the
+///   head size from it): there the attention is deci's "linear attention"
+///   (`head_count_kv` 0) with an all-zero `attn_output`, which adds exactly 0;
+/// - a dropped MLP is an all-zero FFN of width [`DECI_ZERO_FFN`].
+///
+/// Returns the written file's size.
+pub fn to_deci(src: &Path, out: &Path, attn: &[usize], mlp: &[usize]) -> Result<u64> {
+    use dynapress_gguf::{Array, GgufFile, Metadata, TensorSpec as Spec, Value};
+    let gerr = |e: dynapress_gguf::GgufError| Error::Invalid(format!("{}: {e}", src.display()));
+    let f = GgufFile::open(src).map_err(gerr)?;
+    let md = f.metadata();
+    let arch = md.get_str("general.architecture").map_err(gerr)?;
+    if arch != "llama" {
+        return Err(Error::Invalid(format!(
+            "{}: a deci file is made from a llama GGUF, this one is {arch}",
+            src.display()
+        )));
+    }
+    let get = |k: &str| md.get_u64(&format!("llama.{k}")).map_err(gerr);
+    let n_layer = get("block_count")? as usize;
+    let hidden = get("embedding_length")?;
+    let n_head = get("attention.head_count")?;
+    let n_head_kv = md
+        .get_u64("llama.attention.head_count_kv")
+        .unwrap_or(n_head);
+    let n_ff = get("feed_forward_length")?;
+    let head_dim = md
+        .get_u64("llama.attention.key_length")
+        .unwrap_or(hidden / n_head.max(1));
+    let per_layer = |full: u64, zero_attn: bool, zero_mlp: bool, first_keeps: bool| {
+        Array::I32(
+            (0..n_layer)
+                .map(|b| {
+                    let gone = (zero_attn && attn.contains(&b)) || (zero_mlp && mlp.contains(&b));
+                    let v = if zero_mlp && mlp.contains(&b) {
+                        DECI_ZERO_FFN as u64
+                    } else if gone && !(first_keeps && b == 0) {
+                        0
+                    } else {
+                        full
+                    };
+                    v as i32
+                })
+                .collect(),
+        )
+    };
+    let mut out_md = Metadata::new();
+    for (k, v) in md.iter() {
+        match k.strip_prefix("llama.") {
+            Some(rest) => out_md.set(format!("deci.{rest}"), v.clone()),
+            None => out_md.set(k, v.clone()),
+        }
+    }
+    out_md.set("general.architecture", "deci");
+    out_md.set(
+        "deci.attention.head_count",
+        Value::Array(per_layer(n_head, true, false, true)),
+    );
+    out_md.set(
+        "deci.attention.head_count_kv",
+        Value::Array(per_layer(n_head_kv, true, false, false)),
+    );
+    out_md.set(
+        "deci.feed_forward_length",
+        Value::Array(per_layer(n_ff, false, true, false)),
+    );
+    out_md.set("deci.attention.key_length", Value::U32(head_dim as u32));
+    out_md.set("deci.attention.value_length", Value::U32(head_dim as u32));
+
+    // Tensors: dropped attention and MLP tensors left out or replaced by zeros.
+    let zeros = |dims: &[u64]| vec![0u8; 4 * dims.iter().product::<u64>() as usize];
+    let mut extra: Vec<(Spec, Vec<u8>)> = Vec::new();
+    let mut kept: Vec<(Spec, &[u8])> = Vec::new();
+    for t in f.tensors() {
+        let block = t
+            .name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(b, rest)| Some((b.parse::<usize>().ok()?, rest)));
+        if let Some((b, rest)) = block {
+            let is_attn = rest.starts_with("attn_");
+            let is_ffn = rest.starts_with("ffn_gate.")
+                || rest.starts_with("ffn_up.")
+                || rest.starts_with("ffn_down.");
+            if is_attn && attn.contains(&b) {
+                // Block 0 keeps its norm and a zero output projection.
+                if b == 0 && rest == "attn_norm.weight" {
+                    kept.push((Spec::new(&t.name, t.ggml_type, &t.dims), f.data(t)));
+                } else if b == 0 && rest == "attn_output.weight" {
+                    let dims = [hidden, hidden];
+                    extra.push((
+                        Spec::new(&t.name, dynapress_ggml::GgmlType::F32, &dims),
+                        zeros(&dims),
+                    ));
+                }
+                continue;
+            }
+            if is_ffn && mlp.contains(&b) {
+                if rest.ends_with(".weight") {
+                    let w = DECI_ZERO_FFN as u64;
+                    let dims = if rest.starts_with("ffn_down.") {
+                        [w, hidden]
+                    } else {
+                        [hidden, w]
+                    };
+                    extra.push((
+                        Spec::new(&t.name, dynapress_ggml::GgmlType::F32, &dims),
+                        zeros(&dims),
+                    ));
+                }
+                continue;
+            }
+        }
+        kept.push((Spec::new(&t.name, t.ggml_type, &t.dims), f.data(t)));
+    }
+    let all = kept
+        .into_iter()
+        .chain(extra.iter().map(|(s, d)| (s.clone(), d.as_slice())));
+    dynapress_gguf::write_gguf(out, &out_md, all)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))?;
+    std::fs::metadata(out)
+        .map(|m| m.len())
+        .map_err(|e| Error::io(out, e))
 }
 
 /// Checks `out` (it may not replace the model or the configuration; an
@@ -160,13 +330,23 @@ fn temp_beside(
 /// The blocks a depth configuration keeps, checked against the model.
 struct DepthPlan {
     removed: Vec<usize>,
+    /// Kept blocks (new indices) without attention, and without MLP.
+    attn_dropped: Vec<usize>,
+    mlp_dropped: Vec<usize>,
     /// Old block → new index, `None` when removed.
     new_index: Vec<Option<usize>>,
     kept: usize,
 }
 
 impl DepthPlan {
-    fn new(files: &ModelFiles, config: &DepthConfig, config_path: &Path) -> Result<Self> {
+    /// `partial`: blocks with one sublayer dropped are allowed (the GGUF
+    /// export writes them as `deci`); otherwise they are refused.
+    fn new(
+        files: &ModelFiles,
+        config: &DepthConfig,
+        config_path: &Path,
+        partial: bool,
+    ) -> Result<Self> {
         let n = files.config.num_layers;
         if config.num_layers != n {
             return Err(Error::config(
@@ -178,12 +358,12 @@ impl DepthPlan {
                 ),
             ));
         }
-        let partial = config.partial_blocks();
-        if !partial.is_empty() {
+        let partial_blocks = config.partial_blocks();
+        if !partial && !partial_blocks.is_empty() {
             return Err(Error::config(
                 config_path,
                 format!(
-                    "blocks {partial:?} have only one sublayer dropped, which neither a Hugging Face directory nor a llama/qwen GGUF can express (one attention and one MLP per block); search with --whole-blocks, or evaluate it in dynapress with `eval --config`"
+                    "blocks {partial_blocks:?} have only one sublayer dropped, which a Hugging Face directory cannot express (one attention and one MLP per block); export it with --format gguf (llama.cpp's deci architecture), search with --whole-blocks, or evaluate it in dynapress with `eval --config`"
                 ),
             ));
         }
@@ -207,8 +387,22 @@ impl DepthPlan {
                 })
             })
             .collect();
+        let dropped_in = |s: Sublayer| -> Vec<usize> {
+            (0..n)
+                .filter(|&b| {
+                    !config.block_dropped(b)
+                        && config.dropped.contains(&SublayerId {
+                            block: b,
+                            sublayer: s,
+                        })
+                })
+                .filter_map(|b| new_index[b])
+                .collect()
+        };
         Ok(DepthPlan {
             removed,
+            attn_dropped: dropped_in(Sublayer::Attn),
+            mlp_dropped: dropped_in(Sublayer::Mlp),
             new_index,
             kept: next,
         })
