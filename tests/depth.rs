@@ -150,17 +150,18 @@ fn s(p: &Path) -> &str {
 
 /// `dynapress prune` on the demo with a small, fast schedule.
 fn prune(out: &Path, drop: usize, whole: bool) -> serde_json::Value {
+    prune_budget(out, &["--drop", &drop.to_string()], whole)
+}
+
+fn prune_budget(out: &Path, budget: &[&str], whole: bool) -> serde_json::Value {
     let model = common::demo_model();
     let calib = common::data("docs.valid.txt");
-    let d = drop.to_string();
     let mut args = vec![
         "prune",
         "--model",
         s(&model),
         "--calib",
         s(&calib),
-        "--drop",
-        &d,
         "--out",
         s(out),
         "--calib-tokens",
@@ -177,6 +178,7 @@ fn prune(out: &Path, drop: usize, whole: bool) -> serde_json::Value {
         "--quiet",
         "--force",
     ];
+    args.extend_from_slice(budget);
     if whole {
         args.push("--whole-blocks");
     }
@@ -220,6 +222,66 @@ fn prune_keeps_the_budget_and_evopress_is_no_worse_than_the_baselines() {
     prune(&b, 3, false);
     for m in methods {
         assert_eq!(read(&a, m).dropped, read(&b, m).dropped, "{m}");
+    }
+}
+
+#[test]
+fn a_parameter_budget_leaves_at_most_that_many_parameters() {
+    // 7 M of the demo model's 8,392,960: an MLP with its norm is 590,080
+    // parameters, so two MLPs are not enough and three are.
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let summary = prune_budget(&a, &["--target-params", "7M"], false);
+    let total = summary["total_params"].as_u64().unwrap();
+    let sizes: Vec<u64> = summary["unit_params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    // Every parameter is in the embeddings, the head, the final norm or a unit.
+    let files = dynapress::model::ModelFiles::open(&common::demo_model()).unwrap();
+    let c = &files.config;
+    let outside = (c.vocab_size * c.hidden_size * if c.tie_word_embeddings { 1 } else { 2 }
+        + c.hidden_size) as u64;
+    assert_eq!(total, outside + sizes.iter().sum::<u64>());
+    for m in ["last", "shortgpt", "kl-alone", "evopress"] {
+        let cfg = read(&a, m);
+        let params = cfg.params.unwrap();
+        assert!(params <= 7_000_000, "{m}: {params}");
+        let removed: u64 = cfg
+            .dropped
+            .iter()
+            .map(|id| sizes[2 * id.block + id.sublayer as usize])
+            .sum();
+        assert_eq!(params, total - removed, "{m}");
+        // Minimal: putting back any dropped unit exceeds the budget.
+        let smallest = cfg
+            .dropped
+            .iter()
+            .map(|id| sizes[2 * id.block + id.sublayer as usize])
+            .min()
+            .unwrap();
+        assert!(
+            params + smallest > 7_000_000,
+            "{m}: dropped more than needed"
+        );
+    }
+    // A budget the model already meets, or one that would drop everything.
+    for p in ["9M", "1000"] {
+        let o = run(&[
+            "prune",
+            "--model",
+            s(&common::demo_model()),
+            "--calib",
+            s(&common::data("docs.valid.txt")),
+            "--target-params",
+            p,
+            "--out",
+            s(&tmp.path().join("x")),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{p}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--target-params"));
     }
 }
 

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::ModelFiles;
-use dynapress::search::{DepthOptions, run_depth};
+use dynapress::search::{DepthBudget, DepthOptions, run_depth};
 
 use super::args::{EvoArgs, FitnessArgs};
 
@@ -23,8 +23,17 @@ pub struct PruneArgs {
     #[arg(long, default_value = "depth", value_parser = ["depth"])]
     prune: String,
     /// Budget: number of sublayers to drop (blocks with --whole-blocks), exactly.
+    #[arg(
+        long,
+        required_unless_present = "target_params",
+        conflicts_with = "target_params"
+    )]
+    drop: Option<usize>,
+    /// Budget instead: parameters the pruned model may keep, embeddings and
+    /// head included (a count, or with a k/M/B suffix: `100M`). Units are
+    /// dropped until the model has at most that many.
     #[arg(long)]
-    drop: usize,
+    target_params: Option<String>,
     /// Drop whole blocks only (exportable as a Hugging Face directory).
     #[arg(long)]
     whole_blocks: bool,
@@ -56,16 +65,30 @@ pub fn run(a: PruneArgs) -> anyhow::Result<()> {
     for c in &a.calib {
         dynapress::fsutil::check_input_file(c)?;
     }
+    let budget = match (a.drop, &a.target_params) {
+        (Some(n), _) => DepthBudget::Drop(n),
+        (None, Some(p)) => match parse_count(p) {
+            Some(p) => DepthBudget::Params(p),
+            None => crate::bad_arg!(
+                "--target-params {p}: give a parameter count such as 120000000 or 120M"
+            ),
+        },
+        (None, None) => crate::bad_arg!("give a budget: --drop N or --target-params P"),
+    };
     let files = ModelFiles::open(&a.model).context("loading the model")?;
-    let units = files.config.num_layers * if a.whole_blocks { 1 } else { 2 };
-    if let Err(e) = dynapress::search::depth::check_drop(a.drop, units, a.whole_blocks) {
-        crate::bad_arg!("{e}");
+    {
+        use dynapress::search::depth::{budget_sizes, depth_units, unit_params};
+        let units = depth_units(files.config.num_layers, a.whole_blocks);
+        let (total, sizes) = unit_params(&files, &units)?;
+        if let Err(e) = budget_sizes(budget, total, &sizes, a.whole_blocks) {
+            crate::bad_arg!("{e}");
+        }
     }
     let mut inputs = vec![Input::Dir(&a.model)];
     inputs.extend(a.calib.iter().map(|c| Input::File(c)));
     check_output(&a.out, "--out", OutputKind::Dir, &inputs, a.force)?;
     let opts = DepthOptions {
-        drop: a.drop,
+        budget,
         whole_blocks: a.whole_blocks,
         evo,
         calib: a.calib.clone(),
@@ -91,22 +114,59 @@ pub fn run(a: PruneArgs) -> anyhow::Result<()> {
     } else {
         "sublayers"
     };
+    let budget = match budget {
+        DepthBudget::Drop(n) => format!("drop {n} {what}"),
+        DepthBudget::Params(p) => format!(
+            "drop {what} until at most {p} of {} parameters remain",
+            outcome.total_params
+        ),
+    };
     println!(
-        "drop {} {what}; KL(base ‖ pruned) per token on {} calibration windows of {} tokens",
-        a.drop, outcome.calib_windows, a.fitness.seq_len
+        "{budget}; KL(base ‖ pruned) per token on {} calibration windows of {} tokens",
+        outcome.calib_windows, a.fitness.seq_len
     );
-    println!("{:<10} {:>10}  dropped", "method", "calib KL");
+    println!(
+        "{:<10} {:>10} {:>13}  dropped",
+        "method", "calib KL", "params"
+    );
     for m in METHODS {
         if let Some(c) = outcome.config(m) {
             let dropped: Vec<String> = c.dropped.iter().map(|s| s.to_string()).collect();
             println!(
-                "{:<10} {:>10.5}  {}",
+                "{:<10} {:>10.5} {:>13}  {}",
                 m,
                 c.calib_kl.unwrap_or(f64::NAN),
+                c.params.unwrap_or(0),
                 dropped.join(" ")
             );
         }
     }
     println!("configurations in {}", a.out.display());
     Ok(())
+}
+
+/// A count with an optional k/M/B (or K/G) suffix: `120000000`, `120M`, `1.5B`.
+pub(crate) fn parse_count(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 1e3),
+        (i, 'm' | 'M') => (&s[..i], 1e6),
+        (i, 'b' | 'B' | 'g' | 'G') => (&s[..i], 1e9),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v > 0.0).then(|| (v * mult).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_take_suffixes() {
+        assert_eq!(super::parse_count("120M"), Some(120_000_000));
+        assert_eq!(super::parse_count("1.5B"), Some(1_500_000_000));
+        assert_eq!(super::parse_count("7000000"), Some(7_000_000));
+        assert_eq!(super::parse_count("6.5k"), Some(6_500));
+        assert_eq!(super::parse_count("-3M"), None);
+        assert_eq!(super::parse_count("lots"), None);
+    }
 }

@@ -66,6 +66,9 @@ pub struct DepthConfig {
     /// Mean KL(base ‖ pruned) per token on the calibration windows.
     #[serde(default)]
     pub calib_kl: Option<f64>,
+    /// Parameters of the pruned model (embeddings and head included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<u64>,
 }
 
 impl DepthConfig {
@@ -86,6 +89,7 @@ impl DepthConfig {
             whole_blocks,
             dropped,
             calib_kl,
+            params: None,
         }
     }
 

@@ -39,11 +39,20 @@ use crate::error::{Error, Result};
 use crate::model::{DepthConfig, Model, ModelFiles, Scratch, Sublayer, SublayerId};
 use crate::progress;
 
+/// What a depth-pruning run must remove.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DepthBudget {
+    /// Exactly this many units (sublayers, or blocks with `whole_blocks`).
+    Drop(usize),
+    /// At most this many parameters left in the whole model (embeddings and
+    /// head included): units are dropped until the model has no more.
+    Params(u64),
+}
+
 /// Parameters of a depth-pruning run.
 #[derive(Debug, Clone)]
 pub struct DepthOptions {
-    /// Units to drop: sublayers, or blocks with `whole_blocks`.
-    pub drop: usize,
+    pub budget: DepthBudget,
     /// Drop whole blocks only.
     pub whole_blocks: bool,
     /// EvoPress parameters (`init` and `initial_candidates` are not used: the
@@ -62,7 +71,7 @@ pub struct DepthOptions {
 impl Default for DepthOptions {
     fn default() -> Self {
         DepthOptions {
-            drop: 2,
+            budget: DepthBudget::Drop(2),
             whole_blocks: false,
             evo: EvoParams::default(),
             calib: vec![],
@@ -87,6 +96,10 @@ pub struct DepthOutcome {
     pub kl_alone: Vec<f64>,
     /// Calibration windows every method was scored on.
     pub calib_windows: usize,
+    /// Parameters of the unpruned model.
+    pub total_params: u64,
+    /// Parameters of each unit (forward order).
+    pub unit_params: Vec<u64>,
     pub history: Vec<GenerationLog>,
     pub stats: EvalStats,
     pub seconds: f64,
@@ -127,6 +140,101 @@ pub fn check_drop(drop: usize, units: usize, whole_blocks: bool) -> Result<()> {
     Ok(())
 }
 
+/// Parameters of the whole model and of each unit of `units` (a
+/// sublayer's projections, biases, its norms; a block's both sublayers).
+pub fn unit_params(files: &ModelFiles, units: &[Vec<SublayerId>]) -> Result<(u64, Vec<u64>)> {
+    let mut total = 0u64;
+    let mut per = vec![[0u64; 2]; files.config.num_layers];
+    for name in files.weights.names() {
+        let n: u64 = files
+            .weights
+            .shape(&name)?
+            .iter()
+            .map(|&d| d as u64)
+            .product();
+        total += n;
+        let Some((block, rest)) = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(b, rest)| Some((b.parse::<usize>().ok()?, rest)))
+        else {
+            continue;
+        };
+        let attn = rest.starts_with("self_attn.") || rest.starts_with("input_layernorm.");
+        if let Some(p) = per.get_mut(block) {
+            p[usize::from(!attn)] += n;
+        }
+    }
+    let sizes = units
+        .iter()
+        .map(|u| u.iter().map(|id| per[id.block][id.sublayer as usize]).sum())
+        .collect();
+    Ok((total, sizes))
+}
+
+/// The number of each unit's "size" to remove, and the sizes: one per unit
+/// for [`DepthBudget::Drop`], parameters for [`DepthBudget::Params`]; an
+/// error names the option when the budget does not leave a pruned model.
+pub fn budget_sizes(
+    budget: DepthBudget,
+    total: u64,
+    params: &[u64],
+    whole_blocks: bool,
+) -> Result<(u64, Vec<u64>)> {
+    match budget {
+        DepthBudget::Drop(n) => {
+            check_drop(n, params.len(), whole_blocks)?;
+            Ok((n as u64, vec![1; params.len()]))
+        }
+        DepthBudget::Params(p) => {
+            let droppable: u64 = params.iter().sum();
+            let floor = total - droppable + params.iter().min().copied().unwrap_or(0);
+            if p >= total {
+                return Err(Error::option(
+                    "--target-params",
+                    format!(
+                        "--target-params {p}: the model has {total} parameters already; ask for fewer"
+                    ),
+                ));
+            }
+            if p < floor {
+                return Err(Error::option(
+                    "--target-params",
+                    format!(
+                        "--target-params {p}: keeping one unit and the embeddings leaves at least {floor} of the model's {total} parameters; ask for more"
+                    ),
+                ));
+            }
+            Ok((total - p, params.to_vec()))
+        }
+    }
+}
+
+/// Drops units in `order` until the removed size reaches `need` (never the
+/// last unit), then puts back, latest dropped first, every unit the budget
+/// does not need (with unequal sizes the greedy pass can overshoot).
+fn drop_in_order(order: impl Iterator<Item = usize>, sizes: &[u64], need: u64) -> Choice {
+    let mut c = vec![1; sizes.len()];
+    let mut removed = 0u64;
+    let mut dropped = Vec::new();
+    for i in order {
+        // Enough removed, or only one unit left.
+        if removed >= need || dropped.len() + 1 == sizes.len() {
+            break;
+        }
+        c[i] = 0;
+        removed += sizes[i];
+        dropped.push(i);
+    }
+    for &i in dropped.iter().rev() {
+        if removed - sizes[i] >= need {
+            c[i] = 1;
+            removed -= sizes[i];
+        }
+    }
+    c
+}
+
 /// The type a swap must preserve: the sublayer kind, or one type for blocks.
 fn unit_type(unit: &[SublayerId]) -> usize {
     match unit {
@@ -135,22 +243,18 @@ fn unit_type(unit: &[SublayerId]) -> usize {
     }
 }
 
-/// The `drop` indices with the smallest scores (ties: the earlier unit).
-fn lowest(scores: &[f64], drop: usize) -> Choice {
+/// The units of smallest score (ties: the earlier unit) until `need` of
+/// `sizes` is removed.
+fn lowest(scores: &[f64], sizes: &[u64], need: u64) -> Choice {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
-    let mut c = vec![1; scores.len()];
-    for &i in &order[..drop] {
-        c[i] = 0;
-    }
-    c
+    drop_in_order(order.into_iter(), sizes, need)
 }
 
-/// The `last` baseline: the last `drop` units in forward order.
-pub fn last_units(n_units: usize, drop: usize) -> Choice {
-    (0..n_units)
-        .map(|i| usize::from(i + drop < n_units))
-        .collect()
+/// The `last` baseline: the last units in forward order until `need` of
+/// `sizes` is removed.
+pub fn last_units(sizes: &[u64], need: u64) -> Choice {
+    drop_in_order((0..sizes.len()).rev(), sizes, need)
 }
 
 /// Block Influence `1 − mean cos(x_in, x_out)` of every unit, on the base
@@ -258,6 +362,7 @@ fn to_config(
     method: &str,
     whole_blocks: bool,
     kl: f64,
+    params: u64,
 ) -> DepthConfig {
     let dropped = units
         .iter()
@@ -265,7 +370,9 @@ fn to_config(
         .filter(|(_, k)| **k == 0)
         .flat_map(|(u, _)| u.iter().copied())
         .collect();
-    DepthConfig::new(num_layers, method, whole_blocks, dropped, Some(kl))
+    let mut c = DepthConfig::new(num_layers, method, whole_blocks, dropped, Some(kl));
+    c.params = Some(params);
+    c
 }
 
 /// Runs the three baselines and EvoPress on calibration text.
@@ -273,7 +380,8 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
     let start_time = Instant::now();
     let num_layers = files.config.num_layers;
     let units = depth_units(num_layers, opts.whole_blocks);
-    check_drop(opts.drop, units.len(), opts.whole_blocks)?;
+    let (total_params, unit_sizes) = unit_params(files, &units)?;
+    let (need, sizes) = budget_sizes(opts.budget, total_params, &unit_sizes, opts.whole_blocks)?;
     if opts.calib.is_empty() {
         return Err(Error::option(
             "--calib",
@@ -315,7 +423,6 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
     pb.finish_and_clear();
     let all: Vec<usize> = (0..targets.windows()).collect();
     let n = units.len();
-    let drop = opts.drop;
 
     // Baselines.
     let influence = block_influence(&mut base, &units, &targets, &all)?;
@@ -330,9 +437,9 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
         .collect();
     let kl_alone = eval.fitness_many(&singles, Some(&kept), &targets, &all)?;
     let baselines = [
-        ("last", last_units(n, drop)),
-        ("shortgpt", lowest(&influence, drop)),
-        ("kl-alone", lowest(&kl_alone, drop)),
+        ("last", last_units(&sizes, need)),
+        ("shortgpt", lowest(&influence, &sizes, need)),
+        ("kl-alone", lowest(&kl_alone, &sizes, need)),
     ];
     let choices: Vec<Choice> = baselines.iter().map(|(_, c)| c.clone()).collect();
     let base_fit = eval.fitness_many(&choices, None, &targets, &all)?;
@@ -341,7 +448,27 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
         .expect("three baselines");
 
     // EvoPress from the best baseline.
-    let types: Vec<usize> = units.iter().map(|u| unit_type(u)).collect();
+    // Swaps keep the type and the size (so a parameter budget stays exact).
+    let mut kinds: Vec<(usize, u64)> = Vec::new();
+    let types: Vec<usize> = units
+        .iter()
+        .zip(&sizes)
+        .map(|(u, &size)| {
+            let k = (unit_type(u), size);
+            kinds.iter().position(|&x| x == k).unwrap_or_else(|| {
+                kinds.push(k);
+                kinds.len() - 1
+            })
+        })
+        .collect();
+    let params_kept = |c: &Choice| -> u64 {
+        total_params
+            - c.iter()
+                .zip(&unit_sizes)
+                .filter(|(k, _)| **k == 0)
+                .map(|(_, p)| p)
+                .sum::<u64>()
+    };
     let params = &opts.evo;
     let start = choices[best].clone();
     let mut parent = start.clone();
@@ -379,7 +506,6 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
         history.push(log);
     }
     pb.finish_and_clear();
-    debug_assert_eq!(parent.iter().filter(|&&k| k == 0).count(), drop);
     // The better of the last parent and the start, on all windows.
     let final_fit = eval.fitness(&parent, &targets, &all)?;
     let (evo, evo_fit) = if final_fit <= base_fit[best] {
@@ -391,7 +517,17 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
     let mut configs: Vec<DepthConfig> = baselines
         .iter()
         .zip(&base_fit)
-        .map(|((name, c), &f)| to_config(&units, c, num_layers, name, opts.whole_blocks, f))
+        .map(|((name, c), &f)| {
+            to_config(
+                &units,
+                c,
+                num_layers,
+                name,
+                opts.whole_blocks,
+                f,
+                params_kept(c),
+            )
+        })
         .collect();
     configs.push(to_config(
         &units,
@@ -400,12 +536,15 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
         "evopress",
         opts.whole_blocks,
         evo_fit,
+        params_kept(&evo),
     ));
     Ok(DepthOutcome {
         configs,
         block_influence: influence,
         kl_alone,
         calib_windows: all.len(),
+        total_params,
+        unit_params: unit_sizes,
         history,
         stats: eval.stats,
         seconds: start_time.elapsed().as_secs_f64(),
@@ -424,7 +563,11 @@ mod tests {
     fn swaps_keep_the_budget_and_the_type_counts() {
         let units = depth_units(8, false);
         let types: Vec<usize> = units.iter().map(|u| unit_type(u)).collect();
-        let parent = lowest(&(0..16).map(|i| (i * 7 % 16) as f64).collect::<Vec<_>>(), 5);
+        let parent = lowest(
+            &(0..16).map(|i| (i * 7 % 16) as f64).collect::<Vec<_>>(),
+            &[1; 16],
+            5,
+        );
         assert_eq!(dropped(&parent), 5);
         let count =
             |c: &Choice, ty: usize| (0..16).filter(|&i| types[i] == ty && c[i] == 0).count();
@@ -444,14 +587,39 @@ mod tests {
 
     #[test]
     fn baselines_pick_exactly_the_budget() {
-        assert_eq!(last_units(6, 2), vec![1, 1, 1, 1, 0, 0]);
+        assert_eq!(last_units(&[1; 6], 2), vec![1, 1, 1, 1, 0, 0]);
         // Ties go to the earlier unit, so the choice is deterministic.
-        assert_eq!(lowest(&[0.5, 0.1, 0.1, 0.9], 2), vec![1, 0, 0, 1]);
-        assert_eq!(lowest(&[0.2, 0.2, 0.2, 0.2], 3), vec![0, 0, 0, 1]);
+        assert_eq!(lowest(&[0.5, 0.1, 0.1, 0.9], &[1; 4], 2), vec![1, 0, 0, 1]);
+        assert_eq!(lowest(&[0.2, 0.2, 0.2, 0.2], &[1; 4], 3), vec![0, 0, 0, 1]);
+        // A parameter budget drops until enough is removed: sizes 3, 5 and
+        // need 6 take two units.
+        assert_eq!(last_units(&[3, 5, 3, 5], 6), vec![1, 1, 0, 0]);
+        assert_eq!(
+            lowest(&[0.1, 0.3, 0.2, 0.9], &[3, 5, 3, 5], 6),
+            vec![0, 1, 0, 1]
+        );
+        // Overshoot put back: 3 + 3 < 7, 3 + 3 + 5 ≥ 7, and one 3 is not
+        // needed: the later (more important) one returns.
+        assert_eq!(
+            lowest(&[0.1, 0.3, 0.2, 0.9], &[3, 5, 3, 5], 7),
+            vec![0, 0, 1, 1]
+        );
+        assert_eq!(
+            lowest(&[0.1, 0.2, 0.3, 0.9], &[3, 3, 5, 5], 7),
+            vec![0, 1, 0, 1]
+        );
     }
 
     #[test]
     fn the_budget_must_leave_a_model() {
+        // 100 parameters, units of 20 and 30: at least 100 − 50 + 20 = 70 stay.
+        let p = [20, 30];
+        assert!(budget_sizes(DepthBudget::Params(100), 100, &p, false).is_err());
+        assert!(budget_sizes(DepthBudget::Params(69), 100, &p, false).is_err());
+        assert_eq!(
+            budget_sizes(DepthBudget::Params(70), 100, &p, false).unwrap(),
+            (30, vec![20, 30])
+        );
         assert!(check_drop(0, 16, false).is_err());
         assert!(check_drop(16, 16, false).is_err());
         assert!(check_drop(8, 8, true).is_err());

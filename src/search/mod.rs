@@ -18,7 +18,7 @@ pub mod knapsack;
 pub mod owl;
 mod run;
 
-pub use depth::{DepthOptions, DepthOutcome, run_depth};
+pub use depth::{DepthBudget, DepthOptions, DepthOutcome, run_depth};
 pub use run::{HeadSearch, SearchOptions, SearchOutcome, fused_groups, run_search};
 
 use crate::database::{Choice, SearchSpace};
