@@ -598,3 +598,68 @@ fn sublayer_configuration_exports_as_a_deci_gguf_that_llama_cpp_runs_like_eval_c
     );
     assert!(rel < 0.01, "llama.cpp {theirs} vs dynapress {ours}");
 }
+
+#[test]
+fn a_killed_prune_resumes_to_the_same_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::demo_model();
+    let calib = common::data("docs.valid.txt");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "prune",
+            "--model",
+            s(&model),
+            "--calib",
+            s(&calib),
+            "--drop",
+            "4",
+            "--out",
+            s(out),
+            "--calib-tokens",
+            "4096",
+            "--seq-len",
+            "128",
+            "--generations",
+            "5",
+            "--offspring",
+            "6",
+            "--stages",
+            "512:2,1024:1",
+            "--json",
+            "--quiet",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let go = |v: &[String]| run(&v.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    let a = tmp.path().join("a");
+    let o = go(&args(&a));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+
+    let b = tmp.path().join("b");
+    let mut killed = args(&b);
+    killed.extend(["--abort-after".to_string(), "2".to_string()]);
+    let o = go(&killed);
+    assert!(!o.status.success(), "the abort did not happen");
+    let ck: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("checkpoint.json")).unwrap()).unwrap();
+    assert_eq!(ck["generations_done"], 2);
+    // The same --out without --force resumes.
+    let o = go(&args(&b));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let resumed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(read(&a, "evopress"), read(&b, "evopress"));
+    assert_eq!(whole["history"], resumed["history"]);
+    assert_eq!(whole["history"].as_array().unwrap().len(), 5);
+
+    // Another budget in the same --out is refused, naming the checkpoint.
+    let mut other = args(&b);
+    let i = other.iter().position(|x| x == "4").unwrap();
+    other[i] = "3".into();
+    let o = go(&other);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("checkpoint"), "{err}");
+}

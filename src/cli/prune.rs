@@ -38,8 +38,10 @@ pub struct PruneArgs {
     #[arg(long)]
     whole_blocks: bool,
     /// Output directory: one depth configuration per method
-    /// (`evopress.json`, `shortgpt.json`, `kl-alone.json`, `last.json`) and
-    /// `summary.json`. `eval --config` and `export --config` read them.
+    /// (`evopress.json`, `shortgpt.json`, `kl-alone.json`, `last.json`),
+    /// `summary.json` and the search's `checkpoint.json` (a killed run given
+    /// the same --out resumes from it). `eval --config` and `export --config`
+    /// read them.
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
@@ -54,6 +56,9 @@ pub struct PruneArgs {
     json: bool,
     #[arg(long, short)]
     quiet: bool,
+    /// Testing only: abort after N generations.
+    #[arg(long, hide = true)]
+    abort_after: Option<usize>,
 }
 
 pub fn run(a: PruneArgs) -> anyhow::Result<()> {
@@ -86,7 +91,21 @@ pub fn run(a: PruneArgs) -> anyhow::Result<()> {
     }
     let mut inputs = vec![Input::Dir(&a.model)];
     inputs.extend(a.calib.iter().map(|c| Input::File(c)));
-    check_output(&a.out, "--out", OutputKind::Dir, &inputs, a.force)?;
+    // The search checkpoints into --out after each generation: an --out
+    // holding a checkpoint is resumed (--force starts afresh); anything else
+    // there needs --force.
+    let checkpoint = a.out.join("checkpoint.json");
+    let kind = if checkpoint.is_file() && !a.force {
+        OutputKind::ResumeDir
+    } else {
+        OutputKind::Dir
+    };
+    check_output(&a.out, "--out", kind, &inputs, a.force)?;
+    if a.force && checkpoint.is_file() {
+        std::fs::remove_file(&checkpoint)
+            .with_context(|| format!("{}: removing", checkpoint.display()))?;
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: creating", a.out.display()))?;
     let opts = DepthOptions {
         budget,
         whole_blocks: a.whole_blocks,
@@ -96,10 +115,11 @@ pub fn run(a: PruneArgs) -> anyhow::Result<()> {
         seq_len: a.fitness.seq_len,
         topk: a.fitness.topk,
         quiet: a.quiet,
+        checkpoint: Some(checkpoint),
+        abort_after: a.abort_after,
         ..Default::default()
     };
     let outcome = run_depth(&files, &opts)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: creating", a.out.display()))?;
     for c in &outcome.configs {
         c.write(&a.out.join(format!("{}.json", c.method)))?;
     }

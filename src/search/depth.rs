@@ -29,7 +29,7 @@ use std::time::Instant;
 use candle_core::Device;
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::evopress::{DEFAULT_POOL_TOKENS, EvoParams, GenerationLog, gen_rng, select};
 use super::fitness::{BaseTargets, EvalStats, Evaluator, Knobs, SEARCH_BATCH};
@@ -66,7 +66,33 @@ pub struct DepthOptions {
     pub topk: usize,
     pub full_logits_budget: usize,
     pub quiet: bool,
+    /// Where to checkpoint after each generation (resumed if it exists and
+    /// matches the model, calibration, budget and parameters).
+    pub checkpoint: Option<PathBuf>,
+    /// Testing only: abort the process after this many generations.
+    pub abort_after: Option<usize>,
 }
+
+/// The depth search's state after a generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DepthCheckpoint {
+    pub format: String,
+    /// sha256 of every weight file of the model.
+    pub model: Vec<(String, String)>,
+    /// [`BaseTargets::fingerprint`] of the calibration windows.
+    pub targets: String,
+    pub budget: String,
+    pub whole_blocks: bool,
+    pub params: EvoParams,
+    /// The best baseline EvoPress started from.
+    pub start: Choice,
+    pub generations_done: usize,
+    pub parent: Choice,
+    pub history: Vec<GenerationLog>,
+    pub stats: EvalStats,
+}
+
+const DEPTH_CHECKPOINT: &str = "dynapress-depth-checkpoint";
 
 impl Default for DepthOptions {
     fn default() -> Self {
@@ -80,6 +106,8 @@ impl Default for DepthOptions {
             topk: 256,
             full_logits_budget: 256 << 20,
             quiet: false,
+            checkpoint: None,
+            abort_after: None,
         }
     }
 }
@@ -471,10 +499,41 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
     };
     let params = &opts.evo;
     let start = choices[best].clone();
-    let mut parent = start.clone();
-    let mut history = Vec::with_capacity(params.generations);
+    let fingerprint = targets.fingerprint();
+    let model_digests = files.weight_digests()?;
+    let budget_text = format!("{:?}", opts.budget);
+    let resumed = match opts.checkpoint.as_deref().filter(|p| p.exists()) {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let ck: DepthCheckpoint = serde_json::from_str(&text)
+                .map_err(|e| Error::data(p, format!("not a depth-pruning checkpoint: {e}")))?;
+            if ck.format != DEPTH_CHECKPOINT
+                || ck.model != model_digests
+                || ck.targets != fingerprint
+                || ck.budget != budget_text
+                || ck.whole_blocks != opts.whole_blocks
+                || ck.params != *params
+                || ck.start != start
+            {
+                return Err(Error::data(
+                    p,
+                    "this checkpoint belongs to another pruning run (model, calibration, budget or search parameters differ); delete it or choose another --out",
+                ));
+            }
+            Some(ck)
+        }
+        None => None,
+    };
+    let (mut parent, mut history, first) = match resumed {
+        Some(ck) => {
+            eval.stats = ck.stats;
+            (ck.parent, ck.history, ck.generations_done)
+        }
+        None => (start.clone(), Vec::with_capacity(params.generations), 0),
+    };
     let pb = progress::bar(params.generations as u64, "evopress", "gen", opts.quiet);
-    for generation in 0..params.generations {
+    pb.set_position(first as u64);
+    for generation in first..params.generations {
         let mut rng = gen_rng(params.seed, generation as u64, 0);
         let mut seen: HashSet<Choice> = HashSet::from([parent.clone()]);
         let mut candidates = Vec::with_capacity(params.offspring);
@@ -504,6 +563,27 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
         pb.set_position(generation as u64 + 1);
         pb.set_message(format!("KL {:.5}", log.fitness));
         history.push(log);
+        if let Some(p) = &opts.checkpoint {
+            let ck = DepthCheckpoint {
+                format: DEPTH_CHECKPOINT.into(),
+                model: model_digests.clone(),
+                targets: fingerprint.clone(),
+                budget: budget_text.clone(),
+                whole_blocks: opts.whole_blocks,
+                params: params.clone(),
+                start: start.clone(),
+                generations_done: generation + 1,
+                parent: parent.clone(),
+                history: history.clone(),
+                stats: eval.stats,
+            };
+            let text = serde_json::to_string_pretty(&ck).expect("serialises");
+            crate::fsutil::write_atomic(p, text.as_bytes())?;
+        }
+        if opts.abort_after == Some(generation + 1 - first) {
+            // Simulated crash for the resume test.
+            std::process::abort();
+        }
     }
     pb.finish_and_clear();
     // The better of the last parent and the start, on all windows.
