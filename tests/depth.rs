@@ -663,3 +663,117 @@ fn a_killed_prune_resumes_to_the_same_configuration() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("checkpoint"), "{err}");
 }
+
+#[test]
+fn compress_prune_depth_searches_exports_and_reports_every_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("c");
+    let calib = common::data("docs.valid.txt");
+    let eval = common::data("docs.test.txt");
+    let o = run(&[
+        "compress",
+        "--prune",
+        "depth",
+        "--model",
+        s(&common::demo_model()),
+        "--calib",
+        s(&calib),
+        "--eval",
+        s(&eval),
+        "--out",
+        s(&out),
+        "--calib-tokens",
+        "4096",
+        "--seq-len",
+        "128",
+        "--generations",
+        "3",
+        "--offspring",
+        "4",
+        "--stages",
+        "512:2,1024:1",
+        "--eval-windows",
+        "8",
+        "--json",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // --format safetensors: whole blocks, 1/8 of the 8 by default.
+    assert_eq!(r["whole_blocks"], true);
+    assert_eq!(r["budget"], "drop 1 block");
+    let rows = r["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|x| x["method"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "last",
+            "shortgpt",
+            "kl-alone",
+            "evopress",
+            "exported (Hugging Face directory)"
+        ]
+    );
+    let kl = |i: usize| rows[i]["datasets"]["docs.test.txt"]["kl"].as_f64().unwrap();
+    // The exported directory, loaded back, is EvoPress's configuration.
+    assert!(
+        (kl(3) - kl(4)).abs() <= 1e-6 * kl(3).max(1e-3),
+        "{} vs {}",
+        kl(3),
+        kl(4)
+    );
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["dropped"].as_array().unwrap().len(), 2, "{}", names[i]);
+        assert!(kl(i) > 0.0);
+    }
+    let cfg = DepthConfig::read(&out.join("depth/evopress.json")).unwrap();
+    assert_eq!(
+        cfg.dropped
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>(),
+        rows[3]["dropped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    );
+    let hf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model/config.json")).unwrap()).unwrap();
+    assert_eq!(hf["num_hidden_layers"], 7);
+    for f in ["report.json", "report.md", "report.html"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+
+    // Budgets and options that do not go together are usage errors.
+    let model = common::demo_model();
+    let bad_out = tmp.path().join("bad");
+    for bad in [
+        &["--prune", "depth", "--target-bits", "3"][..],
+        &["--prune", "depth", "--format", "compressed-tensors"],
+        &["--drop", "2"],
+        &["--prune", "sparsity", "--method", "gptq"],
+        &["--prune", "depth", "--drop", "8"],
+    ] {
+        let mut args = vec![
+            "compress",
+            "--model",
+            s(&model),
+            "--calib",
+            s(&calib),
+            "--eval",
+            s(&eval),
+            "--out",
+            s(&bad_out),
+        ];
+        args.extend_from_slice(bad);
+        let o = run(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}

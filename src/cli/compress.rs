@@ -12,8 +12,38 @@ use dynapress::selection::Algo;
 
 use super::args::{BudgetArgs, EvoArgs, Format, GgufTypeArgs, MethodArgs, Runtime};
 
+/// What `compress` takes away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prune {
+    /// A quantization level per linear layer (bits per weight or file size).
+    Quant,
+    /// A SparseGPT sparsity level per linear layer (`--method sparsegpt`).
+    Sparsity,
+    /// Attention and MLP sublayers (or whole blocks) dropped.
+    Depth,
+}
+
 #[derive(Args)]
 pub struct CompressArgs {
+    /// What to compress: quant (per-layer quantization levels), sparsity
+    /// (per-layer SparseGPT levels under --target-sparsity, default 0.5) or
+    /// depth (drop sublayers or blocks: --drop N or --target-params P).
+    #[arg(long, value_enum, default_value = "quant")]
+    prune: Prune,
+    /// --prune depth: sublayers to drop (blocks with --whole-blocks);
+    /// default 1/8 of them, at least 1.
+    #[arg(long, conflicts_with = "target_params")]
+    drop: Option<usize>,
+    /// --prune depth: parameters the pruned model may keep (a count or
+    /// 120M-style), embeddings and head included.
+    #[arg(long)]
+    target_params: Option<String>,
+    /// --prune depth: drop whole blocks only. Always so with --format
+    /// safetensors (a Hugging Face block has one attention and one MLP);
+    /// with --format gguf, blocks keeping one sublayer are written as
+    /// llama.cpp's deci architecture (Llama checkpoints).
+    #[arg(long)]
+    whole_blocks: bool,
     /// Hugging Face model directory or GGUF file. Without it, the bundled demo model with its
     /// bundled calibration and evaluation text.
     #[arg(long)]
@@ -92,8 +122,20 @@ fn assets() -> PathBuf {
     }
 }
 
-pub fn run(a: CompressArgs) -> anyhow::Result<()> {
+pub fn run(mut a: CompressArgs) -> anyhow::Result<()> {
     let demo = a.model.is_none();
+    if a.prune != Prune::Depth && (a.drop.is_some() || a.target_params.is_some() || a.whole_blocks)
+    {
+        crate::bad_arg!("--drop, --target-params and --whole-blocks go with --prune depth");
+    }
+    if a.prune == Prune::Sparsity {
+        match a.method.method {
+            None | Some(Method::Sparsegpt) => a.method.method = Some(Method::Sparsegpt),
+            Some(m) => crate::bad_arg!(
+                "--prune sparsity builds SparseGPT levels; drop --method {m:?} (or use --prune quant)"
+            ),
+        }
+    }
     let assets = assets();
     let model = a.model.clone().unwrap_or_else(|| assets.join("demo-model"));
     let calib = if a.calib.is_empty() && demo {
@@ -124,6 +166,9 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
         (None, false) => anyhow::bail!("give an output directory with --out DIR"),
     };
     let evo = a.evo.params()?;
+    if a.prune == Prune::Depth {
+        return run_depth(a, model, calib, eval, out, evo);
+    }
     let gguf = match a.format {
         Format::Safetensors | Format::CompressedTensors => None,
         Format::Gguf => Some(a.gguf_types.types()?),
@@ -274,6 +319,129 @@ pub fn run(a: CompressArgs) -> anyhow::Result<()> {
     if let (Some(c), Some(b)) = (&r.compressed, r.compressed_bytes) {
         println!("compressed form: {c} ({b} bytes)");
     }
+    println!("report: {}", out.join("report.html").display());
+    Ok(())
+}
+
+/// `compress --prune depth`.
+fn run_depth(
+    a: CompressArgs,
+    model: PathBuf,
+    calib: Vec<PathBuf>,
+    eval: Vec<PathBuf>,
+    out: PathBuf,
+    evo: dynapress::search::evopress::EvoParams,
+) -> anyhow::Result<()> {
+    use dynapress::model::{Architecture, ModelFiles};
+    use dynapress::pipeline::depth::{DepthCompressOptions, compress_depth};
+    use dynapress::search::depth::{budget_sizes, depth_units, unit_params};
+    use dynapress::search::{DepthBudget, DepthOptions};
+    if a.budget.target_bits.is_some()
+        || a.budget.target_size.is_some()
+        || a.budget.target_sparsity.is_some()
+        || a.method.method.is_some()
+    {
+        crate::bad_arg!(
+            "--prune depth takes its budget as --drop N or --target-params P, without --method or --target-bits/--target-size/--target-sparsity"
+        );
+    }
+    let gguf = match a.format {
+        Format::Safetensors => false,
+        Format::Gguf => true,
+        Format::CompressedTensors | Format::Dynapress => crate::bad_arg!(
+            "--prune depth exports --format safetensors (a Hugging Face directory) or gguf"
+        ),
+    };
+    if a.dry_run {
+        crate::bad_arg!("--dry-run estimates quantization runs; it does not cover --prune depth");
+    }
+    if a.seq_len < 2 {
+        crate::bad_arg!("--seq-len must be at least 2");
+    }
+    if a.eval_windows == 0 {
+        crate::bad_arg!("--eval-windows must be at least 1");
+    }
+    for p in calib.iter().chain(&eval) {
+        dynapress::fsutil::check_input_file(p)?;
+    }
+    let mut inputs = vec![Input::Dir(&model)];
+    inputs.extend(calib.iter().chain(&eval).map(|p| Input::File(p)));
+    check_output(&out, "--out", OutputKind::ResumeDir, &inputs, true)?;
+    dynapress::fsutil::clean_stale_temps(&out);
+    let files = ModelFiles::open(&model)?;
+    // A Hugging Face block has one attention and one MLP; llama.cpp's deci
+    // (blocks with one sublayer) follows Llama.
+    let whole_blocks = a.whole_blocks || !gguf || files.config.arch != Architecture::Llama;
+    let units = depth_units(files.config.num_layers, whole_blocks);
+    let budget = match (a.drop, &a.target_params) {
+        (Some(n), _) => DepthBudget::Drop(n),
+        (None, Some(p)) => match super::prune::parse_count(p) {
+            Some(p) => DepthBudget::Params(p),
+            None => crate::bad_arg!(
+                "--target-params {p}: give a parameter count such as 120000000 or 120M"
+            ),
+        },
+        (None, None) => DepthBudget::Drop((units.len() / 8).max(1)),
+    };
+    let (total, sizes) = unit_params(&files, &units)?;
+    if let Err(e) = budget_sizes(budget, total, &sizes, whole_blocks) {
+        crate::bad_arg!("{e}");
+    }
+    drop(files);
+    let opts = DepthCompressOptions {
+        model,
+        eval,
+        out: out.clone(),
+        depth: DepthOptions {
+            budget,
+            whole_blocks,
+            evo,
+            calib,
+            pool_tokens: Some(a.calib_tokens),
+            seq_len: a.seq_len,
+            quiet: a.quiet,
+            ..Default::default()
+        },
+        gguf,
+        dtype: a.dtype,
+        eval_windows: a.eval_windows,
+        quiet: a.quiet,
+    };
+    let r = compress_depth(&opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} of {} ({} parameters){}",
+        out.display(),
+        r.budget,
+        r.num_layers,
+        r.total_params,
+        if r.whole_blocks { ", whole blocks" } else { "" }
+    );
+    for row in &r.rows {
+        let kls: Vec<String> = r
+            .eval_files
+            .iter()
+            .filter_map(|f| {
+                row.datasets
+                    .get(f)
+                    .map(|d| format!("{f} KL {:.5}", d.kl.unwrap_or(0.0)))
+            })
+            .collect();
+        println!(
+            "  {:<10} {:>12} params  {}  dropped {}",
+            row.method,
+            row.params.unwrap_or(0),
+            kls.join(", "),
+            row.dropped.join(" ")
+        );
+    }
+    println!(
+        "model: {} ({}, {} bytes)",
+        r.exported, r.exported_format, r.exported_bytes
+    );
     println!("report: {}", out.join("report.html").display());
     Ok(())
 }

@@ -230,16 +230,7 @@ fn run_depth(a: ExportArgs) -> anyhow::Result<()> {
     let files = ModelFiles::open(&a.model).context("loading the model")?;
     let cfg = DepthConfig::read(&a.config)?;
     if a.format == Format::Gguf {
-        let ty = match a.dtype {
-            ExportDtype::F32 => dynapress_ggml::GgmlType::F32,
-            ExportDtype::Bf16 => dynapress_ggml::GgmlType::BF16,
-            ExportDtype::F16 => dynapress_ggml::GgmlType::F16,
-            ExportDtype::Original => match files.weights.raw("model.embed_tokens.weight")?.dtype {
-                safetensors::Dtype::BF16 => dynapress_ggml::GgmlType::BF16,
-                safetensors::Dtype::F16 => dynapress_ggml::GgmlType::F16,
-                _ => dynapress_ggml::GgmlType::F32,
-            },
-        };
+        let ty = dynapress::export::depth::depth_gguf_type(&files, a.dtype)?;
         let r = export_depth_gguf(&files, &cfg, &a.config, &a.out, ty, a.force)?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&r)?);

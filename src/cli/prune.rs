@@ -9,7 +9,7 @@ use dynapress::search::{DepthBudget, DepthOptions, run_depth};
 use super::args::{EvoArgs, FitnessArgs};
 
 /// Method names, in the order the table prints them.
-const METHODS: [&str; 4] = ["last", "shortgpt", "kl-alone", "evopress"];
+const METHODS: [&str; 5] = ["last", "shortgpt", "kl-alone", "evopress", "exhaustive"];
 
 #[derive(Args)]
 pub struct PruneArgs {
@@ -37,6 +37,11 @@ pub struct PruneArgs {
     /// Drop whole blocks only (exportable as a Hugging Face directory).
     #[arg(long)]
     whole_blocks: bool,
+    /// Also score every configuration of the --drop budget (at most 5000)
+    /// and write the best as `exhaustive.json`: the optimum on the
+    /// calibration windows, to see how far the methods are from it.
+    #[arg(long)]
+    exhaustive: bool,
     /// Output directory: one depth configuration per method
     /// (`evopress.json`, `shortgpt.json`, `kl-alone.json`, `last.json`),
     /// `summary.json` and the search's `checkpoint.json` (a killed run given
@@ -116,6 +121,7 @@ pub fn run(a: PruneArgs) -> anyhow::Result<()> {
         topk: a.fitness.topk,
         quiet: a.quiet,
         checkpoint: Some(checkpoint),
+        exhaustive: a.exhaustive,
         abort_after: a.abort_after,
         ..Default::default()
     };

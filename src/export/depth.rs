@@ -161,6 +161,26 @@ pub fn export_depth_gguf(
     })
 }
 
+/// The GGUF type of a depth-pruned export's matrices for `--dtype`:
+/// `original` keeps the checkpoint's BF16/F16 (F32 for anything else).
+pub fn depth_gguf_type(
+    files: &ModelFiles,
+    dtype: super::ExportDtype,
+) -> Result<dynapress_ggml::GgmlType> {
+    use dynapress_ggml::GgmlType;
+    Ok(match dtype {
+        super::ExportDtype::F32 => GgmlType::F32,
+        super::ExportDtype::Bf16 => GgmlType::BF16,
+        super::ExportDtype::F16 => GgmlType::F16,
+        super::ExportDtype::Original => match files.weights.raw("model.embed_tokens.weight")?.dtype
+        {
+            safetensors::Dtype::BF16 => GgmlType::BF16,
+            safetensors::Dtype::F16 => GgmlType::F16,
+            _ => GgmlType::F32,
+        },
+    })
+}
+
 /// Width of the all-zero FFN that stands for a dropped MLP in a `deci` file.
 ///
 /// llama.cpp's `deci` graph `continue`s past an FFN-free layer (feed-forward

@@ -71,6 +71,51 @@ pub struct DepthOptions {
     pub checkpoint: Option<PathBuf>,
     /// Testing only: abort the process after this many generations.
     pub abort_after: Option<usize>,
+    /// Also score every configuration of the budget (a `--drop` budget of
+    /// at most [`MAX_EXHAUSTIVE`] configurations) and report the best as
+    /// method `exhaustive`: the optimum on the calibration windows.
+    pub exhaustive: bool,
+}
+
+/// The most configurations `exhaustive` scores.
+pub const MAX_EXHAUSTIVE: u64 = 5000;
+
+/// `n` choose `k`, saturating.
+fn choose(n: usize, k: usize) -> u64 {
+    if k > n {
+        return 0;
+    }
+    let k = k.min(n - k);
+    let mut c = 1u128;
+    for i in 0..k {
+        c = c * (n - i) as u128 / (i + 1) as u128;
+        if c > u64::MAX as u128 {
+            return u64::MAX;
+        }
+    }
+    c as u64
+}
+
+/// Every way to drop `k` of `n` units, in lexicographic order of the
+/// dropped indices.
+fn all_drops(n: usize, k: usize) -> Vec<Choice> {
+    let mut out = Vec::new();
+    let mut idx: Vec<usize> = (0..k).collect();
+    loop {
+        let mut c = vec![1; n];
+        for &i in &idx {
+            c[i] = 0;
+        }
+        out.push(c);
+        // Next combination.
+        let Some(pos) = (0..k).rev().find(|&p| idx[p] < n - k + p) else {
+            return out;
+        };
+        idx[pos] += 1;
+        for q in pos + 1..k {
+            idx[q] = idx[q - 1] + 1;
+        }
+    }
 }
 
 /// The depth search's state after a generation.
@@ -108,6 +153,7 @@ impl Default for DepthOptions {
             quiet: false,
             checkpoint: None,
             abort_after: None,
+            exhaustive: false,
         }
     }
 }
@@ -410,6 +456,19 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
     let units = depth_units(num_layers, opts.whole_blocks);
     let (total_params, unit_sizes) = unit_params(files, &units)?;
     let (need, sizes) = budget_sizes(opts.budget, total_params, &unit_sizes, opts.whole_blocks)?;
+    if opts.exhaustive
+        && let DepthBudget::Drop(k) = opts.budget
+        && choose(units.len(), k) > MAX_EXHAUSTIVE
+    {
+        return Err(Error::option(
+            "--exhaustive",
+            format!(
+                "--exhaustive: dropping {k} of {} units has {} configurations, more than the {MAX_EXHAUSTIVE} it scores",
+                units.len(),
+                choose(units.len(), k)
+            ),
+        ));
+    }
     if opts.calib.is_empty() {
         return Err(Error::option(
             "--calib",
@@ -594,6 +653,32 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
         (start, base_fit[best])
     };
 
+    // The optimum on the calibration windows, when asked and small enough.
+    let exhaustive = if opts.exhaustive {
+        let DepthBudget::Drop(k) = opts.budget else {
+            return Err(Error::option(
+                "--exhaustive",
+                "--exhaustive scores every configuration of a --drop budget; it does not take --target-params",
+            ));
+        };
+        let all_configs = all_drops(n, k);
+        let pb = progress::bar(all_configs.len() as u64, "exhaustive", "cfg", opts.quiet);
+        let mut best: Option<(f64, Choice)> = None;
+        for chunk in all_configs.chunks(16) {
+            let fit = eval.fitness_many(chunk, None, &targets, &all)?;
+            for (c, f) in chunk.iter().zip(fit) {
+                if best.as_ref().is_none_or(|(b, _)| f < *b) {
+                    best = Some((f, c.clone()));
+                }
+            }
+            pb.inc(chunk.len() as u64);
+        }
+        pb.finish_and_clear();
+        best
+    } else {
+        None
+    };
+
     let mut configs: Vec<DepthConfig> = baselines
         .iter()
         .zip(&base_fit)
@@ -618,6 +703,17 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
         evo_fit,
         params_kept(&evo),
     ));
+    if let Some((f, c)) = exhaustive {
+        configs.push(to_config(
+            &units,
+            &c,
+            num_layers,
+            "exhaustive",
+            opts.whole_blocks,
+            f,
+            params_kept(&c),
+        ));
+    }
     Ok(DepthOutcome {
         configs,
         block_influence: influence,
@@ -688,6 +784,20 @@ mod tests {
             lowest(&[0.1, 0.2, 0.3, 0.9], &[3, 3, 5, 5], 7),
             vec![0, 1, 0, 1]
         );
+    }
+
+    #[test]
+    fn exhaustive_enumeration_is_every_combination_once() {
+        let all = all_drops(6, 2);
+        assert_eq!(all.len() as u64, choose(6, 2));
+        assert_eq!(all.len(), 15);
+        let set: HashSet<Choice> = all.iter().cloned().collect();
+        assert_eq!(set.len(), 15);
+        assert!(all.iter().all(|c| dropped(c) == 2));
+        assert_eq!(choose(16, 4), 1820);
+        assert_eq!(choose(8, 0), 1);
+        assert_eq!(choose(3, 5), 0);
+        assert_eq!(all_drops(4, 4), vec![vec![0, 0, 0, 0]]);
     }
 
     #[test]

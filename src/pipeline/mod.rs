@@ -3,6 +3,8 @@
 //! reuses what is already there (the database resumes, the search resumes from
 //! its checkpoint).
 
+pub mod depth;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;

@@ -2,6 +2,8 @@
 //! a heatmap of the chosen level per block × layer type, and held-out KL
 //! against bits per weight for every evaluated configuration).
 
+pub mod depth;
+
 use std::fmt::Write;
 use std::path::Path;
 
@@ -267,7 +269,7 @@ pub fn markdown(r: &CompressReport) -> String {
     s
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
