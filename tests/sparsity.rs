@@ -10,8 +10,11 @@ use std::path::Path;
 
 use common::cli::{DEMO, clean_error, database, export, fails, ok, run, search};
 use common::{read_json, s};
-use dynapress::database::{Manifest, load_entry_file};
+use dynapress::database::{Manifest, Variant, load_entry_file};
 use dynapress::model::ModelFiles;
+use dynapress_compress::{
+    Hessian, SparseParams, SparsityPattern, magnitude_prune, relative_output_error,
+};
 
 /// A SparseGPT database of the demo model at `sparsities` (+ `extra`).
 fn sparse_db(dir: &Path, sparsities: &str, extra: &[&str]) {
@@ -243,6 +246,16 @@ fn bad_sparsity_arguments_are_one_clear_line() {
         ("--sparsities=1.0", "0.99"),
         ("--sparsities=0.505", "steps of 0.01"),
         ("--sparsities=-0.1", "0.99"),
+        // N:M entries: N zeros in every M columns, 1 ≤ N < M ≤ 8, and M must
+        // divide every layer's columns (the demo has 256 and 768).
+        ("--sparsities=0.5,4:4", "`4:4` is not an N:M sparsity"),
+        ("--sparsities=0:4", "`0:4` is not an N:M sparsity"),
+        ("--sparsities=1:9", "`1:9` is not an N:M sparsity"),
+        (
+            "--sparsities=2:3",
+            "rows of 256 weights, not a multiple of 3",
+        ),
+        ("--sparsities=2:x", "neither a fraction nor N:M"),
     ] {
         let o = database(
             &tmp.path().join("bad"),
@@ -258,7 +271,28 @@ fn bad_sparsity_arguments_are_one_clear_line() {
         assert_ne!(o.status.code(), Some(0), "{sp}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(err.contains(needle), "{sp}: {err}");
+        assert!(err.contains("--sparsities"), "names the option: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{sp}: {err}"
+        );
     }
+    // A joint N:M level whose quantization groups would split N:M groups.
+    let o = database(
+        &tmp.path().join("bad"),
+        &[
+            "--calib",
+            "assets/data/docs.valid.txt",
+            "--method",
+            "sparsegpt",
+            "--sparsities=2:4",
+            "--sparse-bits=4",
+            "--group-size=66",
+        ],
+    );
+    fails(&o, 1, &["--group-size 66", "not a multiple of 4"]);
+    assert!(!tmp.path().join("bad").join("entries").exists());
     // --target-sparsity outside [0, 1) and on a quantization database.
     let o = run(&[
         "compress",
@@ -365,4 +399,190 @@ fn owl_moves_sparsity_by_outliers_within_the_budget() {
         1,
         &["OWL needs a sparsegpt database"],
     );
+}
+
+/// Whether every aligned group of 4 weights along each row of `w` (`cols`
+/// per row) has exactly 2 zeros.
+fn two_of_every_four(w: &[f32], cols: usize) -> bool {
+    w.chunks(cols).all(|row| {
+        row.chunks(4)
+            .all(|g| g.iter().filter(|&&x| x == 0.0).count() == 2)
+    })
+}
+
+#[test]
+fn two_four_levels_prune_two_of_four_and_round_trip() {
+    // `--sparsities 2:4`: SparseGPT with 2 zeros in every 4 input columns,
+    // a 3-bit rank code per group and f16 kept weights; a 50 % sparsity
+    // budget takes it (uniform), the native export stores exactly those
+    // bits, and eval reads it back with the database's KL.
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    sparse_db(&db, "2:4", &["--keep-hessians"]);
+    let m = Manifest::read(&db).unwrap();
+    assert_eq!(m.levels, ["sparsegpt-2of4"]);
+    assert_eq!(m.entries.len(), 56);
+    let demo = ModelFiles::open(Path::new(DEMO)).unwrap();
+    let nm = |rows: usize, cols: usize| {
+        // Mask: 3 bits per group of 4, padded to bytes; half the weights kept.
+        8 * (rows * cols / 4 * 3).div_ceil(8) as u64 + 16 * (rows * cols / 2) as u64
+    };
+    for e in &m.entries {
+        let Variant::Sparse(sp) = load_entry_file(&db, e).unwrap() else {
+            panic!("{}: not sparse", e.layer)
+        };
+        assert_eq!(sp.pattern(), SparsityPattern::two_four(), "{}", e.layer);
+        let w = sp.dequantize();
+        assert!(two_of_every_four(&w, e.cols), "{}", e.layer);
+        assert_eq!(e.storage_bits, nm(e.rows, e.cols), "{}", e.layer);
+        // SparseGPT's 2:4 beats magnitude 2:4 on this layer's own Hessian.
+        let h = m
+            .hessians
+            .iter()
+            .find(|h| h.block == e.block && h.site == e.kind.site())
+            .unwrap();
+        let raw = std::fs::read(db.join(&h.file)).unwrap();
+        let t = safetensors::SafeTensors::deserialize(&raw).unwrap();
+        let data: Vec<f64> = t
+            .tensor("hessian")
+            .unwrap()
+            .data()
+            .chunks(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let h = Hessian::from_flat(h.dim, h.tokens, data).unwrap();
+        let orig = demo.weights.load_f32(&e.layer, &[e.rows, e.cols]).unwrap();
+        let mag = magnitude_prune(
+            &orig,
+            e.cols,
+            &SparseParams {
+                pattern: SparsityPattern::two_four(),
+                quant: None,
+                block_size: 128,
+            },
+        )
+        .unwrap();
+        let mag_err = relative_output_error(&orig, &mag.dequantize(), &h);
+        assert!(
+            e.rel_error < mag_err,
+            "{}: SparseGPT {} vs magnitude {mag_err}",
+            e.layer,
+            e.rel_error
+        );
+    }
+
+    // --target-sparsity 0.5 on a database of 2:4 alone: the budget is 2:4's
+    // storage (0.75 + 8 bits per weight), and uniform takes it everywhere.
+    let cfg = tmp.path().join("cfg.json");
+    ok(&search(
+        &db,
+        &cfg,
+        &["--target-sparsity", "0.5", "--algo", "uniform", "--quiet"],
+    ));
+    let c = read_json(&cfg);
+    assert_eq!(c["bits_per_weight"].as_f64().unwrap(), 8.75);
+    assert!(
+        c["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["level"] == "sparsegpt-2of4")
+    );
+
+    // Native export: per layer exactly the entry's bits (mask + values),
+    // 2 of every 4 weights zero when read back, and the database's KL.
+    let native = tmp.path().join("native");
+    ok(&export(&db, &cfg, &native, &["--format", "dynapress"]));
+    let bytes = std::fs::read(native.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let files = ModelFiles::open(&native).unwrap();
+    for e in &m.entries {
+        let stored: usize = st
+            .tensors()
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("{}.", e.layer)))
+            .map(|(_, t)| t.data().len())
+            .sum();
+        assert_eq!(8 * stored as u64, e.storage_bits, "{}", e.layer);
+        let w = files.weights.load_f32(&e.layer, &[e.rows, e.cols]).unwrap();
+        assert!(two_of_every_four(&w, e.cols), "{}", e.layer);
+    }
+    let k_db = kl(&["--model", DEMO, "--db", s(&db), "--config", s(&cfg)]);
+    assert!(k_db[0] > 0.0);
+    assert_eq!(kl(&["--model", s(&native)]), k_db);
+    // pack → unpack gives the same file, bit for bit.
+    let packed = tmp.path().join("native.dpk");
+    ok(&run(&["pack", s(&native), s(&packed), "-q"]));
+    let back = tmp.path().join("back");
+    ok(&run(&["unpack", s(&packed), s(&back), "-q"]));
+    assert!(std::fs::read(back.join("model.safetensors")).unwrap() == bytes);
+}
+
+#[test]
+fn two_four_mixes_with_unstructured_levels_in_every_search() {
+    // 2:4 next to fractions: ordered by its bits (0.75 + 8, below 50 %'s
+    // 9), counted as 0.5 by the sparsity budget; uniform prefers the
+    // unstructured 50 % (more storage within the same budget), OWL takes
+    // unstructured levels at an equal fraction, and knapsack and EvoPress
+    // keep the budget with the mix.
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    sparse_db(&db, "0.4,2:4,0.5,0.6", &[]);
+    let m = Manifest::read(&db).unwrap();
+    assert_eq!(
+        m.levels,
+        [
+            "sparsegpt-s60",
+            "sparsegpt-2of4",
+            "sparsegpt-s50",
+            "sparsegpt-s40"
+        ]
+    );
+    let levels = |cfg: &Path| -> std::collections::BTreeSet<String> {
+        read_json(cfg)["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["level"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (algo, extra) in [
+        ("uniform", &[][..]),
+        ("knapsack", &[][..]),
+        ("owl", &[][..]),
+        (
+            "evopress",
+            &[
+                "--calib",
+                "assets/data/docs.valid.txt",
+                "--generations",
+                "4",
+                "--offspring",
+                "6",
+                "--stages",
+                "512:2,2048:1",
+                "--seed",
+                "3",
+            ][..],
+        ),
+    ] {
+        let cfg = tmp.path().join(format!("{algo}.json"));
+        ok(&search(
+            &db,
+            &cfg,
+            &[
+                &["--target-sparsity", "0.5", "--algo", algo, "--quiet"][..],
+                extra,
+            ]
+            .concat(),
+        ));
+        let bpw = read_json(&cfg)["bits_per_weight"].as_f64().unwrap();
+        assert!(bpw <= 9.0 + 1e-9, "{algo}: {bpw}");
+        let l = levels(&cfg);
+        match algo {
+            "uniform" => assert_eq!(l, ["sparsegpt-s50".to_string()].into(), "{algo}"),
+            "owl" => assert!(!l.contains("sparsegpt-2of4"), "{algo}: {l:?}"),
+            _ => {}
+        }
+    }
 }

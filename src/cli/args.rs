@@ -4,7 +4,9 @@
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use dynapress::database::{DEFAULT_GGML_TYPES, DEFAULT_SPARSITIES, Method, MethodSpec};
+use dynapress::database::{
+    DEFAULT_GGML_TYPES, DEFAULT_SPARSITIES, LevelSparsity, Method, MethodSpec,
+};
 use dynapress::export::GgufTypes;
 use dynapress::search::evopress::{DEFAULT_STAGES_ARG, EvoParams, Init, parse_stages};
 use dynapress::selection::Budget;
@@ -91,9 +93,11 @@ pub struct MethodArgs {
     /// Search the MSE-optimal clipping range per group.
     #[arg(long)]
     pub clip: bool,
-    /// sparsegpt: fractions of each row pruned, one level each (steps of 0.01).
+    /// sparsegpt: one level each: a fraction of each row pruned (steps of
+    /// 0.01), or N:M (N of every M consecutive input columns pruned, e.g.
+    /// 2:4, counted as N/M by --target-sparsity).
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_SPARSITIES)]
-    pub sparsities: Vec<f64>,
+    pub sparsities: Vec<LevelSparsity>,
     /// sparsegpt: also quantize the kept weights on grids of these bit widths
     /// (joint levels: every sparsity at every width, --group-size, --sym);
     /// without it the kept weights are f16.

@@ -65,6 +65,7 @@ pub fn build_database(
     let start = Instant::now();
     let spec = &opts.spec;
     validate_spec(spec)?;
+    check_sparse_shapes(spec, files)?;
     let model = ModelIdentity::of(files)?;
     let calibration = CalibIdentity {
         sources: calib.sources.clone(),
@@ -463,7 +464,7 @@ fn validate_spec(spec: &MethodSpec) -> Result<()> {
         if spec.sparsities.is_empty() {
             return Err(Error::option(
                 "--sparsities",
-                "--sparsities needs at least one fraction",
+                "--sparsities needs at least one fraction or N:M",
             ));
         }
         if let Some(b) = spec.sparse_bits.iter().find(|&&b| !(2..=8).contains(&b)) {
@@ -482,7 +483,7 @@ fn validate_spec(spec: &MethodSpec) -> Result<()> {
             return Err(Error::option("--damp", "--damp must be a positive number"));
         }
         spec.levels()
-            .map_err(|e| Error::option("--sparsities", e.to_string()))?;
+            .map_err(|e| Error::option("--sparsities", format!("--sparsities: {e}")))?;
         return Ok(());
     }
     if spec.is_ggml() {
@@ -521,6 +522,55 @@ fn validate_spec(spec: &MethodSpec) -> Result<()> {
             "--act-order",
             "--act-order applies to GPTQ only",
         ));
+    }
+    Ok(())
+}
+
+/// Checks every N:M level against the model's layers: each row length must
+/// be a multiple of M, and with `--sparse-bits` each quantization group too
+/// (an N:M group may not straddle two grids).
+fn check_sparse_shapes(spec: &MethodSpec, files: &ModelFiles) -> Result<()> {
+    if spec.method != Method::Sparsegpt {
+        return Ok(());
+    }
+    let mut shapes: Vec<(usize, LinearId)> = Vec::new();
+    for id in files.linear_ids() {
+        let cols = id.shape(&files.config).1;
+        if !shapes.iter().any(|&(c, _)| c == cols) {
+            shapes.push((cols, id));
+        }
+    }
+    for level in spec.levels()? {
+        let Some(sl) = level.sparse else { continue };
+        let crate::database::LevelSparsity::NM { group, .. } = sl.sparsity else {
+            continue;
+        };
+        for &(cols, id) in &shapes {
+            if !cols.is_multiple_of(group) {
+                return Err(Error::option(
+                    "--sparsities",
+                    format!(
+                        "--sparsities {}: {} has rows of {cols} weights, not a multiple of {group}; choose an N:M whose M divides every layer's input columns",
+                        sl.sparsity,
+                        id.weight_name()
+                    ),
+                ));
+            }
+            if let Some(q) = sl.quant
+                && !q.group_len(cols).is_multiple_of(group)
+            {
+                return Err(Error::option(
+                    "--group-size",
+                    format!(
+                        "--group-size {} with --sparsities {}: {}'s quantization groups of {} weights are not a multiple of {group}; choose a --group-size that is",
+                        spec.group_size,
+                        sl.sparsity,
+                        id.weight_name(),
+                        q.group_len(cols)
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -38,8 +38,8 @@ pub const IMATRIX_FILE: &str = "imatrix.gguf";
 pub const FORMAT_VERSION: u32 = 1;
 
 pub use dynapress_compress::method::{
-    DEFAULT_GGML_TYPES, DEFAULT_SPARSITIES, FALLBACK_GGML_TYPES, GgmlBlocks, LevelSpec, Method,
-    MethodError, MethodSpec, SparseLevel, Variant,
+    DEFAULT_GGML_TYPES, DEFAULT_SPARSITIES, FALLBACK_GGML_TYPES, GgmlBlocks, LevelSparsity,
+    LevelSpec, Method, MethodError, MethodSpec, SparseLevel, Variant,
 };
 
 /// What identifies the model a database belongs to.

@@ -100,8 +100,13 @@ pub fn describe_budget(target: &Target, head: Option<&HeadSearch>) -> Option<Str
 }
 
 /// A sparsity budget as bits per weight: the exact storage of every searched
-/// layer at sparsity `s` (f16 values), over their weights. Only a database
-/// whose levels are all SparseGPT levels with f16 values has one.
+/// layer at sparsity `s` (f16 values), over their weights. At sparsity `s`
+/// means unstructured `s`, unless the database's only levels of fraction `s`
+/// are N:M (a database of 2:4 alone at `--target-sparsity 0.5`): then that
+/// level (the most stored of them, if several), so the budget holds at least
+/// the sparsity asked for instead of spending the N:M mask's savings on
+/// denser layers. Only a database whose levels are all SparseGPT levels with
+/// f16 values has one.
 fn sparsity_target(files: &ModelFiles, db: &Database, s: f64) -> Result<Target> {
     let err = |msg: String| crate::Error::option("--target-sparsity", msg);
     if !(0.0..1.0).contains(&s) {
@@ -119,13 +124,12 @@ fn sparsity_target(files: &ModelFiles, db: &Database, s: f64) -> Result<Target> 
             "--target-sparsity needs a sparsegpt database with f16 values (no --sparse-bits); give --target-bits instead".into(),
         ));
     }
-    let fractions: Vec<f64> = specs
+    let levels: Vec<dynapress_compress::SparseLevel> =
+        specs.iter().filter_map(|l| l.sparse).collect();
+    let (lo, hi) = levels
         .iter()
-        .filter_map(|l| l.sparse.map(|sl| sl.fraction))
-        .collect();
-    let (lo, hi) = fractions
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &f| {
+        .map(|l| l.fraction())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), f| {
             (a.min(f), b.max(f))
         });
     if s < lo - 1e-9 || s > hi + 1e-9 {
@@ -133,16 +137,27 @@ fn sparsity_target(files: &ModelFiles, db: &Database, s: f64) -> Result<Target> 
             "--target-sparsity {s} is outside the database's sparsities ({lo} to {hi}); change it or rebuild the database with other --sparsities"
         )));
     }
-    let level = dynapress_compress::SparseLevel {
-        fraction: s,
+    let unstructured = dynapress_compress::SparseLevel {
+        sparsity: dynapress_compress::LevelSparsity::Fraction(s),
         quant: None,
     };
+    let at_s: Vec<&dynapress_compress::SparseLevel> = levels
+        .iter()
+        .filter(|l| (l.fraction() - s).abs() <= 1e-9)
+        .collect();
+    let only_nm = !at_s.is_empty() && at_s.iter().all(|l| l.sparsity.is_nm());
     let mut bits = 0u64;
     for layer in &db.space.layers {
         let (rows, cols) = layer.id.shape(&files.config);
-        bits += level
-            .storage_bits(rows, cols)
-            .ok_or_else(|| err(format!("{}: no columns", layer.id.weight_name())))?;
+        let none = || err(format!("{}: no columns", layer.id.weight_name()));
+        bits += if only_nm {
+            at_s.iter()
+                .filter_map(|l| l.storage_bits(rows, cols))
+                .max()
+                .ok_or_else(none)?
+        } else {
+            unstructured.storage_bits(rows, cols).ok_or_else(none)?
+        };
     }
     Ok(Target {
         budget: Budget::Sparsity(s),

@@ -10,6 +10,10 @@
 //! database level nearest its OWL sparsity, and while the configuration
 //! stores more than the budget, the layer furthest below its OWL sparsity
 //! moves one level sparser.
+//!
+//! An N:M level (2:4) counts as its fraction N/M. At an equal fraction OWL
+//! takes the unstructured level (OWL allocates unstructured sparsity; a
+//! database of 2:4 alone gives every layer 2:4, i.e. uniform).
 
 use dynapress_compress::{outlier_ratio, owl_sparsities};
 
@@ -38,8 +42,9 @@ pub fn owl(
             "OWL allocates sparsity levels; it has no GGUF head types".into(),
         ));
     }
-    // Each layer's levels as sparsity fractions (f16 sparse levels only).
-    let by_name: std::collections::HashMap<String, f64> = db
+    // Each layer's levels as sparsity fractions (f16 sparse levels only; an
+    // N:M level counts as N/M) and whether each is N:M.
+    let by_name: std::collections::HashMap<String, (f64, bool)> = db
         .manifest
         .method
         .levels()?
@@ -47,10 +52,11 @@ pub fn owl(
         .filter_map(|l| {
             l.sparse
                 .filter(|s| s.quant.is_none())
-                .map(|s| (l.name, s.fraction))
+                .map(|s| (l.name, (s.fraction(), s.sparsity.is_nm())))
         })
         .collect();
-    let fraction = |name: &str| by_name.get(name).copied();
+    let fraction = |name: &str| by_name.get(name).map(|&(f, _)| f);
+    let nm = |name: &str| by_name.get(name).is_some_and(|&(_, nm)| nm);
     let fractions: Vec<Vec<f64>> = space
         .layers
         .iter()
@@ -95,29 +101,41 @@ pub fn owl(
     let lambda = OWL_LAMBDA.min(target).min(0.99 - target).max(0.0);
     let want =
         owl_sparsities(&ratios, &params, target, lambda).map_err(|e| err(format!("OWL: {e}")))?;
-    // Nearest level (ties: the sparser one).
+    // Nearest level (ties: the sparser one; at one fraction, an unstructured
+    // level before N:M, as OWL prunes unstructured).
     let mut choice: Choice = fractions
         .iter()
         .zip(&want)
-        .map(|(fs, &s)| {
+        .zip(&space.layers)
+        .map(|((fs, &s), l)| {
+            let is_nm = |k: usize| nm(&l.levels[k].level);
             (0..fs.len())
                 .min_by(|&a, &b| {
                     (fs[a] - s)
                         .abs()
                         .total_cmp(&(fs[b] - s).abs())
                         .then(fs[b].total_cmp(&fs[a]))
+                        .then(is_nm(a).cmp(&is_nm(b)))
                 })
                 .expect("every layer has a level")
         })
         .collect();
     let budget = space.budget_bits(target_bits);
     while space.storage_bits(&choice) > budget {
-        // The layer furthest below its OWL sparsity that can go sparser.
+        // The layer furthest below its OWL sparsity that can go sparser
+        // without storing more (an N:M level's mask is smaller than a
+        // bitmap: 2:4 stores less than 51 %).
         let next = |i: usize| {
             let fs = &fractions[i];
+            let level = |k: usize| &space.layers[i].levels[k];
+            let bits = |k: usize| level(k).storage_bits;
             (0..fs.len())
-                .filter(|&k| fs[k] > fs[choice[i]])
-                .min_by(|&a, &b| fs[a].total_cmp(&fs[b]))
+                .filter(|&k| fs[k] > fs[choice[i]] && bits(k) <= bits(choice[i]))
+                .min_by(|&a, &b| {
+                    fs[a]
+                        .total_cmp(&fs[b])
+                        .then(nm(&level(a).level).cmp(&nm(&level(b).level)))
+                })
         };
         let pick = (0..choice.len())
             .filter_map(|i| next(i).map(|k| (i, k)))

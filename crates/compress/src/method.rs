@@ -24,6 +24,16 @@ pub enum MethodError {
     /// A `--sparsities` entry is not a fraction in steps of 0.01 below 1.
     #[error("sparsity {0} is not a fraction between 0 and 0.99 in steps of 0.01")]
     Sparsity(f64),
+    /// A `--sparsities` entry `N:M` is not an N:M pattern this crate stores.
+    #[error(
+        "`{zeros}:{group}` is not an N:M sparsity: N:M prunes N weights in every M consecutive input columns, with 1 ≤ N < M ≤ 8 (2:4 for 50 %)"
+    )]
+    NM {
+        /// Pruned weights per group (N).
+        zeros: usize,
+        /// Group length (M).
+        group: usize,
+    },
     /// A `--types` entry is not a quantized ggml type.
     #[error(
         "unknown ggml type `{0}`; choose among Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1, Q8_0, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS"
@@ -63,10 +73,10 @@ pub struct MethodSpec {
     pub damp: f64,
     /// MSE-optimal clipping search per group.
     pub clip: bool,
-    /// sparsegpt: fractions of pruned weights per row, one level each (in
-    /// steps of 0.01).
+    /// sparsegpt: fractions of pruned weights per row (in steps of 0.01) or
+    /// N:M patterns, one level each.
     #[serde(default)]
-    pub sparsities: Vec<f64>,
+    pub sparsities: Vec<LevelSparsity>,
     /// sparsegpt: grid bit widths of the kept weights (joint sparsity ×
     /// quantization levels, with `group_size` and `sym`); empty: f16 values.
     #[serde(default)]
@@ -129,21 +139,169 @@ pub struct LevelSpec {
     pub sparse: Option<SparseLevel>,
 }
 
-/// A sparsity level: which fraction of each row is pruned, and how the kept
-/// weights are stored.
+/// What a sparsity level prunes: a fraction of every row, or an N:M pattern
+/// (one `--sparsities` entry: `0.5`, `2:4`).
+///
+/// In a manifest a fraction is a JSON number and an N:M pattern the string
+/// `"N:M"`, so manifests written before N:M levels read unchanged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LevelSparsity {
+    /// Pruned fraction of every row: `⌊s · cols + ½⌋` weights per row
+    /// ([`SparsityPattern::fraction`]).
+    Fraction(f64),
+    /// `zeros` pruned weights in every aligned run of `group` input columns
+    /// ([`SparsityPattern::NM`]; 2:4 is `zeros: 2, group: 4`).
+    NM {
+        /// Pruned weights per group (N).
+        zeros: usize,
+        /// Group length (M).
+        group: usize,
+    },
+}
+
+impl LevelSparsity {
+    /// The pruned fraction: the fraction itself, or `N/M` (what a sparsity
+    /// budget counts the level as).
+    pub fn fraction(&self) -> f64 {
+        match *self {
+            LevelSparsity::Fraction(s) => s,
+            LevelSparsity::NM { zeros, group } => zeros as f64 / group.max(1) as f64,
+        }
+    }
+
+    /// Whether this is an N:M pattern.
+    pub fn is_nm(&self) -> bool {
+        matches!(self, LevelSparsity::NM { .. })
+    }
+
+    /// The mask pattern for rows of `cols` weights, checked against them.
+    pub fn pattern(&self, cols: usize) -> Result<SparsityPattern, crate::SparseError> {
+        let p = match *self {
+            LevelSparsity::Fraction(s) => SparsityPattern::fraction(s, cols)?,
+            LevelSparsity::NM { zeros, group } => SparsityPattern::NM { zeros, group },
+        };
+        p.validate(cols)?;
+        Ok(p)
+    }
+
+    /// Checks the entry alone (no layer shape): a fraction in steps of 0.01
+    /// from 0 to 0.99 (returned rounded to its step), or `1 ≤ N < M ≤ 8`.
+    pub fn checked(self) -> Result<Self, MethodError> {
+        match self {
+            LevelSparsity::Fraction(s) => {
+                let pct = (s * 100.0).round();
+                if !(0.0..=99.0).contains(&pct) || (s * 100.0 - pct).abs() > 1e-6 {
+                    return Err(MethodError::Sparsity(s));
+                }
+                Ok(LevelSparsity::Fraction(pct / 100.0))
+            }
+            LevelSparsity::NM { zeros, group } => {
+                if zeros == 0 || zeros >= group || group > crate::sparse::MAX_NM_GROUP {
+                    return Err(MethodError::NM { zeros, group });
+                }
+                Ok(self)
+            }
+        }
+    }
+
+    /// The part of the level's name after `sparsegpt-`: `s50` for 50 %,
+    /// `2of4` for 2:4 (no `:`, as level names are file names).
+    pub fn name(&self) -> String {
+        match *self {
+            LevelSparsity::Fraction(s) => format!("s{:02}", (s * 100.0).round()),
+            LevelSparsity::NM { zeros, group } => format!("{zeros}of{group}"),
+        }
+    }
+}
+
+impl std::fmt::Display for LevelSparsity {
+    /// As given on the command line: `0.5`, `2:4`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            LevelSparsity::Fraction(s) => write!(f, "{s}"),
+            LevelSparsity::NM { zeros, group } => write!(f, "{zeros}:{group}"),
+        }
+    }
+}
+
+impl std::str::FromStr for LevelSparsity {
+    type Err = String;
+    /// `0.5` (a fraction) or `2:4` (N:M); the values are checked by
+    /// [`LevelSparsity::checked`], not here.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        match t.split_once(':') {
+            Some((n, m)) => match (n.trim().parse::<usize>(), m.trim().parse::<usize>()) {
+                (Ok(zeros), Ok(group)) => Ok(LevelSparsity::NM { zeros, group }),
+                _ => Err(format!(
+                    "`{t}` is neither a fraction nor N:M with whole numbers (e.g. 0.5 or 2:4)"
+                )),
+            },
+            None => t
+                .parse::<f64>()
+                .map(LevelSparsity::Fraction)
+                .map_err(|_| format!("`{t}` is neither a fraction nor N:M (e.g. 0.5 or 2:4)")),
+        }
+    }
+}
+
+impl Serialize for LevelSparsity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            LevelSparsity::Fraction(f) => s.serialize_f64(f),
+            LevelSparsity::NM { .. } => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LevelSparsity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(f) => Ok(LevelSparsity::Fraction(f)),
+            Raw::Text(t) => match t.parse::<LevelSparsity>() {
+                Ok(v @ LevelSparsity::NM { .. }) => Ok(v),
+                _ => Err(serde::de::Error::custom(format!(
+                    "sparsity `{t}` is not N:M (e.g. \"2:4\")"
+                ))),
+            },
+        }
+    }
+}
+
+impl From<f64> for LevelSparsity {
+    fn from(s: f64) -> Self {
+        LevelSparsity::Fraction(s)
+    }
+}
+
+/// A sparsity level: which weights of each row are pruned (a fraction, or
+/// N:M), and how the kept weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SparseLevel {
-    /// Pruned fraction of every row (`⌊s · cols + ½⌋` weights per row).
-    pub fraction: f64,
+    /// What is pruned.
+    pub sparsity: LevelSparsity,
     /// Grid of the kept weights (`None`: f16).
     pub quant: Option<QuantScheme>,
 }
 
 impl SparseLevel {
+    /// The pruned fraction ([`LevelSparsity::fraction`]: `N/M` for N:M).
+    pub fn fraction(&self) -> f64 {
+        self.sparsity.fraction()
+    }
+
     /// Exact storage bits of a `rows × cols` layer at this level (what
-    /// [`SparseLinear::storage_bits`] gives; `None` if `cols` is 0).
+    /// [`SparseLinear::storage_bits`] gives; `None` if the level does not fit
+    /// rows of `cols` weights: `cols` is 0, or not a multiple of an N:M
+    /// group).
     pub fn storage_bits(&self, rows: usize, cols: usize) -> Option<u64> {
-        let pattern = SparsityPattern::fraction(self.fraction, cols).ok()?;
+        let pattern = self.sparsity.pattern(cols).ok()?;
         let kept = rows * (cols - pattern.zeros_per_row(cols));
         let mut bits = pattern.mask_bits(rows, cols);
         match self.quant {
@@ -161,9 +319,17 @@ impl SparseLevel {
     }
 
     /// Bits per weight of one row of `cols` weights at this level
-    /// ([`Self::storage_bits`] of a `1 × cols` layer over `cols`).
+    /// ([`Self::storage_bits`] of a `1 × cols` layer over `cols`; for N:M,
+    /// `cols` rounded down to a multiple of the group, at least one group).
     pub fn bits_per_weight(&self, cols: usize) -> f64 {
-        self.storage_bits(1, cols.max(1)).unwrap_or(0) as f64 / cols.max(1) as f64
+        let cols = match self.sparsity {
+            LevelSparsity::Fraction(_) => cols.max(1),
+            LevelSparsity::NM { group, .. } => {
+                let m = group.max(1);
+                (cols / m * m).max(m)
+            }
+        };
+        self.storage_bits(1, cols).unwrap_or(0) as f64 / cols as f64
     }
 }
 
@@ -208,8 +374,9 @@ impl MethodSpec {
         Ok(v)
     }
 
-    /// SparseGPT's levels: every sparsity, with f16 values or at every
-    /// `sparse_bits` grid, ordered by their bits per weight at 4096 columns.
+    /// SparseGPT's levels: every sparsity (fraction or N:M), with f16 values
+    /// or at every `sparse_bits` grid, ordered by their bits per weight at
+    /// 4096 columns.
     fn sparse_levels(&self) -> Result<Vec<LevelSpec>, MethodError> {
         let bits: Vec<Option<u8>> = if self.sparse_bits.is_empty() {
             vec![None]
@@ -218,23 +385,22 @@ impl MethodSpec {
         };
         let mut v = Vec::new();
         for &s in &self.sparsities {
-            let pct = (s * 100.0).round();
-            if !(0.0..=99.0).contains(&pct) || (s * 100.0 - pct).abs() > 1e-6 {
-                return Err(MethodError::Sparsity(s));
-            }
+            let sparsity = s.checked()?;
             for &b in &bits {
                 let quant = b.map(|bits| QuantScheme {
                     bits,
                     group_size: self.group_size,
                     sym: self.sym,
                 });
-                let level = SparseLevel {
-                    fraction: pct / 100.0,
-                    quant,
-                };
+                let level = SparseLevel { sparsity, quant };
                 let name = match quant {
-                    None => format!("sparsegpt-s{pct:02}"),
-                    Some(q) => format!("sparsegpt-s{pct:02}-b{}-g{}", q.bits, q.group_size),
+                    None => format!("sparsegpt-{}", sparsity.name()),
+                    Some(q) => format!(
+                        "sparsegpt-{}-b{}-g{}",
+                        sparsity.name(),
+                        q.bits,
+                        q.group_size
+                    ),
                 };
                 v.push(LevelSpec {
                     name,
@@ -457,14 +623,20 @@ pub fn compress_layer(
     let cols = h.dim();
     if let Some(sl) = level.sparse {
         let f = factor.ok_or("SparseGPT needs the layer's Hessian factor")?;
-        let pattern = SparsityPattern::fraction(sl.fraction, cols).map_err(|e| e.to_string())?;
+        let pattern = sl.sparsity.pattern(cols).map_err(|e| e.to_string())?;
+        // Blocks of 128 columns, or the largest multiple of an N:M group
+        // below (N:M groups must not straddle a block).
+        let block_size = match pattern {
+            SparsityPattern::NM { group, .. } => 128 / group * group,
+            SparsityPattern::Unstructured { .. } => 128,
+        };
         return sparsegpt_with_factor(
             f,
             w,
             &SparseParams {
                 pattern,
                 quant: sl.quant,
-                block_size: 128,
+                block_size,
             },
         )
         .map(Variant::Sparse)

@@ -592,13 +592,20 @@ fn sparse_database_levels_predict_storage_exactly() {
     // The search's budget checks use SparseLevel::storage_bits before any
     // layer is built: it must equal what compress_layer stores, for f16 and
     // joint levels, on row lengths that do not divide evenly (576, 200).
-    use dynapress_compress::{Method, MethodSpec, Variant, compress_layer};
+    use dynapress_compress::{LevelSparsity, Method, MethodSpec, Variant, compress_layer};
     for (rows, n) in [(24usize, 576usize), (16, 200)] {
         let l = layer(7, rows, n, 4 * n, &[]);
         let f = GptqFactor::new(&l.h, &FactorParams::default()).unwrap();
         let spec = MethodSpec {
             method: Method::Sparsegpt,
-            sparsities: vec![0.1, 0.37, 0.5, 0.9],
+            sparsities: vec![
+                0.1.into(),
+                0.37.into(),
+                0.5.into(),
+                0.9.into(),
+                LevelSparsity::NM { zeros: 2, group: 4 },
+                LevelSparsity::NM { zeros: 3, group: 8 },
+            ],
             sparse_bits: vec![],
             group_size: 64,
             ..Default::default()
@@ -609,7 +616,7 @@ fn sparse_database_levels_predict_storage_exactly() {
                 ..spec.clone()
             };
             let levels = spec.levels().unwrap();
-            assert_eq!(levels.len(), 4 * spec.sparse_bits.len().max(1));
+            assert_eq!(levels.len(), 6 * spec.sparse_bits.len().max(1));
             for level in &levels {
                 let v = compress_layer(&l.w, &l.h, Some(&f), None, &spec, level).unwrap();
                 let Variant::Sparse(sp) = &v else {
@@ -617,11 +624,72 @@ fn sparse_database_levels_predict_storage_exactly() {
                 };
                 let want = level.sparse.unwrap().storage_bits(rows, n).unwrap();
                 assert_eq!(sp.storage_bits(), want, "{} at {rows}×{n}", level.name);
-                assert_eq!(
-                    sp.zeros(),
-                    rows * ((level.sparse.unwrap().fraction * n as f64) + 0.5).floor() as usize
-                );
+                let zeros_per_row = match level.sparse.unwrap().sparsity {
+                    LevelSparsity::Fraction(s) => (s * n as f64 + 0.5).floor() as usize,
+                    LevelSparsity::NM { zeros, group } => {
+                        assert_eq!(sp.pattern(), SparsityPattern::NM { zeros, group });
+                        zeros * n / group
+                    }
+                };
+                assert_eq!(sp.zeros(), rows * zeros_per_row, "{}", level.name);
             }
         }
     }
+}
+
+#[test]
+fn nm_sparsity_tokens_parse_name_and_serialise() {
+    // `--sparsities` entries: fractions and N:M side by side; N:M level names
+    // carry no `:` (they are file names); a manifest keeps fractions as
+    // numbers (older manifests read unchanged) and N:M as "N:M".
+    use dynapress_compress::{LevelSparsity, Method, MethodError, MethodSpec};
+    let parse = |s: &str| s.parse::<LevelSparsity>();
+    assert_eq!(parse("0.3"), Ok(LevelSparsity::Fraction(0.3)));
+    assert_eq!(parse(" 2:4"), Ok(LevelSparsity::NM { zeros: 2, group: 4 }));
+    for bad in ["2:", ":4", "2:4:8", "a", "2.5:4", "-1:4"] {
+        assert!(parse(bad).is_err(), "{bad}");
+    }
+    let spec = |tokens: &str| MethodSpec {
+        method: Method::Sparsegpt,
+        sparsities: tokens.split(',').map(|t| parse(t).unwrap()).collect(),
+        ..Default::default()
+    };
+    let names: Vec<String> = spec("0.3,0.4,2:4,0.6,0.5,1:4")
+        .levels()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    // Lowest bits first: 2:4 (0.75 + 8 bits per weight) below 50 % (1 + 8).
+    assert_eq!(
+        names,
+        [
+            "sparsegpt-s60",
+            "sparsegpt-2of4",
+            "sparsegpt-s50",
+            "sparsegpt-s40",
+            "sparsegpt-s30",
+            "sparsegpt-1of4"
+        ]
+    );
+    let l = spec("2:4").levels().unwrap()[0].sparse.unwrap();
+    assert_eq!(l.fraction(), 0.5);
+    // 2:4 at 256 columns: 3 bits per group of 4, 16 bits per kept weight.
+    assert_eq!(l.storage_bits(3, 256), Some(3 * (64 * 3 + 128 * 16)));
+    assert_eq!(l.storage_bits(3, 258), None, "258 is not a multiple of 4");
+    for (bad, err) in [
+        ("4:4", MethodError::NM { zeros: 4, group: 4 }),
+        ("0:4", MethodError::NM { zeros: 0, group: 4 }),
+        ("2:9", MethodError::NM { zeros: 2, group: 9 }),
+    ] {
+        assert_eq!(spec(bad).levels().unwrap_err(), err, "{bad}");
+    }
+    let json = serde_json::to_string(&spec("0.5,2:4")).unwrap();
+    assert!(json.contains(r#""sparsities":[0.5,"2:4"]"#), "{json}");
+    assert_eq!(
+        serde_json::from_str::<MethodSpec>(&json).unwrap(),
+        spec("0.5,2:4")
+    );
+    let bad = json.replace("\"2:4\"", "\"half\"");
+    assert!(serde_json::from_str::<MethodSpec>(&bad).is_err());
 }
