@@ -489,6 +489,31 @@ fn two_four_levels_prune_two_of_four_and_round_trip() {
             .all(|l| l["level"] == "sparsegpt-2of4")
     );
 
+    // EvoPress on a one-level database has nothing to mutate: it returns
+    // its start, the same configuration (it used to fail with "no feasible
+    // mutation", which made `compress --sparsities 2:4` fail).
+    let evo_cfg = tmp.path().join("evo.json");
+    ok(&search(
+        &db,
+        &evo_cfg,
+        &[
+            "--target-sparsity",
+            "0.5",
+            "--generations",
+            "2",
+            "--calib",
+            "assets/data/docs.valid.txt",
+            "--calib-tokens",
+            "2048",
+            "--seq-len",
+            "128",
+            "--stages",
+            "256:2,512:1",
+            "--quiet",
+        ],
+    ));
+    assert_eq!(read_json(&evo_cfg)["layers"], c["layers"]);
+
     // Native export: per layer exactly the entry's bits (mask + values),
     // 2 of every 4 weights zero when read back, and the database's KL.
     let native = tmp.path().join("native");

@@ -525,9 +525,10 @@ pub fn evopress(
             }
         }
         if offspring.is_empty() {
-            return Err(Error::budget(
-                "no feasible mutation of the current configuration exists (the budget leaves no room to move)",
-            ));
+            // No other configuration fits the budget (one level per layer,
+            // or a budget at the ends of the levels): the parent is the
+            // answer; nothing is left to search.
+            break;
         }
         let candidates = offspring;
         let (winner, fitness, stage_best) =
