@@ -297,3 +297,76 @@ fn a_ggml_database_is_refused() {
     }
     assert!(!Path::new(&out).exists());
 }
+
+/// A depth-pruned Hugging Face export (whole blocks removed, renumbered)
+/// loads in plain transformers with the logits of dynapress's forward pass of
+/// the same directory, and those equal `eval --config`'s in-memory pruning
+/// of the original (issue 10: ≤ 2e-3).
+#[test]
+fn depth_pruned_export_loads_in_transformers_with_our_logits() {
+    let Some(python) = served_python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let id = |block| dynapress::model::SublayerId {
+        block,
+        sublayer: dynapress::model::Sublayer::Attn,
+    };
+    let mlp = |block| dynapress::model::SublayerId {
+        block,
+        sublayer: dynapress::model::Sublayer::Mlp,
+    };
+    let cfg = dynapress::model::DepthConfig::new(
+        8,
+        "hand",
+        true,
+        vec![id(1), mlp(1), id(6), mlp(6)],
+        None,
+    );
+    let cfg_path = p("depth.json");
+    cfg.write(Path::new(&cfg_path)).unwrap();
+    let out = p("hf");
+    ok(&run(&[
+        "export",
+        "--model",
+        "assets/demo-model",
+        "--config",
+        &cfg_path,
+        "--out",
+        &out,
+    ]));
+
+    let tok = Tokenizer::from_file(&common::demo_model().join("tokenizer.json"), None).unwrap();
+    let text = std::fs::read_to_string(common::data("docs.test.txt")).unwrap();
+    let ids: Vec<u32> = tok.encode(&text).unwrap().into_iter().take(96).collect();
+    let exported = Model::load(Path::new(&out)).unwrap();
+    assert_eq!(exported.blocks().len(), 6);
+    let ours = exported.forward_vec(&ids, 1, ids.len()).unwrap();
+    let mut pruned = Model::load(&common::demo_model()).unwrap();
+    cfg.apply(&mut pruned).unwrap();
+    let in_memory = pruned.forward_vec(&ids, 1, ids.len()).unwrap();
+    assert_eq!(ours, in_memory, "the export is the in-memory pruning");
+
+    let logits = p("logits.f32");
+    let ids_arg = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let o = Command::new(&python)
+        .arg(common::root().join("scripts/check_served.py"))
+        .args(["--model", &out, "--ids", &ids_arg, "--out", &logits])
+        .output()
+        .unwrap();
+    ok(&o);
+    let theirs: Vec<f32> = std::fs::read(&logits)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(theirs.len(), ours.len());
+    let max_diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("depth-pruned export: max |Δlogit| transformers vs dynapress {max_diff:.3e}");
+    assert!(max_diff < 2e-3, "max |Δlogit| {max_diff}");
+}
