@@ -139,6 +139,61 @@ fn generate_streams_the_reference_greedy_text() {
 }
 
 #[test]
+fn generate_starts_with_bos_when_the_tokenizer_adds_one() {
+    // The demo tokenizer adds no BOS; give a copy a post-processor that adds
+    // <|endoftext|> (id 0) first, as Llama 3's adds <|begin_of_text|>.
+    let tmp = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::demo_model(), tmp.path());
+    let path = tmp.path().join("tokenizer.json");
+    let mut t: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let bos = serde_json::json!({"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}});
+    t["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]}}
+    });
+    std::fs::write(&path, serde_json::to_vec(&t).unwrap()).unwrap();
+    let gen_ids = |extra: &[&str]| -> (Vec<u32>, Vec<u32>) {
+        let mut args = vec![
+            "generate",
+            "--model",
+            common::s(tmp.path()),
+            "--prompt",
+            "fn main() {",
+            "--max-new-tokens",
+            "12",
+            "--ignore-eos",
+            "--ids",
+        ];
+        args.extend_from_slice(extra);
+        let v: serde_json::Value = serde_json::from_str(&ok(&run(&args))).unwrap();
+        let ids = |k: &str| serde_json::from_value::<Vec<u32>>(v[k].clone()).unwrap();
+        (ids("prompt_ids"), ids("new_ids"))
+    };
+    let model = dynapress::model::Model::load(tmp.path()).unwrap();
+    assert_eq!(model.tokenizer.added_bos(), Some(0));
+    let prompt = model.tokenizer.encode("fn main() {").unwrap();
+    let opts = dynapress::model::generate::GenerateOptions {
+        max_new_tokens: 12,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+        stop_at_eos: false,
+    };
+    let greedy =
+        |p: &[u32]| dynapress::model::generate::generate(&model, p, &opts, |_| Ok(())).unwrap();
+    let with_bos: Vec<u32> = [0].into_iter().chain(prompt.iter().copied()).collect();
+    assert_eq!(gen_ids(&[]), (with_bos.clone(), greedy(&with_bos)));
+    assert_eq!(gen_ids(&["--no-bos"]), (prompt.clone(), greedy(&prompt)));
+    assert_ne!(
+        greedy(&with_bos),
+        greedy(&prompt),
+        "BOS changes nothing: the test cannot tell"
+    );
+}
+
+#[test]
 fn sampling_is_reproducible_with_a_seed() {
     let args = [
         "generate",

@@ -32,11 +32,21 @@ pub struct GenerateArgs {
     /// Print the generated token ids (JSON) instead of text.
     #[arg(long)]
     ids: bool,
+    /// Do not start the prompt with the BOS token (by default it does when
+    /// the tokenizer adds one, as transformers' tokenizer call and
+    /// llama.cpp do).
+    #[arg(long)]
+    no_bos: bool,
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let model = Model::load(&a.model).context("loading the model")?;
-    let prompt = model.tokenizer.encode(&a.prompt)?;
+    let mut prompt = model.tokenizer.encode(&a.prompt)?;
+    if !a.no_bos
+        && let Some(bos) = model.tokenizer.added_bos()
+    {
+        prompt.insert(0, bos);
+    }
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
