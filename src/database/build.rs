@@ -297,6 +297,10 @@ pub fn build_database(
                 ),
                 Method::Rtn | Method::Kquant => None,
             };
+            crate::eval::log_memory(&format!(
+                "database: block {block_idx} {} factor",
+                site.name()
+            ));
             // llama-imatrix's importance: the mean of x² per input channel,
             // computed exactly as llama-quantize computes it from imatrix.gguf.
             let importance: Option<Vec<f32>> =
@@ -346,6 +350,7 @@ pub fn build_database(
                     manifest.write(dir)?;
                     built += 1;
                     pb.inc(1);
+                    crate::eval::log_memory(&format!("database: {id} {} built", level.name));
                     if opts.abort_after == Some(built) {
                         // Simulated crash for the resume test: no cleanup, no unwinding.
                         std::process::abort();

@@ -70,9 +70,8 @@ fn quad_rows(n: usize, rows: usize, val: impl Fn(usize, usize) -> f64 + Sync, h:
     // An owned faer matrix (aligned columns): the SIMD kernels' summation
     // order depends on pointer alignment, and a Vec's alignment changes from
     // run to run, which made the last bits of the result irreproducible.
-    let hs = h.as_slice();
-    let hm_owned = Mat::<f64>::from_fn(n, n, |i, j| hs[i * n + j]);
-    let hm = hm_owned.as_ref();
+    // The Hessian keeps that copy (`Hessian::aligned`).
+    let hm = h.aligned();
     let chunks = rows.div_ceil(CHUNK_ROWS);
     (0..chunks)
         .into_par_iter()
