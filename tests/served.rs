@@ -50,6 +50,21 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The largest |ours − theirs| against the little-endian f32 logits that
+/// scripts/check_served.py wrote to `path` (same length asserted).
+fn max_diff_to_file(ours: &[f32], path: &Path) -> f32 {
+    let theirs: Vec<f32> = std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(theirs.len(), ours.len());
+    ours.iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
 /// Builds a database with `db_args`, searches a mix at `bits` bits per
 /// weight, exports it as compressed-tensors and as dequantized safetensors,
 /// loads the former in transformers and compares logits with our forward
@@ -163,17 +178,7 @@ fn check(python: &Path, db_args: &[&str], bits: &str, route: Route) {
         }
     }
 
-    let theirs: Vec<f32> = std::fs::read(&out)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    assert_eq!(theirs.len(), ours.len());
-    let max_diff = ours
-        .iter()
-        .zip(&theirs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let max_diff = max_diff_to_file(&ours, Path::new(&out));
     let max_logit = ours.iter().fold(0f32, |m, v| m.max(v.abs()));
     eprintln!(
         "{db_args:?} at {bits} bits: max |Δlogit| {max_diff:.3e} (max |logit| {max_logit:.1}); {info}"
@@ -356,17 +361,7 @@ fn depth_pruned_export_loads_in_transformers_with_our_logits() {
         .output()
         .unwrap();
     ok(&o);
-    let theirs: Vec<f32> = std::fs::read(&logits)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    assert_eq!(theirs.len(), ours.len());
-    let max_diff = ours
-        .iter()
-        .zip(&theirs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let max_diff = max_diff_to_file(&ours, Path::new(&logits));
     eprintln!("depth-pruned export: max |Δlogit| transformers vs dynapress {max_diff:.3e}");
     assert!(max_diff < 2e-3, "max |Δlogit| {max_diff}");
 }

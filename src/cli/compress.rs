@@ -186,21 +186,7 @@ pub fn run(mut a: CompressArgs) -> anyhow::Result<()> {
     } else {
         a.budget.budget(Some(3.0), gguf.is_some())?
     };
-    if a.calib_tokens == 0 {
-        crate::bad_arg!("--calib-tokens must be positive");
-    }
-    if a.seq_len < 2 {
-        crate::bad_arg!("--seq-len must be at least 2");
-    }
-    if a.eval_windows == 0 {
-        crate::bad_arg!("--eval-windows must be at least 1");
-    }
-    for p in calib.iter().chain(&eval) {
-        dynapress::fsutil::check_input_file(p)?;
-    }
-    let mut inputs = vec![Input::Dir(&model)];
-    inputs.extend(calib.iter().chain(&eval).map(|p| Input::File(p)));
-    check_output(&out, "--out", OutputKind::ResumeDir, &inputs, true)?;
+    let inputs = check_common(&a, &model, &calib, &eval, &out)?;
     if let Some(db) = &a.db {
         check_output(db, "--db", OutputKind::ResumeDir, &inputs, true)?;
     }
@@ -323,6 +309,33 @@ pub fn run(mut a: CompressArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The checks every `compress` makes before it starts: the window options,
+/// the input files, and that `--out` may hold a resumed run of them.
+fn check_common<'a>(
+    a: &CompressArgs,
+    model: &'a Path,
+    calib: &'a [PathBuf],
+    eval: &'a [PathBuf],
+    out: &Path,
+) -> anyhow::Result<Vec<Input<'a>>> {
+    if a.calib_tokens == 0 {
+        crate::bad_arg!("--calib-tokens must be positive");
+    }
+    if a.seq_len < 2 {
+        crate::bad_arg!("--seq-len must be at least 2");
+    }
+    if a.eval_windows == 0 {
+        crate::bad_arg!("--eval-windows must be at least 1");
+    }
+    for p in calib.iter().chain(eval) {
+        dynapress::fsutil::check_input_file(p)?;
+    }
+    let mut inputs = vec![Input::Dir(model)];
+    inputs.extend(calib.iter().chain(eval).map(|p| Input::File(p)));
+    check_output(out, "--out", OutputKind::ResumeDir, &inputs, true)?;
+    Ok(inputs)
+}
+
 /// `compress --prune depth`.
 fn run_depth(
     a: CompressArgs,
@@ -355,18 +368,7 @@ fn run_depth(
     if a.dry_run {
         crate::bad_arg!("--dry-run estimates quantization runs; it does not cover --prune depth");
     }
-    if a.seq_len < 2 {
-        crate::bad_arg!("--seq-len must be at least 2");
-    }
-    if a.eval_windows == 0 {
-        crate::bad_arg!("--eval-windows must be at least 1");
-    }
-    for p in calib.iter().chain(&eval) {
-        dynapress::fsutil::check_input_file(p)?;
-    }
-    let mut inputs = vec![Input::Dir(&model)];
-    inputs.extend(calib.iter().chain(&eval).map(|p| Input::File(p)));
-    check_output(&out, "--out", OutputKind::ResumeDir, &inputs, true)?;
+    check_common(&a, &model, &calib, &eval, &out)?;
     dynapress::fsutil::clean_stale_temps(&out);
     let files = ModelFiles::open(&model)?;
     // A Hugging Face block has one attention and one MLP; llama.cpp's deci
