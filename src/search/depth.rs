@@ -80,8 +80,9 @@ pub struct DepthOptions {
 /// The most configurations `exhaustive` scores.
 pub const MAX_EXHAUSTIVE: u64 = 5000;
 
-/// `n` choose `k`, saturating.
-fn choose(n: usize, k: usize) -> u64 {
+/// `n` choose `k`, saturating: the configurations of dropping `k` of `n`
+/// units (what `exhaustive` scores).
+pub fn choose(n: usize, k: usize) -> u64 {
     if k > n {
         return 0;
     }
