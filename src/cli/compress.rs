@@ -1,5 +1,6 @@
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::Args;
 use dynapress::database::Method;
 use dynapress::estimate::estimate;
@@ -102,7 +103,8 @@ pub struct CompressArgs {
     #[arg(long)]
     dry_run: bool,
     /// Rebuild the database directory if it holds a database of another
-    /// model, calibration or method.
+    /// model, calibration or method (--prune depth: restart the search
+    /// instead of resuming its checkpoint).
     #[arg(long)]
     force: bool,
     #[arg(long)]
@@ -370,6 +372,12 @@ fn run_depth(
     }
     check_common(&a, &model, &calib, &eval, &out)?;
     dynapress::fsutil::clean_stale_temps(&out);
+    // The search resumes from its checkpoint in --out; --force starts afresh.
+    let checkpoint = out.join("depth-checkpoint.json");
+    if a.force && checkpoint.is_file() {
+        std::fs::remove_file(&checkpoint)
+            .with_context(|| format!("{}: removing", checkpoint.display()))?;
+    }
     let files = ModelFiles::open(&model)?;
     // A Hugging Face block has one attention and one MLP; llama.cpp's deci
     // (blocks with one sublayer) follows Llama.

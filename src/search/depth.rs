@@ -577,7 +577,7 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
             {
                 return Err(Error::data(
                     p,
-                    "this checkpoint belongs to another pruning run (model, calibration, budget or search parameters differ); delete it or choose another --out",
+                    "this checkpoint belongs to another pruning run (model, calibration, budget or search parameters differ); give --force to start afresh, or choose another --out",
                 ));
             }
             Some(ck)
