@@ -93,20 +93,10 @@ pub fn run(a: PruneArgs) -> anyhow::Result<()> {
         if let Err(e) = budget_sizes(budget, total, &sizes, a.whole_blocks) {
             crate::bad_arg!("{e}");
         }
-        if a.exhaustive {
-            let DepthBudget::Drop(k) = budget else {
-                crate::bad_arg!(
-                    "--exhaustive scores every configuration of a --drop budget; it does not take --target-params"
-                );
-            };
-            let n = dynapress::search::depth::choose(units.len(), k);
-            if n > dynapress::search::depth::MAX_EXHAUSTIVE {
-                crate::bad_arg!(
-                    "--exhaustive: dropping {k} of {} units has {n} configurations, more than the {} it scores",
-                    units.len(),
-                    dynapress::search::depth::MAX_EXHAUSTIVE
-                );
-            }
+        if a.exhaustive
+            && let Err(e) = dynapress::search::depth::check_exhaustive(budget, units.len())
+        {
+            crate::bad_arg!("{e}");
         }
     }
     let mut inputs = vec![Input::Dir(&a.model)];

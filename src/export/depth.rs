@@ -226,23 +226,20 @@ pub fn to_deci(src: &Path, out: &Path, attn: &[usize], mlp: &[usize]) -> Result<
     let head_dim = md
         .get_u64("llama.attention.key_length")
         .unwrap_or(hidden / n_head.max(1));
-    let per_layer = |full: u64, zero_attn: bool, zero_mlp: bool, first_keeps: bool| {
-        Array::I32(
-            (0..n_layer)
-                .map(|b| {
-                    let gone = (zero_attn && attn.contains(&b)) || (zero_mlp && mlp.contains(&b));
-                    let v = if zero_mlp && mlp.contains(&b) {
-                        DECI_ZERO_FFN as u64
-                    } else if gone && !(first_keeps && b == 0) {
-                        0
-                    } else {
-                        full
-                    };
-                    v as i32
-                })
-                .collect(),
-        )
-    };
+    // Per-layer head counts and FFN widths. A dropped attention has no
+    // heads, except block 0's (its head count sets the model's head size):
+    // deci's linear attention, heads but no KV heads.
+    let (mut heads, mut kv_heads, mut ffn) = (Vec::new(), Vec::new(), Vec::new());
+    for b in 0..n_layer {
+        let no_attn = attn.contains(&b);
+        heads.push(if no_attn && b > 0 { 0 } else { n_head as i32 });
+        kv_heads.push(if no_attn { 0 } else { n_head_kv as i32 });
+        ffn.push(if mlp.contains(&b) {
+            DECI_ZERO_FFN as i32
+        } else {
+            n_ff as i32
+        });
+    }
     let mut out_md = Metadata::new();
     for (k, v) in md.iter() {
         match k.strip_prefix("llama.") {
@@ -251,18 +248,12 @@ pub fn to_deci(src: &Path, out: &Path, attn: &[usize], mlp: &[usize]) -> Result<
         }
     }
     out_md.set("general.architecture", "deci");
-    out_md.set(
-        "deci.attention.head_count",
-        Value::Array(per_layer(n_head, true, false, true)),
-    );
+    out_md.set("deci.attention.head_count", Value::Array(Array::I32(heads)));
     out_md.set(
         "deci.attention.head_count_kv",
-        Value::Array(per_layer(n_head_kv, true, false, false)),
+        Value::Array(Array::I32(kv_heads)),
     );
-    out_md.set(
-        "deci.feed_forward_length",
-        Value::Array(per_layer(n_ff, false, true, false)),
-    );
+    out_md.set("deci.feed_forward_length", Value::Array(Array::I32(ffn)));
     out_md.set("deci.attention.key_length", Value::U32(head_dim as u32));
     out_md.set("deci.attention.value_length", Value::U32(head_dim as u32));
 

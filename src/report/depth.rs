@@ -159,12 +159,7 @@ pub fn markdown(r: &DepthReport) -> String {
         "## Held-out evaluation\n\n{} windows of {} tokens per file; KL is KL(base ‖ pruned) per token; calib KL is the search's fitness on {} calibration windows.\n",
         r.eval_windows, r.eval_seq_len, r.calib_windows
     );
-    let h = header(r);
-    let _ = writeln!(s, "| {} |", h.join(" | "));
-    let _ = writeln!(s, "|{}|", vec!["---"; h.len()].join("|"));
-    for row in &r.rows {
-        let _ = writeln!(s, "| {} |", cells(r, row).join(" | "));
-    }
+    super::md_table(&mut s, &header(r), r.rows.iter().map(|row| cells(r, row)));
     let base: Vec<String> = r
         .eval_files
         .iter()
@@ -216,15 +211,13 @@ pub fn markdown(r: &DepthReport) -> String {
 /// HTML report: the table and a grid of dropped sublayers per method.
 pub fn html(r: &DepthReport) -> String {
     let esc = super::esc;
-    let mut s = String::new();
+    let mut s = super::html_head(
+        "dynapress depth-pruning report",
+        ".muted{color:#666}.d{background:#d9534f;color:#fff;text-align:center}.k{background:#e8f4e8;text-align:center}",
+    );
     let _ = write!(
         s,
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>dynapress depth-pruning report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
-table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}.muted{{color:#666}}.d{{background:#d9534f;color:#fff;text-align:center}}.k{{background:#e8f4e8;text-align:center}}</style></head><body>
-<h1>dynapress depth-pruning report</h1>
-<p>Model <code>{}</code> ({}, {} blocks, {} parameters). Budget: <b>{}</b>{}.</p>
+        r#"<p>Model <code>{}</code> ({}, {} blocks, {} parameters). Budget: <b>{}</b>{}.</p>
 <p>Exported EvoPress's configuration: <code>{}</code> ({}, {} bytes).</p>
 <p class="muted">Machine: {} ({} threads). dynapress {}.</p>"#,
         esc(&r.model),
@@ -249,21 +242,11 @@ td:first-child,th:first-child{{text-align:left}}.muted{{color:#666}}.d{{backgrou
     }
     let _ = write!(
         s,
-        "<h2>Held-out evaluation</h2><p class=\"muted\">{} windows of {} tokens per file; KL(base ‖ pruned) per token.</p><table><tr>",
+        "<h2>Held-out evaluation</h2><p class=\"muted\">{} windows of {} tokens per file; KL(base ‖ pruned) per token.</p>",
         r.eval_windows, r.eval_seq_len
     );
-    for h in header(r) {
-        let _ = write!(s, "<th>{}</th>", esc(&h));
-    }
-    s.push_str("</tr>");
-    for row in &r.rows {
-        s.push_str("<tr>");
-        for c in cells(r, row) {
-            let _ = write!(s, "<td>{}</td>", esc(&c));
-        }
-        s.push_str("</tr>");
-    }
-    s.push_str("</table><h2>Dropped sublayers</h2><table><tr><th>block</th>");
+    super::html_table(&mut s, &header(r), r.rows.iter().map(|row| cells(r, row)));
+    s.push_str("<h2>Dropped sublayers</h2><table><tr><th>block</th>");
     let methods: Vec<&DepthRow> = r
         .rows
         .iter()

@@ -221,12 +221,11 @@ pub fn markdown(r: &CompressReport) -> String {
         "## Held-out evaluation\n\n{} windows of {} tokens per file; KL is KL(base ‖ model) per token, top-1 the agreement of the argmax with the base.\n",
         r.eval_windows, r.eval_seq_len
     );
-    let h = header(r);
-    let _ = writeln!(s, "| {} |", h.join(" | "));
-    let _ = writeln!(s, "|{}|", vec!["---"; h.len()].join("|"));
-    for row in &r.rows {
-        let _ = writeln!(s, "| {} |", row_cells(r, row).join(" | "));
-    }
+    md_table(
+        &mut s,
+        &header(r),
+        r.rows.iter().map(|row| row_cells(r, row)),
+    );
     if let Some(k) = r.uniform_interpolated_kl {
         let _ = writeln!(
             s,
@@ -267,6 +266,53 @@ pub fn markdown(r: &CompressReport) -> String {
         let _ = writeln!(s, "- {k}: {v:.1}");
     }
     s
+}
+
+/// A Markdown table: the header, its rule, one line per row.
+pub(crate) fn md_table(
+    s: &mut String,
+    header: &[String],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) {
+    let _ = writeln!(s, "| {} |", header.join(" | "));
+    let _ = writeln!(s, "|{}|", vec!["---"; header.len()].join("|"));
+    for row in rows {
+        let _ = writeln!(s, "| {} |", row.join(" | "));
+    }
+}
+
+/// An HTML table of escaped cells: the header row, then one row per row.
+pub(crate) fn html_table(
+    s: &mut String,
+    header: &[String],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) {
+    s.push_str("<table><tr>");
+    for h in header {
+        let _ = write!(s, "<th>{}</th>", esc(h));
+    }
+    s.push_str("</tr>");
+    for row in rows {
+        s.push_str("<tr>");
+        for c in row {
+            let _ = write!(s, "<td>{}</td>", esc(&c));
+        }
+        s.push_str("</tr>");
+    }
+    s.push_str("</table>");
+}
+
+/// The start of a self-contained HTML report: `<head>` with `title` and the
+/// shared table style plus `extra_css`, then `<body>` and the `<h1>`.
+pub(crate) fn html_head(title: &str, extra_css: &str) -> String {
+    format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}{extra_css}</style></head><body>
+<h1>{title}</h1>
+"#
+    )
 }
 
 pub(crate) fn esc(s: &str) -> String {
@@ -516,15 +562,10 @@ fn plot_svg(r: &CompressReport, zoom: Option<(f64, f64)>) -> String {
 
 /// Self-contained HTML report.
 pub fn html(r: &CompressReport) -> String {
-    let mut s = String::new();
+    let mut s = html_head("dynapress report", "h2{margin-top:1.6em}.muted{color:#666}");
     let _ = write!(
         s,
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>dynapress report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
-table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}h2{{margin-top:1.6em}}.muted{{color:#666}}</style></head><body>
-<h1>dynapress report</h1>
-<p>Model <code>{}</code> ({}), {} linear weights. Target <b>{}</b> bits per weight; {} reached <b>{:.4}</b> (scales and zeros included).</p>
+        r#"<p>Model <code>{}</code> ({}), {} linear weights. Target <b>{}</b> bits per weight; {} reached <b>{:.4}</b> (scales and zeros included).</p>
 <p class="muted">Machine: {} ({} threads). dynapress {}.</p>"#,
         esc(&r.model),
         r.architecture,
@@ -558,19 +599,12 @@ td:first-child,th:first-child{{text-align:left}}h2{{margin-top:1.6em}}.muted{{co
         r.target_bits,
         plot_svg(r, Some((r.target_bits - 1.0, r.target_bits + 1.0)))
     );
-    let _ = write!(s, "<h2>Table</h2><table><tr>");
-    for h in header(r) {
-        let _ = write!(s, "<th>{}</th>", esc(&h));
-    }
-    s.push_str("</tr>");
-    for row in &r.rows {
-        s.push_str("<tr>");
-        for c in row_cells(r, row) {
-            let _ = write!(s, "<td>{}</td>", esc(&c));
-        }
-        s.push_str("</tr>");
-    }
-    s.push_str("</table>");
+    s.push_str("<h2>Table</h2>");
+    html_table(
+        &mut s,
+        &header(r),
+        r.rows.iter().map(|row| row_cells(r, row)),
+    );
     if let Some(k) = r.uniform_interpolated_kl {
         let _ = write!(
             s,

@@ -97,6 +97,27 @@ pub fn choose(n: usize, k: usize) -> u64 {
     c as u64
 }
 
+/// Checks that `--exhaustive` can score every configuration of `budget`
+/// over `n_units` units: a `--drop` budget of at most [`MAX_EXHAUSTIVE`].
+pub fn check_exhaustive(budget: DepthBudget, n_units: usize) -> Result<()> {
+    let DepthBudget::Drop(k) = budget else {
+        return Err(Error::option(
+            "--exhaustive",
+            "--exhaustive scores every configuration of a --drop budget; it does not take --target-params",
+        ));
+    };
+    let n = choose(n_units, k);
+    if n > MAX_EXHAUSTIVE {
+        return Err(Error::option(
+            "--exhaustive",
+            format!(
+                "--exhaustive: dropping {k} of {n_units} units has {n} configurations, more than the {MAX_EXHAUSTIVE} it scores"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Every way to drop `k` of `n` units, in lexicographic order of the
 /// dropped indices.
 fn all_drops(n: usize, k: usize) -> Vec<Choice> {
@@ -457,18 +478,8 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
     let units = depth_units(num_layers, opts.whole_blocks);
     let (total_params, unit_sizes) = unit_params(files, &units)?;
     let (need, sizes) = budget_sizes(opts.budget, total_params, &unit_sizes, opts.whole_blocks)?;
-    if opts.exhaustive
-        && let DepthBudget::Drop(k) = opts.budget
-        && choose(units.len(), k) > MAX_EXHAUSTIVE
-    {
-        return Err(Error::option(
-            "--exhaustive",
-            format!(
-                "--exhaustive: dropping {k} of {} units has {} configurations, more than the {MAX_EXHAUSTIVE} it scores",
-                units.len(),
-                choose(units.len(), k)
-            ),
-        ));
+    if opts.exhaustive {
+        check_exhaustive(opts.budget, units.len())?;
     }
     if opts.calib.is_empty() {
         return Err(Error::option(
@@ -654,14 +665,9 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
         (start, base_fit[best])
     };
 
-    // The optimum on the calibration windows, when asked and small enough.
-    let exhaustive = if opts.exhaustive {
-        let DepthBudget::Drop(k) = opts.budget else {
-            return Err(Error::option(
-                "--exhaustive",
-                "--exhaustive scores every configuration of a --drop budget; it does not take --target-params",
-            ));
-        };
+    // The optimum on the calibration windows, when asked (a --drop budget
+    // small enough: checked above).
+    let exhaustive = if let (true, DepthBudget::Drop(k)) = (opts.exhaustive, opts.budget) {
         let all_configs = all_drops(n, k);
         let pb = progress::bar(all_configs.len() as u64, "exhaustive", "cfg", opts.quiet);
         let mut best: Option<(f64, Choice)> = None;
