@@ -224,11 +224,17 @@ fn assert_mix_runs_in_llama_cpp(
             y.1
         );
     }
-    // llama.cpp runs it; its perplexity agrees with ours (same protocol).
-    let theirs_ppl = llama_perplexity(bin, &ours, 16);
+    assert_llama_perplexity_agrees(bin, &ours);
+    types
+}
+
+/// llama.cpp runs `file`, and its perplexity on 16 windows of docs.test.txt
+/// agrees with `eval --protocol llama-perplexity` within 1 %.
+fn assert_llama_perplexity_agrees(bin: &Path, ours: &Path) {
+    let theirs_ppl = llama_perplexity(bin, ours, 16);
     let v = common::cli::eval_json(&[
         "--model",
-        s(&ours),
+        s(ours),
         "--data",
         "assets/data/docs.test.txt",
         "--protocol",
@@ -243,7 +249,41 @@ fn assert_mix_runs_in_llama_cpp(
         rel * 100.0
     );
     assert!(rel < 0.01, "llama.cpp {theirs_ppl} vs dynapress {ours_ppl}");
-    types
+}
+
+#[test]
+fn gptq_iquant_mix_runs_in_llama_cpp_like_eval() {
+    // Issue 13: GPTQ inside the lattice i-quants' codebooks writes ordinary
+    // ggml blocks. A searched mix of gptq-IQ2_XS, gptq-IQ3_S and gptq-Q4_K
+    // loads in llama.cpp, and its perplexity agrees with ours within 1 %.
+    let Some(bin) = llama_bin() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("gptq-iq-db");
+    ok(&database(
+        &db,
+        &[
+            "--calib",
+            "assets/data/docs.valid.txt",
+            "--calib-tokens",
+            "1024",
+            "--seq-len",
+            "128",
+            "--method",
+            "gptq-kquant",
+            "--types",
+            "IQ2_XS,IQ3_S,Q4_K",
+        ],
+    ));
+    let cfg = tmp.path().join("mix.json");
+    knapsack(&db, "3.3", &cfg);
+    let ours = tmp.path().join("mix.gguf");
+    ok(&export(&db, &cfg, &ours, &["--format", "gguf"]));
+    let types: std::collections::BTreeSet<String> =
+        tensors(&ours).into_iter().map(|(_, t, _)| t).collect();
+    for t in ["IQ2_XS", "IQ3_S"] {
+        assert!(types.contains(t), "the mix holds {t}: {types:?}");
+    }
+    assert_llama_perplexity_agrees(&bin, &ours);
 }
 
 #[test]

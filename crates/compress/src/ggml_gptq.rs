@@ -61,7 +61,7 @@
 //! GEMMs, so the bytes do not depend on the thread count (tested).
 
 use crate::isa::Isa;
-use dynapress_ggml::{BlockGrid, Error as GgmlError, GgmlType, validate_row_data};
+use dynapress_ggml::{BlockGrid, Error as GgmlError, GgmlType, LatticeGrid, validate_row_data};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -259,7 +259,11 @@ pub fn gptq_ggml(
     let bs = ty.block_size();
     let row_bytes = n / bs * ty.type_size();
     let whole_row = ty.uses_row_stat() && imatrix.is_some();
-    let lazy = if whole_row { bs } else { bs.max(MIN_LAZY) };
+    let lazy = if ty.is_lattice() || whole_row {
+        bs
+    } else {
+        bs.max(MIN_LAZY)
+    };
     let sweep = Sweep {
         ty,
         n,
@@ -378,6 +382,9 @@ impl Sweep<'_> {
 
     #[inline(always)]
     fn run_impl(&self, r0: usize, wt: &mut [f32], out: &mut [u8]) -> Result<(), GgmlGptqError> {
+        if self.ty.is_lattice() {
+            return self.run_lattice(r0, wt, out);
+        }
         let (ty, n, u, lazy) = (self.ty, self.n, self.u, self.lazy);
         let (bs, ts) = (ty.block_size(), ty.type_size());
         let row_bytes = n / bs * ts;
@@ -389,7 +396,6 @@ impl Sweep<'_> {
         let mut i1 = 0;
         while i1 < n {
             let i2 = (i1 + lazy).min(n);
-            let cnt = i2 - i1;
             for s0 in (0..rr).step_by(SUB_ROWS) {
                 let sr = SUB_ROWS.min(rr - s0);
                 for b0 in (i1..i2).step_by(bs) {
@@ -432,31 +438,134 @@ impl Sweep<'_> {
                     }
                 }
             }
+            self.check_and_update(r0, wt, &err, i1, i2)?;
+            i1 = i2;
+        }
+        Ok(())
+    }
+
+    /// After a lazy block `[i₁, i₂)`: fails on a non-finite error, then
+    /// applies the block's feedback to the later columns.
+    #[inline(always)]
+    fn check_and_update(
+        &self,
+        r0: usize,
+        wt: &mut [f32],
+        err: &[f32],
+        i1: usize,
+        i2: usize,
+    ) -> Result<(), GgmlGptqError> {
+        let (n, u, lazy) = (self.n, self.u, self.lazy);
+        let rr = wt.len() / n;
+        let cnt = i2 - i1;
+        for r in 0..rr {
+            let e = &err[r * lazy..r * lazy + cnt];
+            if let Some(p) = e.iter().position(|v| !v.is_finite()) {
+                return Err(GgmlGptqError::Diverged {
+                    ty: self.ty,
+                    row: r0 + r,
+                    col: i1 + p,
+                });
+            }
+        }
+        if i2 < n {
+            // Lazy batch update: W[:, i₂:] -= E · U[i₁:i₂, i₂:], written
+            // transposed over the same memory (W[:, i₂:]ᵀ is a column-major
+            // view with column stride n): faer 0.24.4's f32 matmul corrupts
+            // memory when the destination is a row-major view with a row
+            // stride larger than its width.
+            let rest = n - i2;
+            let dst = MatMut::from_column_major_slice_with_stride_mut(&mut wt[i2..], rest, rr, n);
+            let lhs = MatRef::from_column_major_slice_with_stride(&u[i1 * n + i2..], rest, cnt, n);
+            let rhs = MatRef::from_column_major_slice_with_stride(err, cnt, rr, lazy);
+            matmul(dst, Accum::Add, lhs, rhs, -1.0f32, Par::Seq);
+        }
+        Ok(())
+    }
+
+    /// The sweep for the lattice i-quants (see the module docs): one
+    /// super-block per lazy block; in each, ggml's scales from the current
+    /// weights, then group by group the codebook point that minimises the
+    /// group's GPTQ loss, its error fed forward column by column.
+    #[inline(always)]
+    fn run_lattice(&self, r0: usize, wt: &mut [f32], out: &mut [u8]) -> Result<(), GgmlGptqError> {
+        let (ty, n, u, lazy) = (self.ty, self.n, self.u, self.lazy);
+        debug_assert_eq!(lazy, 256);
+        let ts = ty.type_size();
+        let row_bytes = n / 256 * ts;
+        let rr = wt.len() / n;
+        let mut err = vec![0f32; rr * lazy];
+        // 1 / U_jj²: the diagonal of the conditional Hessian GPTQ rounds against.
+        let h: Vec<f32> = (0..n)
+            .map(|j| {
+                let d = u[j * n + j];
+                1.0 / (d * d)
+            })
+            .collect();
+        let mut points = [0u16; 64];
+        let mut signs = [0u8; 32];
+        for i1 in (0..n).step_by(256) {
+            let i2 = i1 + 256;
+            let blk = i1 / 256;
             for r in 0..rr {
-                let e = &err[r * lazy..r * lazy + cnt];
-                if let Some(p) = e.iter().position(|v| !v.is_finite()) {
-                    return Err(GgmlGptqError::Diverged {
+                let row = &mut wt[r * n..(r + 1) * n];
+                let q = self.imatrix.map(|q| &q[i1..i2]);
+                let grid = LatticeGrid::new(ty, &row[i1..i2], q).map_err(|e| match e {
+                    GgmlError::NonFinite { col, .. } => GgmlGptqError::Diverged {
                         ty,
                         row: r0 + r,
-                        col: i1 + p,
-                    });
+                        col: i1 + col,
+                    },
+                    GgmlError::EncoderAbort { .. } => GgmlError::EncoderAbort {
+                        ty,
+                        row: r0 + r,
+                        block: blk,
+                    }
+                    .into(),
+                    other => other.into(),
+                })?;
+                let dim = grid.group_len();
+                for (s, sign) in signs.iter_mut().enumerate() {
+                    let j0 = i1 + 8 * s;
+                    *sign = choose_signs(&row[j0..j0 + 8], &h[j0..j0 + 8], grid.parity_signs());
+                    for g0 in (j0..j0 + 8).step_by(dim) {
+                        let best = best_point(
+                            &grid,
+                            g0 - i1,
+                            &row[g0..g0 + dim],
+                            *sign >> (g0 - j0),
+                            &h[g0..g0 + dim],
+                            u,
+                            n,
+                            g0,
+                        );
+                        points[(g0 - i1) / dim] = best as u16;
+                        for k in g0..g0 + dim {
+                            let x = row[k];
+                            let neg = *sign & (1 << (k - j0)) != 0;
+                            let qv = grid.value(k - i1, best, neg);
+                            let e = (x - qv) / u[k * n + k];
+                            err[r * lazy + k - i1] = e;
+                            for (wv, &uv) in
+                                row[k + 1..i2].iter_mut().zip(&u[k * n + k + 1..k * n + i2])
+                            {
+                                *wv -= e * uv;
+                            }
+                        }
+                    }
+                }
+                let o = &mut out[r * row_bytes + blk * ts..r * row_bytes + (blk + 1) * ts];
+                grid.assemble(&points[..256 / dim], &signs, o);
+                if validate_row_data(ty, o).is_err() {
+                    return Err(GgmlError::ScaleOverflow {
+                        ty,
+                        row: r0 + r,
+                        block: blk,
+                    }
+                    .into());
                 }
             }
-            if i2 < n {
-                // Lazy batch update: W[:, i₂:] -= E · U[i₁:i₂, i₂:], written
-                // transposed over the same memory (W[:, i₂:]ᵀ is a column-major
-                // view with column stride n): faer 0.24.4's f32 matmul corrupts
-                // memory when the destination is a row-major view with a row
-                // stride larger than its width.
-                let rest = n - i2;
-                let dst =
-                    MatMut::from_column_major_slice_with_stride_mut(&mut wt[i2..], rest, rr, n);
-                let lhs =
-                    MatRef::from_column_major_slice_with_stride(&u[i1 * n + i2..], rest, cnt, n);
-                let rhs = MatRef::from_column_major_slice_with_stride(&err[..], cnt, rr, lazy);
-                matmul(dst, Accum::Add, lhs, rhs, -1.0f32, Par::Seq);
-            }
-            i1 = i2;
+            self.check_and_update(r0, wt, &err, i1, i2)?;
         }
         Ok(())
     }
@@ -489,4 +598,98 @@ impl Sweep<'_> {
             other => other.into(),
         })
     }
+}
+
+/// Candidates scored exactly per group (the best under the diagonal metric).
+const EXACT_CANDIDATES: usize = 8;
+
+/// The sign byte of 8 weights: bit `i` set where `x_i < 0`. With parity signs
+/// (7 stored bits, an even number of negatives) an odd count is made even by
+/// flipping the weight of least `h_i x_i²`, as ggml's encoders do with their
+/// element weights.
+fn choose_signs(x: &[f32], h: &[f32], parity: bool) -> u8 {
+    let mut s = 0u8;
+    for (i, &v) in x.iter().enumerate() {
+        if v < 0.0 {
+            s |= 1 << i;
+        }
+    }
+    if parity && s.count_ones() % 2 == 1 {
+        let mut imin = 0;
+        let mut min = f32::INFINITY;
+        for i in 0..8 {
+            let a = h[i] * x[i] * x[i];
+            if a < min {
+                min = a;
+                imin = i;
+            }
+        }
+        s ^= 1 << imin;
+    }
+    s
+}
+
+/// The codebook point for the group at super-block offset `j` (weights `x`,
+/// sign bits `signs` from bit 0, diagonal metric `h`; the group's columns
+/// start at `g0` of `U`): the [`EXACT_CANDIDATES`] best points under
+/// `Σ h_i (x_i − q_i)²` are rescored with the group's exact GPTQ loss
+/// `Σ e_i²`, `e_i = (x_i' − q_i) / U_ii` with `x'` updated by the group's
+/// earlier errors, and the least wins (first on ties).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn best_point(
+    grid: &LatticeGrid,
+    j: usize,
+    x: &[f32],
+    signs: u8,
+    h: &[f32],
+    u: &[f32],
+    n: usize,
+    g0: usize,
+) -> usize {
+    let dim = x.len();
+    let scale = grid.scale(j);
+    let mut t = [0f32; 8];
+    for i in 0..dim {
+        t[i] = if signs & (1 << i) != 0 { -x[i] } else { x[i] };
+    }
+    let mut top = [(f32::INFINITY, 0usize); EXACT_CANDIDATES];
+    for k in 0..grid.num_points() {
+        let m = grid.point(k);
+        let mut d2 = 0f32;
+        for i in 0..dim {
+            let diff = t[i] - scale * m[i];
+            d2 += h[i] * diff * diff;
+        }
+        if d2 < top[EXACT_CANDIDATES - 1].0 {
+            let mut at = EXACT_CANDIDATES - 1;
+            while at > 0 && top[at - 1].0 > d2 {
+                top[at] = top[at - 1];
+                at -= 1;
+            }
+            top[at] = (d2, k);
+        }
+    }
+    let mut best = (f32::INFINITY, top[0].1);
+    for &(d2, k) in &top {
+        if !d2.is_finite() {
+            break;
+        }
+        let mut xs = [0f32; 8];
+        xs[..dim].copy_from_slice(x);
+        let mut loss = 0f32;
+        for a in 0..dim {
+            let neg = signs & (1 << a) != 0;
+            let q = grid.value(j + a, k, neg);
+            let e = (xs[a] - q) / u[(g0 + a) * n + g0 + a];
+            loss += e * e;
+            for b in a + 1..dim {
+                xs[b] -= e * u[(g0 + a) * n + g0 + b];
+            }
+        }
+        if loss < best.0 {
+            best = (loss, k);
+        }
+    }
+    best.1
 }

@@ -420,10 +420,9 @@ impl MethodSpec {
     }
 
     fn ggml_level(&self, ty: GgmlType, fallback: bool) -> LevelSpec {
-        // GPTQ works inside a type's per-weight grid; the lattice i-quants
-        // (IQ2_*, IQ3_*) round groups of weights jointly and get ggml's own
-        // encoder, so their level is named as in a kquant database.
-        let prefix = if self.method == Method::GptqKquant && ty.has_block_grid() {
+        // GPTQ works inside every block type: a per-weight grid, or the
+        // lattice i-quants' codebooks group by group.
+        let prefix = if self.method == Method::GptqKquant && ty.is_quantized() {
             "gptq-"
         } else {
             ""
@@ -645,7 +644,7 @@ pub fn compress_layer(
     if let Some(ty) = level.ggml {
         let rows = w.len() / cols;
         let bytes = match (spec.method, factor) {
-            (Method::GptqKquant, Some(f)) if ty.has_block_grid() => {
+            (Method::GptqKquant, Some(f)) if ty.is_quantized() => {
                 crate::ggml_gptq::gptq_ggml(f, w, ty, imatrix)
                     .map_err(|e| e.to_string())?
                     .into_bytes()

@@ -114,6 +114,16 @@ pub enum Error {
     )]
     NoBlockGrid { ty: GgmlType },
 
+    /// A [`crate::LatticeGrid`] exists only for the lattice i-quants.
+    #[error(
+        "{ty} is not a lattice i-quant (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S); it has no LatticeGrid"
+    )]
+    NotLattice { ty: GgmlType },
+
+    /// A [`crate::LatticeGrid`] is built from exactly one 256-value super-block.
+    #[error("{ty}: a super-block has 256 values, got {got}")]
+    SuperBlockLength { ty: GgmlType, got: usize },
+
     /// Block grids exist only for the block-quantized types.
     #[error("{ty} is not a block-quantized type; it has no grid")]
     NotQuantized { ty: GgmlType },

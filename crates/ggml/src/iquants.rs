@@ -181,7 +181,7 @@ pub(crate) const fn ksign(i: u8) -> u8 {
 /// structures of `iq2xs_init_impl` / `iq3xs_init_impl`.
 pub(crate) struct Lattice {
     /// Weights per point: 8 (IQ2) or 4 (IQ3).
-    dim: usize,
+    pub(crate) dim: usize,
     /// Bits per level in a point's index `u = Σ l_i << (bits·i)`.
     bits: u32,
     /// Point `k` as odd coordinates `2l + 1` (first `dim` entries).
@@ -334,7 +334,7 @@ impl Lattice {
     }
 }
 
-fn lattice(ty: GgmlType) -> &'static Lattice {
+pub(crate) fn lattice(ty: GgmlType) -> &'static Lattice {
     const IQ2_LEVELS: [u8; 3] = [0x08, 0x19, 0x2b];
     const IQ3XXS_LEVELS: [u8; 8] = [4, 12, 20, 28, 36, 44, 52, 62];
     const IQ3S_LEVELS: [u8; 8] = [1, 3, 5, 7, 9, 11, 13, 15];
@@ -363,9 +363,9 @@ fn lattice(ty: GgmlType) -> &'static Lattice {
 // ---------------------------------------------------------------- lattice encoders
 
 /// How a type's encoder differs from the common shape (see the module docs).
-struct Params {
+pub(crate) struct Params {
     /// Weights per sub-block (one scale each).
-    sub: usize,
+    pub(crate) sub: usize,
     /// Levels per coordinate (`kMaxQ`).
     kmax: i32,
     /// Trials `is = -steps..=steps` at inverse scale `(2·kmax − 1 + is·step) / max`.
@@ -376,7 +376,7 @@ struct Params {
     /// Sub-blocks whose largest magnitude is below this are zero (IQ3_S: exactly 0).
     eps: f32,
     /// 7 stored sign bits per 8 weights (even number of negatives).
-    parity_signs: bool,
+    pub(crate) parity_signs: bool,
     /// Step 4 re-rounds every group (IQ3_S) instead of the off-codebook ones.
     redo_all: bool,
     /// IQ2_XXS re-rounds every group whenever the scale is positive.
@@ -389,7 +389,7 @@ struct Params {
     fudge: Option<f32>,
 }
 
-fn params(ty: GgmlType) -> Params {
+pub(crate) fn params(ty: GgmlType) -> Params {
     let base = Params {
         sub: 32,
         kmax: 3,
@@ -451,10 +451,10 @@ fn params(ty: GgmlType) -> Params {
 /// The result of one sub-block: its scale, codebook points and sign bytes
 /// (one per 8 weights; 7 bits with parity signs).
 #[derive(Clone, Copy)]
-struct Sub {
-    scale: f32,
-    points: [u16; 8],
-    signs: [u8; 4],
+pub(crate) struct Sub {
+    pub(crate) scale: f32,
+    pub(crate) points: [u16; 8],
+    pub(crate) signs: [u8; 4],
 }
 
 /// Encoder failure: ggml would abort the process.
@@ -621,6 +621,18 @@ fn search_sub(p: &Params, lat: &Lattice, xb: &[f32], weight: &[f32]) -> Result<O
     }))
 }
 
+/// ggml's choices for one super-block of a lattice i-quant: every sub-block's
+/// points and signs (found at its own, unquantized scale), the 4-bit stored
+/// sub-block scales and the f16 super-block scale.
+pub(crate) struct Choice {
+    pub(crate) subs: [Option<Sub>; 16],
+    pub(crate) ls: [u8; 16],
+    /// The stored f16 `d` (0 when the super-block is all zero).
+    pub(crate) d_bits: u16,
+    /// Some sub-block has a scale (ggml's `max_scale != 0`).
+    pub(crate) nonzero: bool,
+}
+
 /// Encodes one super-block of a lattice i-quant into `out` (`ty.type_size()` bytes).
 pub(crate) fn encode_lattice(
     ty: GgmlType,
@@ -628,6 +640,13 @@ pub(crate) fn encode_lattice(
     qw: Option<&[f32]>,
     out: &mut [u8],
 ) -> Result<(), Abort> {
+    let c = choose_lattice(ty, x, qw)?;
+    pack_lattice(ty, &c, out);
+    Ok(())
+}
+
+/// ggml's scale search and point choice for one super-block (256 weights).
+pub(crate) fn choose_lattice(ty: GgmlType, x: &[f32], qw: Option<&[f32]>) -> Result<Choice, Abort> {
     debug_assert_eq!(x.len(), 256);
     let p = params(ty);
     let lat = lattice(ty);
@@ -660,22 +679,37 @@ pub(crate) fn encode_lattice(
             max_scale = c_max(max_scale, s.scale);
         }
     }
-    out.fill(0);
     // The 4-bit sub-block scales against d = max_scale / 31.
     let mut ls = [0u8; 16];
+    let mut d_bits = 0u16;
     if max_scale != 0.0 {
         let d = max_scale / 31.0;
         let stored = match p.fudge {
             Some(f) => d * f,
             None => d,
         };
-        write_f16(out, 0, f32_to_f16_bits(stored));
+        d_bits = f32_to_f16_bits(stored);
         let id = 1.0 / d;
         for ib in 0..nsub {
             ls[ib] = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15) as u8;
         }
     }
-    let nonzero = max_scale != 0.0;
+    Ok(Choice {
+        subs,
+        ls,
+        d_bits,
+        nonzero: max_scale != 0.0,
+    })
+}
+
+/// Packs a [`Choice`] into ggml's block layout (`ty.type_size()` bytes).
+pub(crate) fn pack_lattice(ty: GgmlType, c: &Choice, out: &mut [u8]) {
+    let (subs, ls) = (&c.subs, &c.ls);
+    out.fill(0);
+    let nonzero = c.nonzero;
+    if nonzero {
+        write_f16(out, 0, c.d_bits);
+    }
     match ty {
         GgmlType::IQ2XXS => {
             // qs: per 32 weights two u32: 4 point bytes; 4 × 7 sign bits | scale << 28.
@@ -767,7 +801,6 @@ pub(crate) fn encode_lattice(
         }
         _ => unreachable!("{ty} is not a lattice i-quant"),
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------- decoders
