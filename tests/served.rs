@@ -1,8 +1,11 @@
 //! `export --format compressed-tensors` loads in plain transformers on CPU with
-//! the logits of dynapress's forward pass on the same searched configuration.
+//! the logits of dynapress's forward pass on the same searched configuration;
+//! `export --format gptq` loads in GPTQModel with every module at its searched
+//! width, and its weights give those logits too.
 //!
-//! Needs a Python with torch, transformers and compressed-tensors
-//! (docs/served-formats.md says how to make one) named by
+//! Needs a Python with torch, transformers and compressed-tensors (and
+//! gptqmodel + optimum for the GPTQ test; docs/served-formats.md says how to
+//! make one) named by
 //! DYNAPRESS_SERVED_PYTHON; without it the test skips, unless
 //! DYNAPRESS_REQUIRE_SERVED=1. CI does not install that venv (PyPI's torch is
 //! the CUDA build: 5.6 GB installed; docs/served-formats.md), so this gate is
@@ -79,12 +82,17 @@ enum Route {
     /// dequantized while loading and the model stays dense (no schemes to
     /// report; the logits are the check).
     Dequantize,
+    /// `export --format gptq`, loaded by GPTQModel (scripts/check_gptq.py):
+    /// each module's width as GPTQModel built it, and the logits of its
+    /// unpacked weights in a float32 transformers model (GPTQModel's CPU
+    /// kernel computes in float16; its difference is reported).
+    Gptq,
 }
 
 impl Route {
     fn flag(self) -> &'static [&'static str] {
         match self {
-            Route::Compressed => &[],
+            Route::Compressed | Route::Gptq => &[],
             Route::Dequantize => &["--dequantize"],
         }
     }
@@ -139,7 +147,11 @@ fn check(python: &Path, db_args: &[&str], bits: &str, route: Route) {
         serde_json::from_str(&ok(&run(&a))).unwrap()
     };
     let (ct, deq, deq32) = (p("ct"), p("deq"), p("deq32"));
-    let r = export(&ct, &["--format", "compressed-tensors"]);
+    let format = match route {
+        Route::Gptq => "gptq",
+        _ => "compressed-tensors",
+    };
+    let r = export(&ct, &["--format", format]);
     let d = export(&deq, &[]);
     export(&deq32, &["--dtype", "f32"]);
 
@@ -153,8 +165,12 @@ fn check(python: &Path, db_args: &[&str], bits: &str, route: Route) {
 
     let out = p("logits.f32");
     let ids_arg = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let script = match route {
+        Route::Gptq => "scripts/check_gptq.py",
+        _ => "scripts/check_served.py",
+    };
     let o = Command::new(python)
-        .arg(common::root().join("scripts/check_served.py"))
+        .arg(common::root().join(script))
         .args(["--model", &ct, "--ids", &ids_arg, "--out", &out])
         .args(route.flag())
         .output()
@@ -163,18 +179,19 @@ fn check(python: &Path, db_args: &[&str], bits: &str, route: Route) {
         serde_json::from_str(ok(&o).lines().last().expect("a JSON line")).unwrap();
     let config = dynapress::selection::ConfigFile::read(Path::new(&cfg)).unwrap();
     let widths: std::collections::BTreeSet<u8> = config.layers.iter().map(|l| l.bits).collect();
-    if let Route::Compressed = route {
+    if let Route::Compressed | Route::Gptq = route {
         assert!(widths.len() > 1, "a mix of widths, got {widths:?}");
         // Every searched layer loaded as a quantized module at its searched width.
         let loaded = info["bits"].as_object().expect("bits");
         assert_eq!(loaded.len(), config.layers.len(), "{info}");
         for l in &config.layers {
             let module = l.layer.strip_suffix(".weight").unwrap_or(&l.layer);
-            assert_eq!(
-                loaded.get(module).and_then(|v| v.as_u64()),
-                Some(l.bits as u64),
-                "{module}: {info}"
-            );
+            let got = loaded.get(module).map(|v| match v {
+                // GPTQ: [bits, group size].
+                serde_json::Value::Array(a) => a[0].as_u64(),
+                other => other.as_u64(),
+            });
+            assert_eq!(got, Some(Some(l.bits as u64)), "{module}: {info}");
         }
     }
 
@@ -186,14 +203,29 @@ fn check(python: &Path, db_args: &[&str], bits: &str, route: Route) {
     assert!(max_diff < 1e-3, "max |Δlogit| {max_diff}");
 
     // Size: the searched layers at their compressed bits, the rest as in the
-    // dequantized (original dtype, bf16) export.
-    let ct_bytes = r["safetensors_bytes"].as_f64().unwrap();
+    // dequantized (original dtype, bf16) export. GPTQ stores more than the
+    // database counts: g_idx (4 bytes per input column) and, for symmetric
+    // grids, the fixed zero points; those tensors' bytes are taken out.
+    let mut ct_bytes = r["safetensors_bytes"].as_f64().unwrap();
+    if let Route::Gptq = route {
+        let bytes = std::fs::read(Path::new(&ct).join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let sym = db_args.contains(&"--sym");
+        let extra: usize = st
+            .tensors()
+            .iter()
+            .filter(|(n, _)| n.ends_with(".g_idx") || (sym && n.ends_with(".qzeros")))
+            .map(|(_, t)| t.data().len())
+            .sum();
+        eprintln!("GPTQ: {extra} bytes of g_idx and symmetric zero points");
+        ct_bytes -= extra as f64;
+    }
     let deq_bytes = d["safetensors_bytes"].as_f64().unwrap();
     let params = r["searched_params"].as_f64().unwrap();
     let expected =
         deq_bytes - 2.0 * params + r["searched_bits_per_weight"].as_f64().unwrap() * params / 8.0;
     eprintln!(
-        "compressed-tensors {ct_bytes} B, dequantized bf16 {deq_bytes} B: ratio {:.3} (expected {:.3})",
+        "{format} {ct_bytes} B, dequantized bf16 {deq_bytes} B: ratio {:.3} (expected {:.3})",
         ct_bytes / deq_bytes,
         expected / deq_bytes
     );
@@ -244,6 +276,27 @@ fn compressed_tensors_symmetric_act_order_mix_loads_in_transformers() {
     );
 }
 
+#[test]
+fn gptq_mix_loads_in_gptqmodel_with_every_module_at_its_width() {
+    let Some(python) = served_python() else {
+        return;
+    };
+    // GPTQModel's widths (2, 3, 4, 8), asymmetric: written as gptq_v2.
+    check(
+        &python,
+        &["--runtime", "gptqmodel", "--group-size", "64"],
+        "4.5",
+        Route::Gptq,
+    );
+    // Symmetric 3/4/8 bits: the classic gptq (v1) format.
+    check(
+        &python,
+        &["--bits", "3,4,8", "--sym", "--group-size", "128"],
+        "5",
+        Route::Gptq,
+    );
+}
+
 /// A ggml-type database has no grids the format can store: a one-line error
 /// naming the layer and the way out, and no output directory.
 #[test]
@@ -281,26 +334,28 @@ fn a_ggml_database_is_refused() {
         &cfg,
         "--quiet",
     ]));
-    let o = run(&[
-        "export",
-        "--model",
-        "assets/demo-model",
-        "--db",
-        &db,
-        "--config",
-        &cfg,
-        "--out",
-        &out,
-        "--format",
-        "compressed-tensors",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for needle in ["ggml", "--format gguf", ".weight"] {
-        assert!(err.contains(needle), "missing {needle:?} in: {err}");
+    for format in ["compressed-tensors", "gptq"] {
+        let o = run(&[
+            "export",
+            "--model",
+            "assets/demo-model",
+            "--db",
+            &db,
+            "--config",
+            &cfg,
+            "--out",
+            &out,
+            "--format",
+            format,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        for needle in ["ggml", "--format gguf", ".weight", format] {
+            assert!(err.contains(needle), "missing {needle:?} in: {err}");
+        }
+        assert!(!Path::new(&out).exists());
     }
-    assert!(!Path::new(&out).exists());
 }
 
 /// A depth-pruned Hugging Face export (whole blocks removed, renumbered)

@@ -27,6 +27,10 @@ pub enum Format {
     /// per-module quantization_config) that transformers and vLLM load
     /// (needs a gptq or rtn database).
     CompressedTensors,
+    /// A GPTQ checkpoint (qweight/qzeros/scales/g_idx) whose modules keep
+    /// their own bits through GPTQModel's `dynamic` rules; GPTQModel loads it
+    /// (needs a gptq or rtn database of 2, 3, 4 or 8 bits).
+    Gptq,
 }
 
 /// The runtime a model is made for: its levels are restricted to what that

@@ -5,7 +5,7 @@ use clap::Args;
 use dynapress::database::Method;
 use dynapress::estimate::estimate;
 use dynapress::eval::compare::Compare;
-use dynapress::export::ExportDtype;
+use dynapress::export::{ExportDtype, ServedFormat};
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::pipeline::{CompressOptions, compress};
 use dynapress::search::SearchOptions;
@@ -172,10 +172,10 @@ pub fn run(mut a: CompressArgs) -> anyhow::Result<()> {
         return run_depth(a, model, calib, eval, out, evo);
     }
     let gguf = match a.format {
-        Format::Safetensors | Format::CompressedTensors => None,
+        Format::Safetensors | Format::CompressedTensors | Format::Gptq => None,
         Format::Gguf => Some(a.gguf_types.types()?),
         Format::Dynapress => crate::bad_arg!(
-            "compress writes dynapress's format with --format safetensors or compressed-tensors (in model-dynapress/); choose safetensors, compressed-tensors or gguf"
+            "compress writes dynapress's format with --format safetensors, compressed-tensors or gptq (in model-dynapress/); choose safetensors, compressed-tensors, gptq or gguf"
         ),
     };
     // A sparsegpt database's natural budget is a sparsity (50 % by default).
@@ -203,7 +203,7 @@ pub fn run(mut a: CompressArgs) -> anyhow::Result<()> {
             crate::bad_arg!("--runtime llama.cpp makes a GGUF: add --format gguf")
         }
         (Runtime::Vllm | Runtime::Gptqmodel, true) => crate::bad_arg!(
-            "--runtime vllm and gptqmodel serve GPTQ grids, not GGUF: use --format compressed-tensors (vLLM) or safetensors"
+            "--runtime vllm and gptqmodel serve GPTQ grids, not GGUF: use --format compressed-tensors (vLLM) or gptq (GPTQModel)"
         ),
         _ => {}
     }
@@ -233,7 +233,11 @@ pub fn run(mut a: CompressArgs) -> anyhow::Result<()> {
             a.compare
         },
         dtype: a.dtype,
-        compressed_tensors: a.format == Format::CompressedTensors,
+        served: match a.format {
+            Format::CompressedTensors => Some(ServedFormat::CompressedTensors),
+            Format::Gptq => Some(ServedFormat::Gptq),
+            _ => None,
+        },
         quiet: a.quiet,
         force: a.force,
     };
@@ -363,7 +367,7 @@ fn run_depth(
     let gguf = match a.format {
         Format::Safetensors => false,
         Format::Gguf => true,
-        Format::CompressedTensors | Format::Dynapress => crate::bad_arg!(
+        Format::CompressedTensors | Format::Gptq | Format::Dynapress => crate::bad_arg!(
             "--prune depth exports --format safetensors (a Hugging Face directory) or gguf"
         ),
     };

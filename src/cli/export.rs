@@ -4,8 +4,9 @@ use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
 use dynapress::export::{
-    ExportDtype, export_compressed_tensors, export_depth, export_depth_gguf, export_dynapress,
-    export_gguf, export_safetensors, llama_quantize_command, llama_quantize_recipe,
+    ExportDtype, ServedFormat, export_compressed_tensors, export_depth, export_depth_gguf,
+    export_dynapress, export_gguf, export_safetensors, export_served, llama_quantize_command,
+    llama_quantize_recipe,
 };
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::{DepthConfig, ModelFiles};
@@ -35,7 +36,9 @@ pub struct ExportArgs {
     /// scales, zeros or ggml blocks; `eval`, `generate` and `pack` read it), or
     /// gguf (the exact ggml blocks; needs a kquant or gptq-kquant database), or
     /// compressed-tensors (packed codes, scales and zeros with a per-module
-    /// quantization_config that transformers and vLLM load; gptq/rtn databases).
+    /// quantization_config that transformers and vLLM load; gptq/rtn databases),
+    /// or gptq (qweight/qzeros/scales/g_idx with GPTQModel's per-module
+    /// `dynamic` bits; gptq/rtn databases of 2, 3, 4, 8 bits).
     #[arg(long, value_enum, default_value = "safetensors")]
     format: Format,
     /// safetensors (and a depth-pruned gguf): dtype of the exported weights.
@@ -63,7 +66,9 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
         Input::File(&a.config),
     ];
     let kind = match a.format {
-        Format::Safetensors | Format::Dynapress | Format::CompressedTensors => OutputKind::Dir,
+        Format::Safetensors | Format::Dynapress | Format::CompressedTensors | Format::Gptq => {
+            OutputKind::Dir
+        }
         Format::Gguf => OutputKind::File,
     };
     if a.recipe.is_some() && a.format != Format::Gguf {
@@ -107,6 +112,21 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
                     r.out.display(),
                     r.searched_params,
                     r.searched_bits_per_weight,
+                    r.safetensors_bytes as f64 / 1e6
+                );
+            }
+        }
+        Format::Gptq => {
+            let r = export_served(&files, &sel, &a.out, a.force, ServedFormat::Gptq)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}: {} searched weights at {:.4} bits per weight in {} schemes; model.safetensors {:.1} MB (GPTQ)",
+                    r.out.display(),
+                    r.searched_params,
+                    r.searched_bits_per_weight,
+                    r.config_groups,
                     r.safetensors_bytes as f64 / 1e6
                 );
             }

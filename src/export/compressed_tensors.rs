@@ -1,22 +1,33 @@
-//! Export of a searched configuration as a compressed-tensors checkpoint (the
-//! `pack-quantized` format of llm-compressor) that transformers and vLLM load:
-//! every searched linear layer keeps its own bit width, group size and
-//! symmetry (one `config_groups` entry per distinct scheme, targeting the
-//! exact module names), its codes, f16 scales and zero points are written as
+//! Export of a searched configuration as a checkpoint that serving runtimes
+//! load quantized, in one of two formats ([`ServedFormat`]):
+//!
+//! - **compressed-tensors** (the `pack-quantized` format of llm-compressor;
+//!   transformers and vLLM load it): one `config_groups` entry per distinct
+//!   scheme, targeting the exact module names;
+//! - **GPTQ** (AutoGPTQ / GPTQModel layout: `qweight`, `qzeros`, `scales`,
+//!   `g_idx`): the most common scheme is the default and every other module
+//!   gets a GPTQModel `dynamic` rule for its exact name.
+//!
+//! Either way every searched linear layer keeps its own bit width, group
+//! size and symmetry, its codes, f16 scales and zero points are written as
 //! stored in the database (`dynapress_compress::served` has the packing), and
 //! every other tensor is copied unchanged. `config.json` gets the
-//! `quantization_config`; tokenizer and other side files are copied;
-//! `dynapress.json` records the configuration and the sizes.
+//! `quantization_config` (GPTQ: also `quantize_config.json`); tokenizer and
+//! other side files are copied; `dynapress.json` records the configuration
+//! and the sizes.
 //!
 //! Refused with a clear error: ggml-type databases (`kquant`, `gptq-kquant`:
-//! export them as GGUF), layers with a stored act-order permutation, and groups
-//! that do not divide a layer's input width (docs/served-formats.md).
+//! export them as GGUF), sparse levels, layers with a stored act-order
+//! permutation, groups that do not divide a layer's input width
+//! (compressed-tensors), bit widths other than 2, 3, 4, 8 (GPTQ)
+//! (docs/served-formats.md).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use dynapress_compress::served::{
-    CtScheme, ServedDtype, compressed_tensors_config, compressed_tensors_tensors,
+    CtScheme, GptqScheme, ServedDtype, compressed_tensors_config, compressed_tensors_tensors,
+    gptq_config, gptq_tensors,
 };
 use safetensors::Dtype;
 use serde::Serialize;
@@ -27,16 +38,36 @@ use crate::formats::safetensors::{SafetensorsWriter, TensorSpec};
 use crate::model::ModelFiles;
 use crate::selection::Selection;
 
+/// The served checkpoint formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedFormat {
+    /// llm-compressor's `pack-quantized` (transformers, vLLM).
+    CompressedTensors,
+    /// GPTQ with GPTQModel's per-module `dynamic` rules.
+    Gptq,
+}
+
+impl ServedFormat {
+    /// The format's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServedFormat::CompressedTensors => "compressed-tensors",
+            ServedFormat::Gptq => "gptq",
+        }
+    }
+}
+
 /// What was exported.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServedReport {
     pub out: PathBuf,
-    /// `compressed-tensors`.
+    /// `compressed-tensors` or `gptq`.
     pub format: String,
     /// Average storage bits per weight of the searched layers (database accounting).
     pub searched_bits_per_weight: f64,
     pub searched_params: u64,
-    /// Distinct (bits, group, symmetry) schemes, one config group each.
+    /// Distinct (bits, group, symmetry) schemes: compressed-tensors config
+    /// groups, or GPTQ's default scheme plus the `dynamic` rules' schemes.
     pub config_groups: usize,
     /// Bytes of `model.safetensors`.
     pub safetensors_bytes: u64,
@@ -49,6 +80,18 @@ pub fn export_compressed_tensors(
     sel: &Selection,
     out: &Path,
     force: bool,
+) -> Result<ServedReport> {
+    export_served(files, sel, out, force, ServedFormat::CompressedTensors)
+}
+
+/// Writes `out`, a checkpoint of `files` in `format` with the layers of
+/// `config` taken from `db` in their compressed form.
+pub fn export_served(
+    files: &ModelFiles,
+    sel: &Selection,
+    out: &Path,
+    force: bool,
+    format: ServedFormat,
 ) -> Result<ServedReport> {
     let db = sel.db;
     let space = sel.space();
@@ -65,9 +108,13 @@ pub fn export_compressed_tensors(
 
     // Every chosen layer as format tensors, before anything is written: a
     // layer the format cannot express fails the export up front.
+    // GPTQ: one checkpoint format for all modules; asymmetric grids (a
+    // database-wide choice) need gptq_v2 (docs/served-formats.md).
+    let v2 = !db.manifest.method.sym;
     let mut layers: BTreeMap<String, Vec<dynapress_compress::served::ServedTensor>> =
         BTreeMap::new();
-    let mut modules: Vec<(String, CtScheme)> = Vec::new();
+    let mut ct_modules: Vec<(String, CtScheme)> = Vec::new();
+    let mut gptq_modules: Vec<(String, GptqScheme)> = Vec::new();
     for (l, o, entry) in sel.layers() {
         let level = &o.level;
         let weight = l.id.weight_name();
@@ -81,8 +128,9 @@ pub fn export_compressed_tensors(
                 return Err(Error::data(
                     &db.dir,
                     format!(
-                        "{weight}: level {level} is ggml {} blocks, which compressed-tensors does not store; export this database with --format gguf, or build a gptq/rtn database",
-                        g.ty.name()
+                        "{weight}: level {level} is ggml {} blocks, which {} does not store; export this database with --format gguf, or build a gptq/rtn database",
+                        g.ty.name(),
+                        format.name()
                     ),
                 ));
             }
@@ -90,17 +138,45 @@ pub fn export_compressed_tensors(
                 return Err(Error::data(
                     &db.dir,
                     format!(
-                        "{weight}: level {level} is a sparse layer, which dynapress does not write as compressed-tensors yet; export it with --format safetensors (dense, zeros stored) or --format dynapress (mask and kept weights)"
+                        "{weight}: level {level} is a sparse layer, which dynapress does not write as {} yet; export it with --format safetensors (dense, zeros stored) or --format dynapress (mask and kept weights)",
+                        format.name()
                     ),
                 ));
             }
         };
-        let (scheme, tensors) = compressed_tensors_tensors(&q)
-            .map_err(|e| Error::data(&db.dir, format!("{weight} (level {level}): {e}")))?;
-        modules.push((module.clone(), scheme));
+        let bad = |e: dynapress_compress::served::ServedError| {
+            Error::data(&db.dir, format!("{weight} (level {level}): {e}"))
+        };
+        let tensors = match format {
+            ServedFormat::CompressedTensors => {
+                let (scheme, tensors) = compressed_tensors_tensors(&q).map_err(bad)?;
+                ct_modules.push((module.clone(), scheme));
+                tensors
+            }
+            ServedFormat::Gptq => {
+                let (scheme, tensors) = gptq_tensors(&q, v2).map_err(bad)?;
+                gptq_modules.push((module.clone(), scheme));
+                tensors
+            }
+        };
         layers.insert(module, tensors);
     }
-    let qcfg = compressed_tensors_config(&modules, vec!["lm_head".to_string()]);
+    let (qcfg, config_groups) = match format {
+        ServedFormat::CompressedTensors => {
+            let cfg = compressed_tensors_config(&ct_modules, vec!["lm_head".to_string()]);
+            let n = cfg.config_groups.len();
+            (serde_json::to_value(&cfg).expect("config serialises"), n)
+        }
+        ServedFormat::Gptq => {
+            let n = gptq_modules
+                .iter()
+                .map(|m| m.1)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            let cfg = gptq_config(&gptq_modules, v2);
+            (serde_json::to_value(&cfg).expect("config serialises"), n)
+        }
+    };
 
     let parent = crate::fsutil::parent_dir(out);
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
@@ -116,15 +192,19 @@ pub fn export_compressed_tensors(
             let obj = v
                 .as_object_mut()
                 .ok_or_else(|| Error::config(files.dir.join("config.json"), "not a JSON object"))?;
-            obj.insert(
-                "quantization_config".into(),
-                serde_json::to_value(&qcfg).expect("config serialises"),
-            );
+            obj.insert("quantization_config".into(), qcfg.clone());
             serde_json::to_vec_pretty(&v).expect("json")
         } else {
             bytes
         };
         std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
+    }
+
+    if format == ServedFormat::Gptq {
+        // GPTQModel reads its QuantizeConfig from quantize_config.json.
+        let p = tmp.path().join("quantize_config.json");
+        std::fs::write(&p, serde_json::to_vec_pretty(&qcfg).expect("json"))
+            .map_err(|e| Error::io(&p, e))?;
     }
 
     let mut specs = Vec::new();
@@ -177,10 +257,10 @@ pub fn export_compressed_tensors(
     let safetensors_bytes = std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0);
     let report = ServedReport {
         out: out.to_path_buf(),
-        format: "compressed-tensors".into(),
+        format: format.name().into(),
         searched_bits_per_weight: space.bits_per_weight(&sel.choice),
         searched_params: space.total_params,
-        config_groups: qcfg.config_groups.len(),
+        config_groups,
         safetensors_bytes,
     };
     super::finish_dir(tmp, out, &sel.config, &report)?;

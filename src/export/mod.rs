@@ -23,7 +23,9 @@ pub mod gguf;
 pub mod recipe;
 pub mod safetensors;
 
-pub use compressed_tensors::{ServedReport, export_compressed_tensors};
+pub use compressed_tensors::{
+    ServedFormat, ServedReport, export_compressed_tensors, export_served,
+};
 pub use convert::convert_gguf;
 pub use depth::{DepthExportReport, DepthGgufReport, export_depth, export_depth_gguf};
 pub use dynapress::export_dynapress;

@@ -51,10 +51,11 @@ pub struct CompressOptions {
     /// Which uniform levels and knapsack allocations the report compares.
     pub compare: Compare,
     pub dtype: ExportDtype,
-    /// Without `gguf`: write `model/` as compressed-tensors (the searched
-    /// codes packed for transformers and vLLM) instead of dequantized
-    /// weights (needs a grid method: gptq or rtn).
-    pub compressed_tensors: bool,
+    /// Without `gguf`: write `model/` in a served format (compressed-tensors
+    /// or GPTQ: the searched codes packed for transformers, vLLM or
+    /// GPTQModel) instead of dequantized weights (needs a grid method: gptq
+    /// or rtn).
+    pub served: Option<crate::export::ServedFormat>,
     pub quiet: bool,
     /// Rebuild a database in the database directory that was built from
     /// another model, calibration or method (otherwise an error).
@@ -144,9 +145,8 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         None => {
             let dir = opts.out.join("model");
             say(format!("[3/4] export {}", dir.display()));
-            let bytes = if opts.compressed_tensors {
-                crate::export::export_compressed_tensors(&files, &sel, &dir, true)?
-                    .safetensors_bytes
+            let bytes = if let Some(format) = opts.served {
+                crate::export::export_served(&files, &sel, &dir, true, format)?.safetensors_bytes
             } else {
                 export_safetensors(&files, &sel, &dir, opts.dtype, true)?.safetensors_bytes
             };
@@ -205,14 +205,17 @@ pub fn compress(opts: &CompressOptions) -> Result<CompressReport> {
         found.config.bits_per_weight,
         Contender::Choice(sel.choice.clone()),
     ));
-    // The exported model, loaded back. dynapress does not read
-    // compressed-tensors: its codes are evaluated from model-dynapress/, which
-    // holds the same codes (tests/served.rs checks transformers' logits on
-    // the compressed-tensors files against ours).
+    // The exported model, loaded back. dynapress does not read the served
+    // formats: their codes are evaluated from model-dynapress/, which holds
+    // the same codes (tests/served.rs checks transformers' and GPTQModel's
+    // logits on those files against ours).
     let (exported_name, exported_path) = match (opts.gguf, &compressed) {
         (Some(_), _) => ("exported GGUF".to_string(), export_path.clone()),
-        (None, Some((compact, _))) if opts.compressed_tensors => (
-            "exported (compressed-tensors codes, read from model-dynapress)".to_string(),
+        (None, Some((compact, _))) if opts.served.is_some() => (
+            format!(
+                "exported ({} codes, read from model-dynapress)",
+                opts.served.map_or("", |f| f.name())
+            ),
             compact.clone(),
         ),
         _ => (
@@ -422,7 +425,7 @@ pub fn validate(opts: &CompressOptions, files: &ModelFiles) -> Result<()> {
             "--target-sparsity needs --method sparsegpt with f16 values (no --sparse-bits); give --target-bits otherwise",
         ));
     }
-    if opts.compressed_tensors
+    if let Some(format) = opts.served
         && !matches!(
             opts.method.method,
             crate::database::Method::Gptq | crate::database::Method::Rtn
@@ -430,7 +433,10 @@ pub fn validate(opts: &CompressOptions, files: &ModelFiles) -> Result<()> {
     {
         return Err(Error::option(
             "--format",
-            "--format compressed-tensors stores GPTQ/RTN grids: --method gptq or rtn",
+            format!(
+                "--format {} stores GPTQ/RTN grids: --method gptq or rtn",
+                format.name()
+            ),
         ));
     }
     if opts.gguf.is_some() && !opts.method.is_ggml() {

@@ -64,6 +64,32 @@ pub enum ServedError {
         /// Group size of the layer's scheme.
         group_size: usize,
     },
+    /// GPTQ checkpoints store 2, 3, 4 or 8 bits.
+    #[error(
+        "{bits}-bit codes: GPTQ checkpoints store 2, 3, 4 or 8 bits; rebuild the database with --bits from 2,3,4,8 (or --runtime gptqmodel)"
+    )]
+    GptqBits {
+        /// Bits of the layer's scheme.
+        bits: u8,
+    },
+    /// Asymmetric layers are written in the `gptq_v2` format only.
+    #[error(
+        "an asymmetric grid in the classic GPTQ format (zero points stored minus one, so a zero point of 0 is lost); write checkpoint_format gptq_v2"
+    )]
+    GptqV1Asymmetric,
+    /// GPTQ packs codes along the input and zero points along the output
+    /// dimension into whole 32-bit words.
+    #[error(
+        "a {rows} × {cols} layer at {bits} bits does not fill whole 32-bit words along both dimensions, which the GPTQ packing needs (rows and columns multiples of 32 always do)"
+    )]
+    GptqShape {
+        /// Output features.
+        rows: usize,
+        /// Input features.
+        cols: usize,
+        /// Bits per code.
+        bits: u8,
+    },
 }
 
 /// Element type of a [`ServedTensor`] (little-endian).
@@ -80,7 +106,8 @@ pub enum ServedDtype {
 /// One tensor of a served checkpoint: `NAME.suffix`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServedTensor {
-    /// `weight_packed`, `weight_scale`, `weight_zero_point` or `weight_shape`.
+    /// `weight_packed`, `weight_scale`, `weight_zero_point`, `weight_shape`
+    /// (compressed-tensors) or `qweight`, `qzeros`, `scales`, `g_idx` (GPTQ).
     pub suffix: &'static str,
     /// Element type.
     pub dtype: ServedDtype,
@@ -352,6 +379,232 @@ pub fn compressed_tensors_config(
     }
 }
 
+// ---------------------------------------------------------------- GPTQ
+
+/// The quantization of one module of a GPTQ checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GptqScheme {
+    /// Bits per code: 2, 3, 4 or 8.
+    pub bits: u8,
+    /// Group length along the input, or `None` for one group per row
+    /// (GPTQ's `group_size: -1`).
+    pub group_size: Option<usize>,
+    /// Symmetric grid.
+    pub sym: bool,
+}
+
+impl GptqScheme {
+    /// The scheme of `q`, or why a GPTQ checkpoint cannot store it.
+    pub fn of(q: &QuantizedLinear) -> Result<Self, ServedError> {
+        if q.perm().is_some() {
+            return Err(ServedError::Permuted);
+        }
+        let s = q.scheme();
+        if ![2, 3, 4, 8].contains(&s.bits) {
+            return Err(ServedError::GptqBits { bits: s.bits });
+        }
+        let b = s.bits as usize;
+        if !(q.cols() * b).is_multiple_of(32) || !(q.rows() * b).is_multiple_of(32) {
+            return Err(ServedError::GptqShape {
+                rows: q.rows(),
+                cols: q.cols(),
+                bits: s.bits,
+            });
+        }
+        Ok(Self {
+            bits: s.bits,
+            group_size: (q.groups_per_row() > 1).then_some(s.group_size),
+            sym: s.sym,
+        })
+    }
+
+    /// The `group_size` value of the config (−1: one group per row).
+    pub fn group_size_value(&self) -> i64 {
+        self.group_size.map_or(-1, |g| g as i64)
+    }
+}
+
+/// Whether `q` needs GPTQModel's `gptq_v2` checkpoint format: the classic
+/// format (`gptq`, "v1") stores every zero point minus one, which loses an
+/// asymmetric zero point of 0, and GPTQModel refuses asymmetric v1
+/// checkpoints not written by itself. Symmetric layers (zero point
+/// `2^(b−1)`) are written as v1, which every GPTQ runtime reads.
+pub fn gptq_needs_v2(q: &QuantizedLinear) -> bool {
+    !q.scheme().sym
+}
+
+/// The GPTQ tensors of `q` (AutoGPTQ / GPTQModel layout), with its scheme:
+///
+/// | tensor       | dtype | shape                | content |
+/// |--------------|-------|----------------------|---------|
+/// | `NAME.qweight` | I32 | `[cols·b/32, rows]`  | column `r` = row `r`'s codes, densely packed along the input |
+/// | `NAME.qzeros`  | I32 | `[G, rows·b/32]`     | row `g` = group `g`'s zero points of every output, densely packed (`z − 1` in the v1 format, `z` in v2) |
+/// | `NAME.scales`  | F16 | `[G, rows]`          | our f16 scales, transposed |
+/// | `NAME.g_idx`   | I32 | `[cols]`             | `j / group_size` (0 with one group per row) |
+///
+/// Dense packing is [`pack_dense_u32`]'s; for 3 bits it is exactly GPTQ's
+/// 32-values-in-3-words layout. A symmetric grid's zero point is our fixed
+/// `2^(b−1)`. GPTQ dequantizes `scales[g] · (q − z)`, our definition.
+pub fn gptq_tensors(
+    q: &QuantizedLinear,
+    v2: bool,
+) -> Result<(GptqScheme, Vec<ServedTensor>), ServedError> {
+    let scheme = GptqScheme::of(q)?;
+    if !v2 && gptq_needs_v2(q) {
+        return Err(ServedError::GptqV1Asymmetric);
+    }
+    let (rows, cols, bits) = (q.rows(), q.cols(), q.scheme().bits);
+    let b = bits as usize;
+    let g = q.groups_per_row();
+    let in_words = cols * b / 32;
+    let mut qweight = vec![0u32; in_words * rows];
+    for (r, row) in q.codes().chunks_exact(cols).enumerate() {
+        for (w, word) in pack_dense_u32(row, bits).into_iter().enumerate() {
+            qweight[w * rows + r] = word;
+        }
+    }
+    let half = 1u8 << (bits - 1);
+    let shift = u8::from(!v2);
+    let mut qzeros = Vec::with_capacity(g * rows * b / 32);
+    for j in 0..g {
+        let z: Vec<u8> = (0..rows)
+            .map(|r| {
+                let z = if q.scheme().sym {
+                    half
+                } else {
+                    q.zeros()[r * g + j]
+                };
+                z - shift
+            })
+            .collect();
+        qzeros.extend(pack_dense_u32(&z, bits));
+    }
+    let scales = q.scales();
+    let mut st = Vec::with_capacity(g * rows * 2);
+    for j in 0..g {
+        for r in 0..rows {
+            st.extend(scales[r * g + j].to_le_bytes());
+        }
+    }
+    let gs = scheme.group_size.unwrap_or(cols.max(1));
+    let g_idx: Vec<u8> = (0..cols)
+        .flat_map(|c| ((c / gs) as i32).to_le_bytes())
+        .collect();
+    Ok((
+        scheme,
+        vec![
+            ServedTensor {
+                suffix: "qweight",
+                dtype: ServedDtype::I32,
+                shape: vec![in_words, rows],
+                data: words_le(qweight),
+            },
+            ServedTensor {
+                suffix: "qzeros",
+                dtype: ServedDtype::I32,
+                shape: vec![g, rows * b / 32],
+                data: words_le(qzeros),
+            },
+            ServedTensor {
+                suffix: "scales",
+                dtype: ServedDtype::F16,
+                shape: vec![g, rows],
+                data: st,
+            },
+            ServedTensor {
+                suffix: "g_idx",
+                dtype: ServedDtype::I32,
+                shape: vec![cols],
+                data: g_idx,
+            },
+        ],
+    ))
+}
+
+/// A module's override in GPTQModel's `dynamic` config.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GptqOverride {
+    /// Bits per code.
+    pub bits: u8,
+    /// Group length (−1: one group per row).
+    pub group_size: i64,
+    /// Symmetric grid.
+    pub sym: bool,
+}
+
+/// The `quantization_config` of a GPTQ checkpoint (GPTQModel's
+/// `QuantizeConfig`, which transformers' `GPTQConfig` reads too).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GptqQuantizationConfig {
+    /// `gptq`.
+    pub quant_method: &'static str,
+    /// `gptq` (zero points stored minus one) or `gptq_v2`.
+    pub checkpoint_format: &'static str,
+    /// Default bits per code.
+    pub bits: u8,
+    /// Default group length (−1: one group per row).
+    pub group_size: i64,
+    /// Default symmetry.
+    pub sym: bool,
+    /// No stored act-order permutation.
+    pub desc_act: bool,
+    /// Groups are consecutive columns.
+    pub static_groups: bool,
+    /// Informational (GPTQ's sequential sublayer order).
+    pub true_sequential: bool,
+    /// The LM head is not quantized.
+    pub lm_head: bool,
+    /// One rule per module whose scheme is not the default: the regex of its
+    /// exact name, prefixed `+:` (apply).
+    pub dynamic: BTreeMap<String, GptqOverride>,
+}
+
+/// The config of a GPTQ checkpoint whose modules keep their own schemes: the
+/// most common scheme is the default (ties: the first in scheme order), and
+/// every module with another scheme gets a GPTQModel `dynamic` rule matching
+/// exactly its name (`+:^model\.layers\.0\.mlp\.down_proj$`).
+pub fn gptq_config(modules: &[(String, GptqScheme)], v2: bool) -> GptqQuantizationConfig {
+    let mut count: BTreeMap<GptqScheme, usize> = BTreeMap::new();
+    for (_, s) in modules {
+        *count.entry(*s).or_default() += 1;
+    }
+    let base = count
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(s, _)| *s)
+        .unwrap_or(GptqScheme {
+            bits: 4,
+            group_size: Some(128),
+            sym: true,
+        });
+    let dynamic = modules
+        .iter()
+        .filter(|(_, s)| *s != base)
+        .map(|(name, s)| {
+            (
+                format!("+:^{}$", name.replace('.', "\\.")),
+                GptqOverride {
+                    bits: s.bits,
+                    group_size: s.group_size_value(),
+                    sym: s.sym,
+                },
+            )
+        })
+        .collect();
+    GptqQuantizationConfig {
+        quant_method: "gptq",
+        checkpoint_format: if v2 { "gptq_v2" } else { "gptq" },
+        bits: base.bits,
+        group_size: base.group_size_value(),
+        sym: base.sym,
+        desc_act: false,
+        static_groups: false,
+        true_sequential: true,
+        lm_head: false,
+        dynamic,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,5 +812,127 @@ mod tests {
         assert_eq!(cfg.config_groups["group_0"].targets, vec!["x.q", "x.v"]);
         assert_eq!(cfg.config_groups["group_1"].targets, vec!["x.k"]);
         assert_eq!(cfg.config_groups["group_1"].weights.num_bits, 8);
+    }
+
+    /// GPTQ's reference packing of one column of 3-bit codes: 32 values in
+    /// three words, written out the way AutoGPTQ's `pack` loop does it.
+    fn gptq_pack3(v: &[u8]) -> Vec<u32> {
+        let mut out = Vec::new();
+        for c in v.chunks_exact(32) {
+            let c: Vec<u32> = c.iter().map(|&x| u32::from(x)).collect();
+            let mut w = [0u32; 3];
+            for j in 0..10 {
+                w[0] |= c[j] << (3 * j);
+            }
+            w[0] |= c[10] << 30;
+            w[1] |= (c[10] >> 2) & 1;
+            for j in 0..10 {
+                w[1] |= c[11 + j] << (3 * j + 1);
+            }
+            w[1] |= c[21] << 31;
+            w[2] |= (c[21] >> 1) & 3;
+            for j in 0..10 {
+                w[2] |= c[22 + j] << (3 * j + 2);
+            }
+            out.extend(w);
+        }
+        out
+    }
+
+    #[test]
+    fn gptq_tensors_decode_to_our_weights() {
+        for (scheme, v2) in [
+            (QuantScheme::new(3, 32), true),
+            (
+                QuantScheme {
+                    sym: true,
+                    ..QuantScheme::new(4, 64)
+                },
+                false,
+            ),
+            (
+                QuantScheme {
+                    sym: true,
+                    ..QuantScheme::new(8, 0)
+                },
+                false,
+            ),
+            (QuantScheme::new(2, 64), true),
+        ] {
+            let (rows, cols) = (64, 128);
+            let q = layer(rows, cols, scheme, false);
+            assert_eq!(gptq_needs_v2(&q), v2);
+            let (s, t) = gptq_tensors(&q, v2).unwrap();
+            let b = scheme.bits as usize;
+            let g = q.groups_per_row();
+            assert_eq!(s.group_size, (g > 1).then_some(scheme.group_size));
+            let names: Vec<&str> = t.iter().map(|t| t.suffix).collect();
+            assert_eq!(names, ["qweight", "qzeros", "scales", "g_idx"]);
+            assert_eq!(t[0].shape, [cols * b / 32, rows]);
+            assert_eq!(t[1].shape, [g, rows * b / 32]);
+            assert_eq!(t[2].shape, [g, rows]);
+            assert_eq!(t[3].shape, [cols]);
+            let (qw, qz, gi) = (i32s(&t[0]), i32s(&t[1]), i32s(&t[3]));
+            // Decode the way GPTQ does: column r of qweight, row g of qzeros
+            // (+1 in v1), scales[g_idx[j]] · (q − z).
+            let deq = q.dequantize();
+            for r in 0..rows {
+                let col: Vec<u32> = (0..cols * b / 32).map(|w| qw[w * rows + r]).collect();
+                let codes = unpack_dense_u32(&col, scheme.bits, cols);
+                if b == 3 {
+                    assert_eq!(col, gptq_pack3(&q.codes()[r * cols..(r + 1) * cols]));
+                }
+                for j in 0..cols {
+                    let gj = gi[j] as usize;
+                    let zrow = &qz[gj * rows * b / 32..(gj + 1) * rows * b / 32];
+                    let z = unpack_dense_u32(zrow, scheme.bits, rows)[r] + u8::from(!v2);
+                    let sc = f32::from(half::f16::from_le_bytes([
+                        t[2].data[2 * (gj * rows + r)],
+                        t[2].data[2 * (gj * rows + r) + 1],
+                    ]));
+                    let w = sc * (codes[j] as f32 - z as f32);
+                    assert_eq!(w, deq[r * cols + j], "{scheme:?} row {r} col {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gptq_refuses_what_it_cannot_store() {
+        let q5 = layer(64, 128, QuantScheme::new(5, 32), false);
+        assert_eq!(GptqScheme::of(&q5), Err(ServedError::GptqBits { bits: 5 }));
+        let q3 = layer(40, 128, QuantScheme::new(3, 32), false);
+        assert!(matches!(
+            GptqScheme::of(&q3),
+            Err(ServedError::GptqShape { rows: 40, .. })
+        ));
+        let asym = layer(64, 128, QuantScheme::new(4, 32), false);
+        assert_eq!(
+            gptq_tensors(&asym, false).unwrap_err(),
+            ServedError::GptqV1Asymmetric
+        );
+    }
+
+    #[test]
+    fn gptq_config_overrides_every_module_off_the_default() {
+        let a = GptqScheme {
+            bits: 4,
+            group_size: Some(128),
+            sym: true,
+        };
+        let b = GptqScheme { bits: 8, ..a };
+        let cfg = gptq_config(
+            &[
+                ("model.layers.0.q".into(), a),
+                ("model.layers.0.k".into(), b),
+                ("model.layers.1.q".into(), a),
+            ],
+            false,
+        );
+        assert_eq!((cfg.bits, cfg.group_size, cfg.sym), (4, 128, true));
+        assert_eq!(cfg.checkpoint_format, "gptq");
+        assert_eq!(cfg.dynamic.len(), 1);
+        let rule = &cfg.dynamic["+:^model\\.layers\\.0\\.k$"];
+        assert_eq!((rule.bits, rule.group_size), (8, 128));
     }
 }
