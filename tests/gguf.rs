@@ -456,6 +456,8 @@ fn compress_by_file_size_reports_the_budget_it_searched() {
         s(kquant_db()),
         "--method",
         "kquant",
+        "--types",
+        common::cli::KQUANT_TYPES,
         "--calib-tokens",
         "8192",
         "--format",
@@ -537,6 +539,8 @@ fn tied_576_checkpoint_gets_fallback_levels_and_types() {
             "2048",
             "--method",
             "kquant",
+            "--types",
+            common::cli::KQUANT_TYPES,
         ],
     ));
     assert!(
@@ -619,6 +623,8 @@ fn tied_576_checkpoint_gets_fallback_levels_and_types() {
         s(&db),
         "--method",
         "kquant",
+        "--types",
+        common::cli::KQUANT_TYPES,
         "--calib",
         "assets/data/docs.valid.txt",
         "--calib-tokens",

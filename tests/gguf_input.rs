@@ -80,6 +80,8 @@ fn compress_from_an_f32_gguf_equals_compress_from_the_directory() {
         "gguf",
         "--method",
         "kquant",
+        "--types",
+        common::cli::KQUANT_TYPES,
         "--target-bits",
         "4",
     ];

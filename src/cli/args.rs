@@ -76,7 +76,9 @@ pub struct MethodArgs {
     /// Bit widths, one level each (gptq, rtn).
     #[arg(long, value_delimiter = ',', default_value = "2,3,4,5,6,8")]
     pub bits: Vec<u8>,
-    /// ggml types, one level each (kquant, gptq-kquant).
+    /// ggml types, one level each (kquant, gptq-kquant). Default: the i-quants
+    /// and the k-quants (with --no-imatrix: without IQ2_XXS and IQ2_XS, which
+    /// need an importance matrix).
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_GGML_TYPES)]
     pub types: Vec<String>,
     /// kquant, gptq-kquant: do not weight by the calibration importance matrix.
@@ -110,6 +112,20 @@ pub struct MethodArgs {
 }
 
 impl MethodArgs {
+    /// `--types`; the default without IQ2_XXS and IQ2_XS under
+    /// `--no-imatrix` (ggml encodes them only with an importance matrix).
+    fn ggml_types(&self) -> Vec<String> {
+        let default: Vec<String> = DEFAULT_GGML_TYPES.split(',').map(String::from).collect();
+        if self.no_imatrix && self.types == default {
+            default
+                .into_iter()
+                .filter(|t| GgmlType::from_name(t).is_none_or(|ty| !ty.requires_imatrix()))
+                .collect()
+        } else {
+            self.types.clone()
+        }
+    }
+
     /// The method spec, with `default` when --method is not given (gptq-kquant
     /// for `--runtime llama.cpp`), restricted to `--runtime`'s levels.
     pub fn spec(&self, default: Method) -> anyhow::Result<MethodSpec> {
@@ -152,7 +168,7 @@ impl MethodArgs {
         Ok(MethodSpec {
             method,
             bits,
-            types: self.types.clone(),
+            types: self.ggml_types(),
             imatrix: !self.no_imatrix,
             group_size: self.group_size,
             sym,

@@ -38,8 +38,8 @@ pub const IMATRIX_FILE: &str = "imatrix.gguf";
 pub const FORMAT_VERSION: u32 = 1;
 
 pub use dynapress_compress::method::{
-    DEFAULT_GGML_TYPES, DEFAULT_SPARSITIES, FALLBACK_GGML_TYPES, GgmlBlocks, LevelSparsity,
-    LevelSpec, Method, MethodError, MethodSpec, SparseLevel, Variant,
+    DEFAULT_GGML_TYPES, DEFAULT_SPARSITIES, FALLBACK_GGML_TYPES, GgmlBlocks, KQUANT_GGML_TYPES,
+    LevelSparsity, LevelSpec, Method, MethodError, MethodSpec, SparseLevel, Variant,
 };
 
 /// What identifies the model a database belongs to.
@@ -649,7 +649,7 @@ mod tests {
     fn fallback_levels_for_rows_k_quants_cannot_hold() {
         let spec = MethodSpec {
             method: Method::GptqKquant,
-            types: DEFAULT_GGML_TYPES.split(',').map(String::from).collect(),
+            types: KQUANT_GGML_TYPES.split(',').map(String::from).collect(),
             ..Default::default()
         };
         assert!(spec.needs_fallback(576).unwrap());
@@ -687,5 +687,26 @@ mod tests {
             Some(GgmlType::IQ4NL)
         );
         assert!(MethodSpec::default().fallback_levels().unwrap().is_empty());
+    }
+
+    #[test]
+    fn default_ggml_types_are_the_i_and_k_quants_with_gptq() {
+        let spec = MethodSpec {
+            method: Method::GptqKquant,
+            types: DEFAULT_GGML_TYPES.split(',').map(String::from).collect(),
+            ..Default::default()
+        };
+        let levels = spec.all_levels(false).unwrap();
+        assert_eq!(levels.len(), 12);
+        assert!(levels.iter().all(|l| l.name.starts_with("gptq-")));
+        // The i-quants' fallback for rows of 576 is IQ4_NL, already a
+        // fallback level of the k-quants.
+        let fb: Vec<String> = spec
+            .fallback_levels()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert!(fb.contains(&"gptq-IQ4_NL".to_string()), "{fb:?}");
     }
 }

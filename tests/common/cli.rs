@@ -9,6 +9,11 @@ use super::{bin, root, s};
 /// The demo model, as the command lines name it (relative to the root).
 pub const DEMO: &str = "assets/demo-model";
 
+/// The k-quant types (the ggml default before it gained the i-quants): the
+/// GGUF mechanics tests use them, so that their databases build as fast as
+/// before (ggml's lattice encoders cost about 5× the k-quants' time).
+pub const KQUANT_TYPES: &str = "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0";
+
 /// Runs the binary with `args` in the repository root.
 pub fn run(args: &[&str]) -> Output {
     Command::new(bin())

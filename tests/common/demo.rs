@@ -46,11 +46,14 @@ pub fn gptq_db() -> &'static Path {
     db_on_both_texts(&DB, &["--bits", "2,3,4"])
 }
 
-/// A kquant database of the demo model: every default type, with the
-/// imatrix (both validation texts, 8192 tokens).
+/// A kquant database of the demo model: the k-quant types and Q8_0, with
+/// the imatrix (both validation texts, 8192 tokens).
 pub fn kquant_db() -> &'static Path {
     static DB: OnceLock<Built> = OnceLock::new();
-    db_on_both_texts(&DB, &["--method", "kquant"])
+    db_on_both_texts(
+        &DB,
+        &["--method", "kquant", "--types", super::cli::KQUANT_TYPES],
+    )
 }
 
 /// A small database of two ggml types (Q4_K, Q6_K; so GGUF export works

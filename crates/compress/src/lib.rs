@@ -102,8 +102,8 @@ pub use gptq::{FactorParams, GptqFactor, GptqParams, GptqQuantParams, gptq};
 pub use grid::{ClipSearch, GroupGrid, QuantScheme};
 pub use hessian::{Accumulation, Hessian};
 pub use method::{
-    DEFAULT_SPARSITIES, GgmlBlocks, LevelSparsity, LevelSpec, Method, MethodError, MethodSpec,
-    SparseLevel, Variant, compress_layer,
+    DEFAULT_SPARSITIES, GgmlBlocks, KQUANT_GGML_TYPES, LevelSparsity, LevelSpec, Method,
+    MethodError, MethodSpec, SparseLevel, Variant, compress_layer,
 };
 pub use metrics::{quadratic_trace, relative_output_error};
 pub use owl::{OwlError, allocate_zeros, outlier_ratio, owl_sparsities};

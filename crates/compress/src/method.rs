@@ -104,8 +104,16 @@ impl Default for MethodSpec {
 /// The sparsities a sparsegpt database uses by default.
 pub const DEFAULT_SPARSITIES: &str = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9";
 
-/// The ggml types a ggml database uses by default.
-pub const DEFAULT_GGML_TYPES: &str = "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0";
+/// The ggml types a ggml database uses by default: the i-quants and the
+/// k-quants (with GPTQ inside every one of them, the i-quant levels lower
+/// the KL of `compress --format gguf` at every file size measured from
+/// llama.cpp's IQ2_M to Q4_K_M; docs/gguf-results.md).
+pub const DEFAULT_GGML_TYPES: &str =
+    "IQ2_XXS,IQ2_XS,IQ2_S,IQ3_XXS,IQ3_S,IQ4_XS,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0";
+
+/// The k-quant types of [`DEFAULT_GGML_TYPES`] (the default before the
+/// i-quants had GPTQ: 2026-12-03).
+pub const KQUANT_GGML_TYPES: &str = "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0";
 
 /// The 32-value types a ggml database adds as *fallback levels* for layers
 /// whose rows a chosen type cannot hold (rows that are not a multiple of the
