@@ -415,6 +415,72 @@ fn runtime_restricts_the_levels() {
 }
 
 #[test]
+fn compress_writes_gptq_with_gptqmodel_widths() {
+    // `compress --format gptq` without --runtime: the levels are GPTQModel's
+    // widths (2, 3, 4, 8; a default database would hold 5 and 6 bits, which
+    // GPTQ cannot store), model/ is the GPTQ checkpoint (tests/served.rs
+    // loads such files in GPTQModel) with one dynamic rule per module off
+    // the default scheme, and the exported row equals the search's.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gptq");
+    ok(&run(&[
+        "compress",
+        "--model",
+        DEMO,
+        "--format",
+        "gptq",
+        "--target-bits",
+        "4.5",
+        "--calib",
+        "assets/data/docs.valid.txt",
+        "--eval",
+        "assets/data/docs.test.txt",
+        "--calib-tokens",
+        "4096",
+        "--generations",
+        "2",
+        "--offspring",
+        "4",
+        "--stages",
+        "512:2,1024:1",
+        "--eval-windows",
+        "4",
+        "--no-compare",
+        "--quiet",
+        "--out",
+        s(&out),
+    ]));
+    let q = read_json(&out.join("model/quantize_config.json"));
+    assert_eq!(q["quant_method"], "gptq");
+    // The default database is asymmetric: GPTQModel's v2 format.
+    assert_eq!(q["checkpoint_format"], "gptq_v2");
+    let cfg = read_json(&out.join("model/config.json"));
+    assert_eq!(cfg["quantization_config"], q);
+    let c = ConfigFile::read(&out.join("config.json")).unwrap();
+    let widths: std::collections::BTreeSet<u8> = c.layers.iter().map(|l| l.bits).collect();
+    assert!(widths.len() > 1, "{widths:?}");
+    assert!(
+        widths.iter().all(|b| [2, 3, 4, 8].contains(b)),
+        "{widths:?}"
+    );
+    let default = q["bits"].as_u64().unwrap() as u8;
+    let off_default = c.layers.iter().filter(|l| l.bits != default).count();
+    assert_eq!(q["dynamic"].as_object().unwrap().len(), off_default);
+    let r = read_json(&out.join("report.json"));
+    let kl = |kind: &str| {
+        r["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["kind"] == kind)
+            .and_then(|x| x["mean_kl"].as_f64())
+            .unwrap()
+    };
+    assert!(kl("evopress") > 0.0);
+    assert_eq!(kl("exported"), kl("evopress"));
+}
+
+#[test]
 fn compress_writes_compressed_tensors_for_vllm() {
     // `compress --runtime vllm --format compressed-tensors`: model/ is the
     // packed compressed-tensors checkpoint (tests/served.rs loads such files

@@ -193,7 +193,13 @@ pub fn run(mut a: CompressArgs) -> anyhow::Result<()> {
         check_output(db, "--db", OutputKind::ResumeDir, &inputs, true)?;
     }
     dynapress::fsutil::clean_stale_temps(&out);
-    let method = a.method.spec(if gguf.is_some() {
+    // A GPTQ checkpoint stores 2, 3, 4 or 8 bits: without a --runtime, make
+    // the levels GPTQModel's rather than failing at the export.
+    let mut method_args = a.method.clone();
+    if a.format == Format::Gptq && method_args.runtime == Runtime::Any {
+        method_args.runtime = Runtime::Gptqmodel;
+    }
+    let method = method_args.spec(if gguf.is_some() {
         Method::GptqKquant
     } else {
         Method::Gptq
