@@ -1,9 +1,18 @@
 //! GPTQ inside ggml's block grids: the database method `gptq-kquant`.
 //!
-//! [`gptq_ggml`] quantizes a layer to a ggml type (Q2_K … Q6_K, Q8_0, and the
-//! 32-value Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL) with GPTQ's error feedback, and returns the
-//! exact ggml block bytes ([`GgmlQuantized`]): what llama.cpp loads, with the
-//! type's real bits per weight.
+//! [`gptq_ggml`] quantizes a layer to a ggml type (Q2_K … Q6_K, Q8_0, the
+//! 32-value Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL, IQ4_XS, and the lattice i-quants
+//! IQ2_XXS/IQ2_XS/IQ2_S/IQ3_XXS/IQ3_S) with GPTQ's error feedback, and returns
+//! the exact ggml block bytes ([`GgmlQuantized`]): what llama.cpp loads, with
+//! the type's real bits per weight.
+//!
+//! The lattice i-quants have no per-weight level: they are swept one
+//! 256-column super-block per lazy block, with ggml's scales for the block's
+//! current weights ([`LatticeGrid`]) and each group of 8 or 4 columns rounded
+//! to the codebook point of least exact group loss among the candidates near
+//! it, its columns' errors then fed forward one by one (docs/gptq.md,
+//! "Inside the lattice i-quants"). The rest of this documentation describes
+//! the per-weight grids.
 //!
 //! # Algorithm
 //!
@@ -504,6 +513,7 @@ impl Sweep<'_> {
             .collect();
         let mut points = [0u16; 64];
         let mut signs = [0u8; 32];
+        let mut cands: Vec<u16> = Vec::with_capacity(64);
         for i1 in (0..n).step_by(256) {
             let i2 = i1 + 256;
             let blk = i1 / 256;
@@ -534,10 +544,10 @@ impl Sweep<'_> {
                             g0 - i1,
                             &row[g0..g0 + dim],
                             *sign >> (g0 - j0),
-                            &h[g0..g0 + dim],
                             u,
                             n,
                             g0,
+                            &mut cands,
                         );
                         points[(g0 - i1) / dim] = best as u16;
                         for k in g0..g0 + dim {
@@ -600,9 +610,6 @@ impl Sweep<'_> {
     }
 }
 
-/// Candidates scored exactly per group (the best under the diagonal metric).
-const EXACT_CANDIDATES: usize = 8;
-
 /// The sign byte of 8 weights: bit `i` set where `x_i < 0`. With parity signs
 /// (7 stored bits, an even number of negatives) an odd count is made even by
 /// flipping the weight of least `h_i x_i²`, as ggml's encoders do with their
@@ -630,11 +637,12 @@ fn choose_signs(x: &[f32], h: &[f32], parity: bool) -> u8 {
 }
 
 /// The codebook point for the group at super-block offset `j` (weights `x`,
-/// sign bits `signs` from bit 0, diagonal metric `h`; the group's columns
-/// start at `g0` of `U`): the [`EXACT_CANDIDATES`] best points under
-/// `Σ h_i (x_i − q_i)²` are rescored with the group's exact GPTQ loss
+/// sign bits `signs` from bit 0; the group's columns start at `g0` of `U`):
+/// among the candidates [`LatticeGrid::near_points`] gives for the signed
+/// magnitudes (the point of the nearest levels, or ggml's neighbour list when
+/// those are off the codebook), the one of least exact group GPTQ loss
 /// `Σ e_i²`, `e_i = (x_i' − q_i) / U_ii` with `x'` updated by the group's
-/// earlier errors, and the least wins (first on ties).
+/// earlier errors (first on ties).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn best_point(
@@ -642,39 +650,21 @@ fn best_point(
     j: usize,
     x: &[f32],
     signs: u8,
-    h: &[f32],
     u: &[f32],
     n: usize,
     g0: usize,
+    cands: &mut Vec<u16>,
 ) -> usize {
     let dim = x.len();
-    let scale = grid.scale(j);
     let mut t = [0f32; 8];
     for i in 0..dim {
         t[i] = if signs & (1 << i) != 0 { -x[i] } else { x[i] };
     }
-    let mut top = [(f32::INFINITY, 0usize); EXACT_CANDIDATES];
-    for k in 0..grid.num_points() {
-        let m = grid.point(k);
-        let mut d2 = 0f32;
-        for i in 0..dim {
-            let diff = t[i] - scale * m[i];
-            d2 += h[i] * diff * diff;
-        }
-        if d2 < top[EXACT_CANDIDATES - 1].0 {
-            let mut at = EXACT_CANDIDATES - 1;
-            while at > 0 && top[at - 1].0 > d2 {
-                top[at] = top[at - 1];
-                at -= 1;
-            }
-            top[at] = (d2, k);
-        }
-    }
-    let mut best = (f32::INFINITY, top[0].1);
-    for &(d2, k) in &top {
-        if !d2.is_finite() {
-            break;
-        }
+    cands.clear();
+    grid.near_points(j, &t[..dim], cands);
+    let mut best = (f32::INFINITY, cands[0] as usize);
+    for &k in cands.iter() {
+        let k = k as usize;
         let mut xs = [0f32; 8];
         xs[..dim].copy_from_slice(x);
         let mut loss = 0f32;

@@ -190,6 +190,8 @@ pub(crate) struct Lattice {
     /// neighbour list in `neighbours` (`[count, point, point, ...]`).
     map: Vec<i32>,
     neighbours: Vec<u16>,
+    /// The decoder's value of each level (`levels[l]` as f32).
+    pub(crate) level_values: Vec<f32>,
 }
 
 impl Lattice {
@@ -288,6 +290,7 @@ impl Lattice {
             points,
             map,
             neighbours,
+            level_values: levels.iter().map(|&v| v as f32).collect(),
         }
     }
 
@@ -315,6 +318,20 @@ impl Lattice {
         index
     }
 
+    /// The codebook points to consider for levels `l`: the point itself
+    /// when they are one, else ggml's neighbour list of their index.
+    pub(crate) fn candidates(&self, l: &[i8]) -> Candidates<'_> {
+        let u = self.index(l);
+        let m = self.map[u];
+        if m >= 0 {
+            Candidates::Point(m as u16)
+        } else {
+            let off = (-m - 1) as usize;
+            let n = self.neighbours[off] as usize;
+            Candidates::List(&self.neighbours[off + 1..off + 1 + n])
+        }
+    }
+
     /// The index `u` of levels `l` (one per weight of a group).
     #[inline]
     fn index(&self, l: &[i8]) -> usize {
@@ -332,6 +349,14 @@ impl Lattice {
             l[i] = (self.points[k][i] - 1) / 2;
         }
     }
+}
+
+/// See [`Lattice::candidates`].
+pub(crate) enum Candidates<'a> {
+    /// The levels are this codebook point.
+    Point(u16),
+    /// Off the codebook: the points nearest to them.
+    List(&'a [u16]),
 }
 
 pub(crate) fn lattice(ty: GgmlType) -> &'static Lattice {

@@ -21,7 +21,9 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 use crate::float::f16_bits_to_f32;
 use crate::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
-use crate::iquants::{Abort, Choice, Sub, choose_lattice, ksign, pack_lattice, params};
+use crate::iquants::{
+    Abort, Candidates, Choice, Lattice, Sub, choose_lattice, ksign, lattice, pack_lattice, params,
+};
 use crate::types::GgmlType;
 
 /// ggml's scale choice for one super-block (256 weights) of a lattice i-quant.
@@ -162,6 +164,33 @@ impl LatticeGrid {
     /// and sign).
     pub fn point(&self, k: usize) -> &[f32] {
         &self.points[k][..self.dim]
+    }
+
+    /// Appends to `out` the points near the magnitudes `t` (one group,
+    /// before scale) of weight `j`'s group: every coordinate is rounded to
+    /// its nearest level at `scale(j)`; if those levels are a codebook point
+    /// it is the only candidate, else ggml's neighbour list of them (the
+    /// points at its few smallest lattice distances). Negative magnitudes
+    /// round to the lowest level.
+    pub fn near_points(&self, j: usize, t: &[f32], out: &mut Vec<u16>) {
+        let s = self.scale(j);
+        let lat: &Lattice = lattice(self.ty);
+        let lv = &lat.level_values;
+        let mut l = [0i8; 8];
+        for (i, &x) in t.iter().enumerate().take(self.dim) {
+            let mut best = (f32::INFINITY, 0usize);
+            for (k, &v) in lv.iter().enumerate() {
+                let d = (x - s * v).abs();
+                if d < best.0 {
+                    best = (d, k);
+                }
+            }
+            l[i] = best.1 as i8;
+        }
+        match lat.candidates(&l[..self.dim]) {
+            Candidates::Point(k) => out.push(k),
+            Candidates::List(list) => out.extend_from_slice(list),
+        }
     }
 
     /// True when only 7 sign bits are stored per 8 weights (IQ2_XXS, IQ2_XS,
