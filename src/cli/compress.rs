@@ -196,7 +196,10 @@ pub fn run(mut a: CompressArgs) -> anyhow::Result<()> {
     // A GPTQ checkpoint stores 2, 3, 4 or 8 bits: without a --runtime, make
     // the levels GPTQModel's rather than failing at the export.
     let mut method_args = a.method.clone();
-    if a.format == Format::Gptq && method_args.runtime == Runtime::Any {
+    if a.format == Format::Gptq
+        && method_args.runtime == Runtime::Any
+        && !a.method.method.is_some_and(|m| m.is_ggml())
+    {
         method_args.runtime = Runtime::Gptqmodel;
     }
     let method = method_args.spec(if gguf.is_some() {
