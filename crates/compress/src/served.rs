@@ -816,6 +816,7 @@ mod tests {
 
     /// GPTQ's reference packing of one column of 3-bit codes: 32 values in
     /// three words, written out the way AutoGPTQ's `pack` loop does it.
+    #[allow(clippy::needless_range_loop)]
     fn gptq_pack3(v: &[u8]) -> Vec<u32> {
         let mut out = Vec::new();
         for c in v.chunks_exact(32) {

@@ -326,12 +326,12 @@ mod tests {
             let ggml = crate::quantize(ty, &x, 256, Some(&q)).unwrap();
             let dq = crate::dequantize(ty, &ggml, 256).unwrap();
             // Every decoded magnitude is scale(j) × a grid value of the type.
-            for j in 0..256 {
+            for (j, &v) in dq.iter().enumerate() {
                 let s = g.scale(j);
                 assert!(s > 0.0);
-                let m = dq[j].abs() / s;
+                let m = v.abs() / s;
                 let on_grid = (0..g.num_points()).any(|k| g.point(k).contains(&m));
-                assert!(on_grid, "{ty} weight {j}: {} / {s}", dq[j]);
+                assert!(on_grid, "{ty} weight {j}: {v} / {s}");
             }
         }
     }
