@@ -51,7 +51,7 @@ use crate::quantized::{Provenance, QuantizedLinear};
 pub enum ServedError {
     /// The layer stores a column permutation (act-order with dynamic groups).
     #[error(
-        "the layer stores an act-order column permutation (dynamic groups), which compressed-tensors 0.20 no longer expresses (g_idx was removed); rebuild the database without it (`--act-order` with static groups is fine)"
+        "the layer stores an act-order column permutation (dynamic groups), which dynapress does not write in a served format (compressed-tensors 0.20 removed g_idx; GPTQ's g_idx is not written yet); rebuild the database without it (`--act-order` with static groups is fine)"
     )]
     Permuted,
     /// `cols` is not a multiple of the group size.
