@@ -467,15 +467,7 @@ fn compress_writes_gptq_with_gptqmodel_widths() {
     let off_default = c.layers.iter().filter(|l| l.bits != default).count();
     assert_eq!(q["dynamic"].as_object().unwrap().len(), off_default);
     let r = read_json(&out.join("report.json"));
-    let kl = |kind: &str| {
-        r["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["kind"] == kind)
-            .and_then(|x| x["mean_kl"].as_f64())
-            .unwrap()
-    };
+    let kl = |kind: &str| common::row_mean_kl(&r, kind);
     assert!(kl("evopress") > 0.0);
     assert_eq!(kl("exported"), kl("evopress"));
 }
@@ -520,15 +512,7 @@ fn compress_writes_compressed_tensors_for_vllm() {
     let cfg = read_json(&out.join("model/config.json"));
     assert_eq!(cfg["quantization_config"]["format"], "pack-quantized");
     let r = read_json(&out.join("report.json"));
-    let kl = |kind: &str| {
-        r["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["kind"] == kind)
-            .and_then(|x| x["mean_kl"].as_f64())
-            .unwrap()
-    };
+    let kl = |kind: &str| common::row_mean_kl(&r, kind);
     assert!(kl("evopress") > 0.0);
     assert_eq!(kl("exported"), kl("evopress"));
     let c = ConfigFile::read(&out.join("config.json")).unwrap();

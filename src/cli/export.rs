@@ -4,9 +4,8 @@ use anyhow::Context;
 use clap::Args;
 use dynapress::database::Database;
 use dynapress::export::{
-    ExportDtype, ServedFormat, export_compressed_tensors, export_depth, export_depth_gguf,
-    export_dynapress, export_gguf, export_safetensors, export_served, llama_quantize_command,
-    llama_quantize_recipe,
+    ExportDtype, ServedFormat, export_depth, export_depth_gguf, export_dynapress, export_gguf,
+    export_safetensors, export_served, llama_quantize_command, llama_quantize_recipe,
 };
 use dynapress::fsutil::{Input, OutputKind, check_output};
 use dynapress::model::{DepthConfig, ModelFiles};
@@ -132,7 +131,13 @@ pub fn run(a: ExportArgs) -> anyhow::Result<()> {
             }
         }
         Format::CompressedTensors => {
-            let r = export_compressed_tensors(&files, &sel, &a.out, a.force)?;
+            let r = export_served(
+                &files,
+                &sel,
+                &a.out,
+                a.force,
+                ServedFormat::CompressedTensors,
+            )?;
             // vLLM fuses q/k/v and gate/up and refuses shards with different
             // schemes (transformers loads them): say so, with the remedy.
             let space = sel.space();

@@ -73,17 +73,6 @@ pub struct ServedReport {
     pub safetensors_bytes: u64,
 }
 
-/// Writes `out`, a compressed-tensors checkpoint of `files` with the layers of
-/// `config` taken from `db` in their compressed form.
-pub fn export_compressed_tensors(
-    files: &ModelFiles,
-    sel: &Selection,
-    out: &Path,
-    force: bool,
-) -> Result<ServedReport> {
-    export_served(files, sel, out, force, ServedFormat::CompressedTensors)
-}
-
 /// Writes `out`, a checkpoint of `files` in `format` with the layers of
 /// `config` taken from `db` in their compressed form.
 pub fn export_served(

@@ -23,9 +23,7 @@ pub mod gguf;
 pub mod recipe;
 pub mod safetensors;
 
-pub use compressed_tensors::{
-    ServedFormat, ServedReport, export_compressed_tensors, export_served,
-};
+pub use compressed_tensors::{ServedFormat, ServedReport, export_served};
 pub use convert::convert_gguf;
 pub use depth::{DepthExportReport, DepthGgufReport, export_depth, export_depth_gguf};
 pub use dynapress::export_dynapress;

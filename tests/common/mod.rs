@@ -59,6 +59,17 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
+/// The `mean_kl` of the row of `kind` in a compress report.
+pub fn row_mean_kl(report: &serde_json::Value, kind: &str) -> f64 {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == kind)
+        .and_then(|x| x["mean_kl"].as_f64())
+        .unwrap_or_else(|| panic!("no {kind} row with a mean_kl"))
+}
+
 /// Reads the JSON file at `path`, lets `edit` change it, writes it back.
 pub fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut v = read_json(path);

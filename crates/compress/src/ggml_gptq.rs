@@ -436,14 +436,7 @@ impl Sweep<'_> {
                         let r = s0 + t;
                         let o = &mut out[r * row_bytes + blk * ts..r * row_bytes + (blk + 1) * ts];
                         grid.assemble(&codes[t * bs..(t + 1) * bs], o);
-                        if validate_row_data(ty, o).is_err() {
-                            return Err(GgmlError::ScaleOverflow {
-                                ty,
-                                row: r0 + r,
-                                block: blk,
-                            }
-                            .into());
-                        }
+                        check_block(ty, o, r0 + r, blk)?;
                     }
                 }
             }
@@ -566,14 +559,7 @@ impl Sweep<'_> {
                 }
                 let o = &mut out[r * row_bytes + blk * ts..r * row_bytes + (blk + 1) * ts];
                 grid.assemble(&points[..256 / dim], &signs, o);
-                if validate_row_data(ty, o).is_err() {
-                    return Err(GgmlError::ScaleOverflow {
-                        ty,
-                        row: r0 + r,
-                        block: blk,
-                    }
-                    .into());
-                }
+                check_block(ty, o, r0 + r, blk)?;
             }
             self.check_and_update(r0, wt, &err, i1, i2)?;
         }
@@ -608,6 +594,12 @@ impl Sweep<'_> {
             other => other.into(),
         })
     }
+}
+
+/// An assembled block that llama.cpp would refuse (its f16 scale
+/// overflowed) is ggml's `ScaleOverflow` at `row`, `block`.
+fn check_block(ty: GgmlType, o: &[u8], row: usize, block: usize) -> Result<(), GgmlGptqError> {
+    validate_row_data(ty, o).map_err(|_| GgmlError::ScaleOverflow { ty, row, block }.into())
 }
 
 /// The sign byte of 8 weights: bit `i` set where `x_i < 0`. With parity signs
