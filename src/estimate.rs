@@ -18,7 +18,8 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::eval::compare::{Compare, EVAL_PROCESS_BYTES, eval_batch};
+use crate::eval::compare::{Compare, EVAL_PROCESS_BYTES, eval_batch, eval_logits_bytes};
+use crate::eval::perplexity::WindowOptions;
 use crate::model::{ModelFiles, Rope, Scratch};
 use crate::pipeline::CompressOptions;
 use crate::search::fitness::SEARCH_BATCH;
@@ -239,12 +240,16 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
         _ => 2.0,
     };
     let budget = model_bytes + 512.0 * (1 << 20) as f64;
-    let eb = eval_batch(opts.seq_len, c.vocab_size) as f64;
-    let batch_logits = eb * t * c.vocab_size as f64 * 4.0;
-    // As the pipeline sizes groups: against three batches of logits and the
-    // process.
+    let wopts = WindowOptions {
+        seq_len: opts.seq_len,
+        batch: eval_batch(opts.seq_len, c.vocab_size),
+        ..WindowOptions::default()
+    };
+    // The base's and one model's slice of logits.
+    let logits = eval_logits_bytes(&wopts, c.vocab_size) as f64;
+    // As the pipeline sizes groups: against the logits and the process.
     let process = EVAL_PROCESS_BYTES as f64;
-    let per_group = ((budget - 3.0 * batch_logits - process) / (linear * 4.0))
+    let per_group = ((budget - logits - process) / (linear * 4.0))
         .floor()
         .max(1.0);
     let groups = ((configs - 1.0) / per_group).ceil() + 1.0;
@@ -253,9 +258,9 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
     // Resident at once (freed memory is given back between groups): the
     // base, the largest group (configurations share the base's embeddings
     // and head, so each costs its linear weights; the exported model is
-    // loaded whole, alone) and a batch's logits of the base and one model.
+    // loaded whole, alone) and a slice of logits of the base and one model.
     let group = (per_group.min(configs - 1.0) * linear * 4.0).max(model_bytes);
-    let eval_ram = process + model_bytes + group + 2.0 * batch_logits;
+    let eval_ram = process + model_bytes + group + logits;
 
     let stages = vec![
         StageEstimate {

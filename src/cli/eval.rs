@@ -22,8 +22,8 @@ pub struct EvalArgs {
     /// Number of windows (the first seq_len × windows tokens are scored).
     #[arg(long, default_value_t = 64)]
     windows: usize,
-    /// Windows per forward pass (default: 8, fewer for large vocabularies so a
-    /// batch's logits stay under 128 MiB).
+    /// Windows per forward pass (default: 8, fewer for large vocabularies;
+    /// logits are computed 64 MiB of rows at a time whatever the batch).
     #[arg(long)]
     batch: Option<usize>,
     /// Scoring: `windows` (every prediction of each window; the reference

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::perplexity::{WindowOptions, WindowScores, score_windows_multi, usable_windows};
+use super::perplexity::{
+    WindowOptions, WindowScores, logits_chunk_rows, score_windows_multi, usable_windows,
+};
 use crate::database::{Choice, Database};
 use crate::error::Result;
 use crate::model::Model;
@@ -81,17 +83,20 @@ fn eval_extra_budget(model_bytes: u64) -> u64 {
 /// allocator's slack around the models (docs/scale.md).
 pub const EVAL_PROCESS_BYTES: u64 = 192 << 20;
 
-/// Windows per evaluation batch: at most 8, fewer when the logits of a batch
-/// (`[windows·seq_len, vocab]` f32, held for the base and one model) would
-/// pass 128 MiB.
+/// Windows per evaluation batch (one forward pass): at most 8, and fewer
+/// when `windows·seq_len·vocab` f32 would pass 128 MiB. The logits are no
+/// longer held for a whole batch (they are computed a slice of rows at a
+/// time, [`eval_logits_bytes`]); the rule stays because large vocabularies
+/// go with large models, whose forward scratch grows with the batch.
 pub fn eval_batch(seq_len: usize, vocab: usize) -> usize {
     ((128usize << 20) / (seq_len.max(1) * vocab.max(1) * 4)).clamp(1, 8)
 }
 
-/// Bytes of logits one evaluation batch holds.
+/// Bytes of logits the scoring holds at once: one slice of rows
+/// ([`logits_chunk_rows`]) of the base's logits and one of a model's.
 pub fn eval_logits_bytes(w: &WindowOptions, vocab: usize) -> u64 {
-    // Base logits, one model's logits and its tensor copy.
-    3 * (w.batch * w.seq_len * vocab * 4) as u64
+    let rows = logits_chunk_rows(vocab).min(w.batch.max(1) * w.seq_len);
+    2 * (rows * vocab * 4) as u64
 }
 
 /// Splits the contenders into groups evaluated together (the base is re-run
@@ -228,6 +233,17 @@ mod tests {
         assert_eq!(eval_batch(256, 49_152), 2);
         assert_eq!(eval_batch(256, 151_936), 1);
         assert_eq!(eval_batch(64, 49_152), 8);
+        // Scoring holds two slices of logits, not a batch: at most 128 MiB
+        // whatever the vocabulary, less when the batch is smaller.
+        let w = |batch| WindowOptions {
+            seq_len: 256,
+            batch,
+            ..WindowOptions::default()
+        };
+        for vocab in [49_152, 128_256, 151_936, 262_144] {
+            assert!(eval_logits_bytes(&w(8), vocab) <= 128 << 20, "{vocab}");
+        }
+        assert_eq!(eval_logits_bytes(&w(1), 4096), 2 * 256 * 4096 * 4);
     }
 
     #[test]

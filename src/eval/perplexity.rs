@@ -178,21 +178,41 @@ impl WindowAccumulator {
         first: usize,
         base: Option<(&[f32], &[RowStats])>,
     ) {
-        let rows: Vec<(usize, usize)> = (0..b)
-            .flat_map(|w| (first..t - 1).map(move |p| (w, p)))
+        self.add_row_range(ids, lg, t, v, first, 0, base);
+        self.windows += b;
+    }
+
+    /// Scores rows `r0..r0 + lg.len()/v` of a batch of windows of `t`
+    /// tokens (`ids` the whole batch, `lg` and `base` only those rows):
+    /// the rows at positions `first..t−1` of their window. Windows are not
+    /// counted here; the caller adds them once per batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_row_range(
+        &mut self,
+        ids: &[u32],
+        lg: &[f32],
+        t: usize,
+        v: usize,
+        first: usize,
+        r0: usize,
+        base: Option<(&[f32], &[RowStats])>,
+    ) {
+        let n = lg.len() / v;
+        let rows: Vec<usize> = (r0..r0 + n)
+            .filter(|r| (first..t - 1).contains(&(r % t)))
             .collect();
         let per_row: Vec<(f64, f64, bool)> = rows
             .par_iter()
-            .map(|&(w, p)| {
-                let r = w * t + p;
-                let row = &lg[r * v..(r + 1) * v];
+            .map(|&r| {
+                let i = r - r0;
+                let row = &lg[i * v..(i + 1) * v];
                 let s = row_stats(row);
                 let target = ids[r + 1] as usize;
                 let nll = s.lse - row[target] as f64;
                 match base {
                     Some((bl, bs)) => {
-                        let brow = &bl[r * v..(r + 1) * v];
-                        let bs = bs[r];
+                        let brow = &bl[i * v..(i + 1) * v];
+                        let bs = bs[i];
                         (nll, row_kl(brow, bs.lse, row, s.lse), bs.argmax == s.argmax)
                     }
                     None => (nll, 0.0, false),
@@ -205,7 +225,6 @@ impl WindowAccumulator {
             self.agree += agree as usize;
         }
         self.positions += rows.len();
-        self.windows += b;
     }
 
     /// Final scores.
@@ -226,6 +245,16 @@ impl WindowAccumulator {
 /// Row statistics of every row of flat base logits `[b·t, v]`.
 pub fn base_row_stats(bl: &[f32], b: usize, t: usize, v: usize) -> Vec<RowStats> {
     bl[..b * t * v].par_chunks(v).map(row_stats).collect()
+}
+
+/// Bytes of logits one slice of rows holds during scoring.
+pub const LOGITS_CHUNK_BYTES: usize = 64 << 20;
+
+/// Rows of logits computed at once when scoring: as many as fit in
+/// [`LOGITS_CHUNK_BYTES`] at this vocabulary (at least 64, at most 4,096, so
+/// the LM head's weight is read once per 64 rows or more).
+pub fn logits_chunk_rows(vocab: usize) -> usize {
+    (LOGITS_CHUNK_BYTES / (vocab.max(1) * 4)).clamp(64, 4096)
 }
 
 /// How many windows of `seq_len` the token stream allows (at most `wanted`).
@@ -299,28 +328,50 @@ pub fn score_windows_multi(
             }
         }
         let ids = &chunk[..];
-        let base_logits = match base {
-            Some(bm) => Some(bm.forward_vec(ids, b, t)?),
-            None => None,
-        };
+        // Hidden states of the whole batch, then the logits a slice of
+        // rows at a time: at most two slices of logits (the base's and
+        // one model's) are held, whatever the vocabulary.
         let v = models.first().map_or(0, |m| m.config.vocab_size);
-        let stats = base_logits.as_deref().map(|bl| base_row_stats(bl, b, t, v));
-        for (m, acc) in models.iter().zip(accs.iter_mut()) {
-            if m.config.vocab_size != v {
-                return Err(Error::Invalid(
-                    "models with different vocabularies cannot be compared".into(),
-                ));
+        if models.iter().any(|m| m.config.vocab_size != v) {
+            return Err(Error::Invalid(
+                "models with different vocabularies cannot be compared".into(),
+            ));
+        }
+        let base_hidden = base.map(|bm| bm.hidden_vec(ids, b, t)).transpose()?;
+        let hidden: Vec<Vec<f32>> = models
+            .iter()
+            .map(|m| m.hidden_vec(ids, b, t))
+            .collect::<Result<_>>()?;
+        let rows = b * t;
+        let step = logits_chunk_rows(v);
+        for r0 in (0..rows).step_by(step) {
+            let r1 = (r0 + step).min(rows);
+            let base_logits = match (base, &base_hidden) {
+                (Some(bm), Some(bh)) => {
+                    let h = bm.config.hidden_size;
+                    Some(bm.head_logits(&bh[r0 * h..r1 * h])?)
+                }
+                _ => None,
+            };
+            let stats = base_logits
+                .as_deref()
+                .map(|bl| base_row_stats(bl, 1, r1 - r0, v));
+            for ((m, x), acc) in models.iter().zip(&hidden).zip(accs.iter_mut()) {
+                let h = m.config.hidden_size;
+                let lg = m.head_logits(&x[r0 * h..r1 * h])?;
+                acc.add_row_range(
+                    ids,
+                    &lg,
+                    t,
+                    v,
+                    first,
+                    r0,
+                    base_logits.as_deref().zip(stats.as_deref()),
+                );
             }
-            let lg = m.forward_vec(ids, b, t)?;
-            acc.add_rows(
-                ids,
-                &lg,
-                b,
-                t,
-                v,
-                first,
-                base_logits.as_deref().zip(stats.as_deref()),
-            );
+        }
+        for acc in accs.iter_mut() {
+            acc.windows += b;
             on_batch(ids.len());
         }
         w += b;
@@ -331,6 +382,49 @@ pub fn score_windows_multi(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slices_of_rows_score_like_the_whole_batch() {
+        // Two windows of 7 tokens, vocabulary 11, scored from position 2:
+        // any cut of the 14 rows into slices gives the same sums.
+        let (b, t, v, first) = (2, 7, 11, 2);
+        let ids: Vec<u32> = (0..b * t).map(|i| (i * 5 % v) as u32).collect();
+        let logit = |seed: usize| -> Vec<f32> {
+            (0..b * t * v)
+                .map(|i| ((i * seed) % 97) as f32 / 13.0 - 3.0)
+                .collect()
+        };
+        let (lg, bl) = (logit(31), logit(57));
+        let bs = base_row_stats(&bl, b, t, v);
+        let mut whole = WindowAccumulator::default();
+        whole.add_rows(&ids, &lg, b, t, v, first, Some((&bl, &bs)));
+        assert_eq!(whole.positions, b * (t - 1 - first));
+        for step in [1, 3, 5, 14] {
+            let mut acc = WindowAccumulator::default();
+            for r0 in (0..b * t).step_by(step) {
+                let r1 = (r0 + step).min(b * t);
+                let part = &bl[r0 * v..r1 * v];
+                let stats = base_row_stats(part, 1, r1 - r0, v);
+                acc.add_row_range(
+                    &ids,
+                    &lg[r0 * v..r1 * v],
+                    t,
+                    v,
+                    first,
+                    r0,
+                    Some((part, &stats)),
+                );
+            }
+            assert_eq!(acc.positions, whole.positions, "step {step}");
+            assert_eq!(acc.agree, whole.agree, "step {step}");
+            assert!(
+                (acc.nll - whole.nll).abs() < 1e-9 * whole.nll.abs(),
+                "step {step}"
+            );
+            assert!((acc.kl - whole.kl).abs() < 1e-9 * whole.kl, "step {step}");
+        }
+        assert!(whole.kl > 0.0 && whole.nll > 0.0);
+    }
 
     #[test]
     fn row_stats_and_kl_match_direct_formulas() {

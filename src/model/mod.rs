@@ -594,6 +594,36 @@ impl Model {
             .to_vec1::<f32>()?)
     }
 
+    /// The last block's output (before the final norm), flat `[b·t·hidden]`:
+    /// with [`Model::head_logits`] on slices of its rows, the logits of
+    /// [`Model::forward_vec`] a few rows at a time, so that a caller never
+    /// holds `[b·t, vocab]` at once.
+    pub fn hidden_vec(&self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        if let Some(xs) = self.hidden_fast_vec(ids, b, t)? {
+            return Ok(xs);
+        }
+        let mut x = self.embed(ids, b, t)?;
+        let (cos, sin) = self.rope.tables(0, t, &self.device)?;
+        for block in &self.blocks {
+            x = block.forward_reference(&x, &cos, &sin, None, None)?;
+        }
+        Ok(x.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Logits `[rows·vocab]` of hidden states `[rows·hidden]` from
+    /// [`Model::hidden_vec`]: the final norm and the LM head.
+    pub fn head_logits(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let mut xn = Vec::new();
+        if self.device.is_cpu()
+            && let Some(logits) = self.head.forward_fast(x, &mut xn)
+        {
+            return Ok(logits);
+        }
+        let h = self.config.hidden_size;
+        let x = Tensor::from_slice(x, (1, x.len() / h, h), &self.device)?;
+        Ok(self.head.forward(&x)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
     /// The fused CPU forward pass; `None` when the weights are not f32 CPU tensors.
     fn forward_fast(&self, ids: &[u32], b: usize, t: usize) -> Result<Option<Tensor>> {
         match self.forward_fast_vec(ids, b, t)? {
@@ -607,6 +637,15 @@ impl Model {
     }
 
     fn forward_fast_vec(&self, ids: &[u32], b: usize, t: usize) -> Result<Option<Vec<f32>>> {
+        let Some(xs) = self.hidden_fast_vec(ids, b, t)? else {
+            return Ok(None);
+        };
+        let mut xn = Vec::new();
+        Ok(self.head.forward_fast(&xs, &mut xn))
+    }
+
+    /// The fused CPU blocks; `None` when the weights are not f32 CPU tensors.
+    fn hidden_fast_vec(&self, ids: &[u32], b: usize, t: usize) -> Result<Option<Vec<f32>>> {
         if !self.device.is_cpu() || !self.blocks.iter().all(Block::fast_path_available) {
             return Ok(None);
         }
@@ -617,8 +656,7 @@ impl Model {
         for block in &self.blocks {
             block.forward_fast(&mut xs, b, t, &cos, &sin, &mut scratch, None)?;
         }
-        let mut xn = Vec::new();
-        Ok(self.head.forward_fast(&xs, &mut xn))
+        Ok(Some(xs))
     }
 
     /// The forward pass written with candle ops only (the oracle for the fused path).
