@@ -7,9 +7,10 @@
 //! gptqmodel + optimum for the GPTQ test; docs/served-formats.md says how to
 //! make one) named by
 //! DYNAPRESS_SERVED_PYTHON; without it the test skips, unless
-//! DYNAPRESS_REQUIRE_SERVED=1. CI does not install that venv (PyPI's torch is
-//! the CUDA build: 5.6 GB installed; docs/served-formats.md), so this gate is
-//! separate from DYNAPRESS_REQUIRE_INTEROP.
+//! DYNAPRESS_REQUIRE_SERVED=1. `.ci/run` installs that venv when the disk
+//! has room for it (PyPI's torch is the CUDA build: 5.6 GB installed;
+//! docs/served-formats.md) and then sets DYNAPRESS_REQUIRE_SERVED=1; this
+//! gate is separate from DYNAPRESS_REQUIRE_INTEROP for that reason.
 
 mod common;
 
