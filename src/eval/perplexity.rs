@@ -331,7 +331,11 @@ pub fn score_windows_multi(
         // Hidden states of the whole batch, then the logits a slice of
         // rows at a time: at most two slices of logits (the base's and
         // one model's) are held, whatever the vocabulary.
-        let v = models.first().map_or(0, |m| m.config.vocab_size);
+        let v = models
+            .first()
+            .copied()
+            .or(base)
+            .map_or(0, |m| m.config.vocab_size);
         if models.iter().any(|m| m.config.vocab_size != v) {
             return Err(Error::Invalid(
                 "models with different vocabularies cannot be compared".into(),
