@@ -18,7 +18,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::eval::compare::{Compare, EVAL_PROCESS_BYTES, eval_batch, eval_logits_bytes};
+use crate::eval::compare::{Compare, EVAL_PROCESS_BYTES, eval_batch, eval_memory};
 use crate::eval::perplexity::WindowOptions;
 use crate::model::{ModelFiles, Rope, Scratch};
 use crate::pipeline::CompressOptions;
@@ -239,28 +239,34 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
         Compare::Neighbours => 2.0 + 1.0 + 2.0,
         _ => 2.0,
     };
-    let budget = model_bytes + 512.0 * (1 << 20) as f64;
     let wopts = WindowOptions {
         seq_len: opts.seq_len,
         batch: eval_batch(opts.seq_len, c.vocab_size),
         ..WindowOptions::default()
     };
-    // The base's and one model's slice of logits.
-    let logits = eval_logits_bytes(&wopts, c.vocab_size) as f64;
-    // As the pipeline sizes groups: against the logits and the process.
-    let process = EVAL_PROCESS_BYTES as f64;
-    let per_group = ((budget - logits - process) / (linear * 4.0))
-        .floor()
-        .max(1.0);
+    let eval_tokens = opts.eval.len() * opts.eval_windows * opts.seq_len;
+    // As the pipeline plans it: the scoring, the base's kept hidden states
+    // and the process come off the budget; the rest holds a group's models.
+    let memory = eval_memory(c, &wopts, eval_tokens);
+    let per_group = (memory.models as f64 / (linear * 4.0)).floor().max(1.0);
     let groups = ((configs - 1.0) / per_group).ceil() + 1.0;
-    let eval_tokens = opts.eval.len() as f64 * (opts.eval_windows as f64 * t);
-    let eval_s = (configs + groups) * eval_tokens * token_s;
+    // The base runs whole once and, in the later groups, only its head when
+    // its hidden states are kept (whole again otherwise); scoring itself
+    // reuses its logits.
+    let head_frac = head_s / token_s;
+    let base_passes = if memory.base_hidden > 0 {
+        1.0 + (groups - 1.0) * head_frac
+    } else {
+        groups
+    };
+    let eval_s = (configs + base_passes) * eval_tokens as f64 * token_s;
     // Resident at once (freed memory is given back between groups): the
     // base, the largest group (configurations share the base's embeddings
     // and head, so each costs its linear weights; the exported model is
-    // loaded whole, alone) and a slice of logits of the base and one model.
+    // loaded whole, alone), the scoring and the kept hidden states.
     let group = (per_group.min(configs - 1.0) * linear * 4.0).max(model_bytes);
-    let eval_ram = process + model_bytes + group + logits;
+    let eval_ram =
+        (EVAL_PROCESS_BYTES + memory.scoring + memory.base_hidden) as f64 + model_bytes + group;
 
     let stages = vec![
         StageEstimate {

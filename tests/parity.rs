@@ -6,7 +6,9 @@ mod common;
 use std::sync::OnceLock;
 
 use dynapress::eval::data::load_tokens;
-use dynapress::eval::perplexity::{WindowOptions, score_windows};
+use dynapress::eval::perplexity::{
+    BaseHidden, WindowOptions, score_windows, score_windows_multi, score_windows_shared,
+};
 use dynapress::eval::tasks;
 use dynapress::model::Model;
 use dynapress::model::generate::{GenerateOptions, generate};
@@ -171,4 +173,89 @@ fn bundled_fixtures_match_shared_when_present() {
             );
         }
     }
+}
+
+/// The evaluation keeps the base's hidden states across groups of models
+/// and scores the base against itself from its own logits: every number
+/// must equal a plain rerun of the base (the same head on the same rows).
+/// A model differing in one layer gives a positive KL only if each batch's
+/// kept states are matched with the right windows (batches of 4 and 2).
+#[test]
+fn kept_base_states_score_like_a_rerun_of_the_base() {
+    use dynapress::model::{LinearId, LinearKind};
+    let base = model();
+    let c = &base.config;
+    let mut other = base.clone();
+    let w = candle_core::Tensor::zeros(
+        (c.hidden_size, c.intermediate_size),
+        candle_core::DType::F32,
+        base.device(),
+    )
+    .unwrap();
+    other
+        .set_linear(
+            LinearId {
+                block: 1,
+                kind: LinearKind::Down,
+            },
+            &w,
+        )
+        .unwrap();
+    let tokens = load_tokens(&common::data("docs.test.txt"), &base.tokenizer).unwrap();
+    let opts = WindowOptions {
+        seq_len: 128,
+        windows: 6,
+        batch: 4,
+        ..Default::default()
+    };
+    let plain = score_windows_multi(&[&other, base], Some(base), &tokens, &opts, |_| {}).unwrap();
+    let mut cache = BaseHidden::default();
+    let first = score_windows_shared(
+        &[&other],
+        Some(base),
+        Some(&mut cache),
+        &tokens,
+        &opts,
+        |_| {},
+    )
+    .unwrap();
+    let second = score_windows_shared(
+        &[&other, base],
+        Some(base),
+        Some(&mut cache),
+        &tokens,
+        &opts,
+        |_| {},
+    )
+    .unwrap();
+    let a = &plain[0];
+    assert!(a.kl.unwrap() > 1e-3, "{:?}", a.kl);
+    for s in [&first[0], &second[0]] {
+        assert_eq!(s.kl, a.kl);
+        assert_eq!(s.top1_agreement, a.top1_agreement);
+        assert_eq!(s.nll_per_token, a.nll_per_token);
+        assert_eq!(s.tokens, a.tokens);
+    }
+    // The base against itself, from the kept states.
+    assert_eq!(second[1].kl, Some(0.0));
+    assert_eq!(second[1].top1_agreement, Some(1.0));
+    assert_eq!(second[1].nll_per_token, plain[1].nll_per_token);
+    // … and equal to the base scored as any other model (a copy of it).
+    let copy = base.clone();
+    let as_model = score_windows_multi(&[&copy], Some(base), &tokens, &opts, |_| {}).unwrap();
+    assert_eq!(as_model[0].nll_per_token, plain[1].nll_per_token);
+    assert_eq!(as_model[0].kl, Some(0.0));
+    // Other windows recompute (a stale cache is never used).
+    let opts2 = WindowOptions { windows: 3, ..opts };
+    let fresh = score_windows_multi(&[&other], Some(base), &tokens, &opts2, |_| {}).unwrap();
+    let again = score_windows_shared(
+        &[&other],
+        Some(base),
+        Some(&mut cache),
+        &tokens,
+        &opts2,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(again[0].kl, fresh[0].kl);
 }

@@ -79,8 +79,10 @@ pub fn log_memory(at: &str) {
                 .and_then(|v| v.parse::<f64>().ok())
                 .map_or(0.0, |kib| kib / 1024.0)
         };
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         eprintln!(
-            "memory {at}: resident {:.0} MiB (anonymous {:.0}, file {:.0}), peak {:.0} MiB",
+            "memory {at} ({:.1} s): resident {:.0} MiB (anonymous {:.0}, file {:.0}), peak {:.0} MiB",
+            START.get_or_init(Instant::now).elapsed().as_secs_f64(),
             field("VmRSS:"),
             field("RssAnon:"),
             field("RssFile:"),

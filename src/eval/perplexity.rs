@@ -277,11 +277,46 @@ pub fn score_windows(
     Ok(score_windows_multi(&[model], base, tokens, opts, on_batch)?.remove(0))
 }
 
+/// The base model's final hidden states on one text, batch by batch, kept
+/// so that scoring more models against the same base on the same windows
+/// runs only the base's final norm and LM head again, not its blocks
+/// ([`score_windows_shared`]). `tokens × hidden` f32 — never logits.
+#[derive(Debug, Default)]
+pub struct BaseHidden {
+    /// What the states were computed for: token count, window length,
+    /// windows, batch, protocol and BOS; a different request recomputes.
+    key: Option<(usize, usize, usize, usize, Protocol, Option<u32>)>,
+    batches: Vec<Vec<f32>>,
+}
+
+impl BaseHidden {
+    /// Bytes of f32 hidden states kept for `tokens` scored tokens.
+    pub fn bytes(tokens: usize, hidden: usize) -> u64 {
+        (tokens * hidden * 4) as u64
+    }
+}
+
 /// Scores several models on the same windows, running the base model once
 /// per batch for all of them.
 pub fn score_windows_multi(
     models: &[&Model],
     base: Option<&Model>,
+    tokens: &[u32],
+    opts: &WindowOptions,
+    on_batch: impl FnMut(usize),
+) -> Result<Vec<WindowScores>> {
+    score_windows_shared(models, base, None, tokens, opts, on_batch)
+}
+
+/// [`score_windows_multi`], with the base's hidden states taken from (or
+/// written to) `cache`: a second call with the same cache, tokens and
+/// options does not run the base's blocks. A model of `models` that *is*
+/// `base` (the same object) reuses the base's states as well. The scores
+/// are the same with or without the cache: the same head on the same rows.
+pub fn score_windows_shared(
+    models: &[&Model],
+    base: Option<&Model>,
+    mut cache: Option<&mut BaseHidden>,
     tokens: &[u32],
     opts: &WindowOptions,
     mut on_batch: impl FnMut(usize),
@@ -318,7 +353,16 @@ pub fn score_windows_multi(
     let t = opts.seq_len;
     let first = opts.first_scored();
     let mut accs = vec![WindowAccumulator::default(); models.len()];
+    let key = (tokens.len(), t, n, opts.batch, opts.protocol, opts.bos);
+    if let Some(c) = cache.as_deref_mut()
+        && c.key != Some(key)
+    {
+        c.key = Some(key);
+        c.batches.clear();
+    }
+    let is_base = |m: &Model| base.is_some_and(|bm| std::ptr::eq(m, bm));
     let mut w = 0;
+    let mut batch_index = 0;
     while w < n {
         let b = opts.batch.max(1).min(n - w);
         let mut chunk = tokens[w * t..(w + b) * t].to_vec();
@@ -341,16 +385,41 @@ pub fn score_windows_multi(
                 "models with different vocabularies cannot be compared".into(),
             ));
         }
-        let base_hidden = base.map(|bm| bm.hidden_vec(ids, b, t)).transpose()?;
-        let hidden: Vec<Vec<f32>> = models
+        let cached = cache
+            .as_deref()
+            .and_then(|c| c.batches.get(batch_index))
+            .is_some();
+        let mut local = None;
+        if let Some(bm) = base
+            && !cached
+        {
+            let h = bm.hidden_vec(ids, b, t)?;
+            match cache.as_deref_mut() {
+                Some(c) => c.batches.push(h),
+                None => local = Some(h),
+            }
+        }
+        let base_hidden: Option<&[f32]> = match (&local, cache.as_deref()) {
+            (Some(h), _) => Some(h),
+            (None, Some(c)) if base.is_some() => c.batches.get(batch_index).map(|v| &v[..]),
+            _ => None,
+        };
+        // `None`: the model is the base, whose states are `base_hidden`.
+        let hidden: Vec<Option<Vec<f32>>> = models
             .iter()
-            .map(|m| m.hidden_vec(ids, b, t))
+            .map(|m| {
+                if is_base(m) && base_hidden.is_some() {
+                    Ok(None)
+                } else {
+                    m.hidden_vec(ids, b, t).map(Some)
+                }
+            })
             .collect::<Result<_>>()?;
         let rows = b * t;
         let step = logits_chunk_rows(v);
         for r0 in (0..rows).step_by(step) {
             let r1 = (r0 + step).min(rows);
-            let base_logits = match (base, &base_hidden) {
+            let base_logits = match (base, base_hidden) {
                 (Some(bm), Some(bh)) => {
                     let h = bm.config.hidden_size;
                     Some(bm.head_logits(&bh[r0 * h..r1 * h])?)
@@ -362,10 +431,23 @@ pub fn score_windows_multi(
                 .map(|bl| base_row_stats(bl, 1, r1 - r0, v));
             for ((m, x), acc) in models.iter().zip(&hidden).zip(accs.iter_mut()) {
                 let h = m.config.hidden_size;
-                let lg = m.head_logits(&x[r0 * h..r1 * h])?;
+                let x = match (x, base_hidden) {
+                    (Some(x), _) => &x[..],
+                    (None, Some(bh)) => bh,
+                    (None, None) => unreachable!("a model without states is the base"),
+                };
+                let own;
+                let lg: &[f32] = match (&base_logits, is_base(m)) {
+                    // The base against itself: its logits are already here.
+                    (Some(bl), true) => bl,
+                    _ => {
+                        own = m.head_logits(&x[r0 * h..r1 * h])?;
+                        &own
+                    }
+                };
                 acc.add_row_range(
                     ids,
-                    &lg,
+                    lg,
                     t,
                     v,
                     first,
@@ -379,6 +461,7 @@ pub fn score_windows_multi(
             on_batch(ids.len());
         }
         w += b;
+        batch_index += 1;
     }
     Ok(accs.iter().map(|a| a.finish(base.is_some())).collect())
 }

@@ -200,23 +200,34 @@ impl FusedLinear {
         bias: bool,
         device: &Device,
     ) -> Result<Self> {
-        let mut ws = Vec::new();
+        let shapes: Vec<(usize, usize)> = kinds
+            .iter()
+            .map(|&kind| LinearId { block, kind }.shape(cfg))
+            .collect();
+        let rows: usize = shapes.iter().map(|s| s.0).sum();
+        let inp = shapes[0].1;
+        // The parts are appended to the fused matrix as they are read, so
+        // loading holds the fused matrix and one part, not every part twice.
+        let mut ws: Vec<f32> = Vec::new();
         let mut bs = Vec::new();
         let mut sizes = Vec::new();
-        for &kind in kinds {
+        for (&kind, &(out, k)) in kinds.iter().zip(&shapes) {
             let id = LinearId { block, kind };
-            let (out, inp) = id.shape(cfg);
-            ws.push(src.load(&id.weight_name(), &[out, inp], device)?);
+            let part = src.load_f32(&id.weight_name(), &[out, k])?;
+            if kinds.len() == 1 {
+                ws = part;
+            } else {
+                if ws.capacity() == 0 {
+                    ws.reserve_exact(rows * inp);
+                }
+                ws.extend_from_slice(&part);
+            }
             if bias {
                 bs.push(src.load(&id.bias_name(), &[out], device)?);
             }
             sizes.push(out);
         }
-        let weight = if ws.len() == 1 {
-            ws.pop().expect("one")
-        } else {
-            Tensor::cat(&ws, 0)?
-        };
+        let weight = Tensor::from_vec(ws, (rows, inp), device)?;
         let bias = if bias {
             Some(Tensor::cat(&bs, 0)?)
         } else {
