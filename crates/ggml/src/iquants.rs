@@ -364,25 +364,36 @@ pub(crate) fn lattice(ty: GgmlType) -> &'static Lattice {
     const IQ3XXS_LEVELS: [u8; 8] = [4, 12, 20, 28, 36, 44, 52, 62];
     const IQ3S_LEVELS: [u8; 8] = [1, 3, 5, 7, 9, 11, 13, 15];
     static L: [OnceLock<Lattice>; 5] = [const { OnceLock::new() }; 5];
-    let widen = |t: &[u32]| t.iter().map(|&v| v as u64).collect::<Vec<u64>>();
-    match ty {
-        GgmlType::IQ2XXS => {
-            L[0].get_or_init(|| Lattice::build(&IQ2XXS_GRID, 8, 2, &IQ2_LEVELS, 43692, 2))
-        }
-        GgmlType::IQ2XS => {
-            L[1].get_or_init(|| Lattice::build(&IQ2XS_GRID, 8, 2, &IQ2_LEVELS, 43692, 2))
-        }
-        GgmlType::IQ2S => {
-            L[2].get_or_init(|| Lattice::build(&IQ2S_GRID, 8, 2, &IQ2_LEVELS, 43692, 1))
-        }
-        GgmlType::IQ3XXS => {
-            L[3].get_or_init(|| Lattice::build(&widen(&IQ3XXS_GRID), 4, 3, &IQ3XXS_LEVELS, 4096, 2))
-        }
-        GgmlType::IQ3S => {
-            L[4].get_or_init(|| Lattice::build(&widen(&IQ3S_GRID), 4, 3, &IQ3S_LEVELS, 4096, 3))
-        }
-        _ => unreachable!("{ty} is not a lattice i-quant"),
+    fn widen(t: &[u32]) -> Vec<u64> {
+        t.iter().map(|&v| v as u64).collect()
     }
+    let (slot, build): (usize, fn() -> Lattice) = match ty {
+        GgmlType::IQ2XXS => (0, || {
+            Lattice::build(&IQ2XXS_GRID, 8, 2, &IQ2_LEVELS, 43692, 2)
+        }),
+        GgmlType::IQ2XS => (1, || {
+            Lattice::build(&IQ2XS_GRID, 8, 2, &IQ2_LEVELS, 43692, 2)
+        }),
+        GgmlType::IQ2S => (2, || {
+            Lattice::build(&IQ2S_GRID, 8, 2, &IQ2_LEVELS, 43692, 1)
+        }),
+        GgmlType::IQ3XXS => (3, || {
+            Lattice::build(&widen(&IQ3XXS_GRID), 4, 3, &IQ3XXS_LEVELS, 4096, 2)
+        }),
+        GgmlType::IQ3S => (4, || {
+            Lattice::build(&widen(&IQ3S_GRID), 4, 3, &IQ3S_LEVELS, 4096, 3)
+        }),
+        _ => unreachable!("{ty} is not a lattice i-quant"),
+    };
+    // Built outside the lock: the build runs on rayon's pool, and a worker
+    // that waited in `get_or_init` for another thread's build would hold a
+    // thread that build needs (two tests quantizing at once deadlocked).
+    // Two threads may both build; the first one stored is kept.
+    if let Some(l) = L[slot].get() {
+        return l;
+    }
+    let _ = L[slot].set(build());
+    L[slot].get().expect("set above")
 }
 
 // ---------------------------------------------------------------- lattice encoders
