@@ -210,24 +210,11 @@ fn kept_base_states_score_like_a_rerun_of_the_base() {
     };
     let plain = score_windows_multi(&[&other, base], Some(base), &tokens, &opts, |_| {}).unwrap();
     let mut cache = BaseHidden::default();
-    let first = score_windows_shared(
-        &[&other],
-        Some(base),
-        Some(&mut cache),
-        &tokens,
-        &opts,
-        |_| {},
-    )
-    .unwrap();
-    let second = score_windows_shared(
-        &[&other, base],
-        Some(base),
-        Some(&mut cache),
-        &tokens,
-        &opts,
-        |_| {},
-    )
-    .unwrap();
+    let mut shared = |models: &[&Model], opts: &WindowOptions| {
+        score_windows_shared(models, Some(base), Some(&mut cache), &tokens, opts, |_| {}).unwrap()
+    };
+    let first = shared(&[&other], &opts);
+    let second = shared(&[&other, base], &opts);
     let a = &plain[0];
     assert!(a.kl.unwrap() > 1e-3, "{:?}", a.kl);
     for s in [&first[0], &second[0]] {
@@ -248,14 +235,6 @@ fn kept_base_states_score_like_a_rerun_of_the_base() {
     // Other windows recompute (a stale cache is never used).
     let opts2 = WindowOptions { windows: 3, ..opts };
     let fresh = score_windows_multi(&[&other], Some(base), &tokens, &opts2, |_| {}).unwrap();
-    let again = score_windows_shared(
-        &[&other],
-        Some(base),
-        Some(&mut cache),
-        &tokens,
-        &opts2,
-        |_| {},
-    )
-    .unwrap();
+    let again = shared(&[&other], &opts2);
     assert_eq!(again[0].kl, fresh[0].kl);
 }

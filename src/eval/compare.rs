@@ -246,16 +246,20 @@ pub fn compare(
 mod tests {
     use super::*;
 
-    #[test]
-    fn evaluation_groups_fit_the_memory_budget() {
+    fn four_configurations_and_an_export() -> [Contender; 5] {
         let u = |s: &str| Contender::Uniform(s.into());
-        let cs = [
+        [
             u("a"),
             u("b"),
             u("c"),
             u("d"),
             Contender::Exported("x".into()),
-        ];
+        ]
+    }
+
+    #[test]
+    fn evaluation_groups_fit_the_memory_budget() {
+        let cs = four_configurations_and_an_export();
         let refs: Vec<&Contender> = cs.iter().collect();
         let mib = 1u64 << 20;
         // A small model: everything in one group (the base runs once).
@@ -302,14 +306,7 @@ mod tests {
         let model = c.num_parameters() as u64 * 4;
         let linear = 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536) as u64 * 4;
         assert_eq!(m.base_hidden, 2 * 32 * 256 * 576 * 4);
-        let u = |s: &str| Contender::Uniform(s.into());
-        let cs = [
-            u("a"),
-            u("b"),
-            u("c"),
-            u("d"),
-            Contender::Exported("x".into()),
-        ];
+        let cs = four_configurations_and_an_export();
         let refs: Vec<&Contender> = cs.iter().collect();
         let g = eval_groups(&refs, model, linear, m.models);
         assert_eq!(g.len(), 5, "{g:?}");
