@@ -237,4 +237,22 @@ fn kept_base_states_score_like_a_rerun_of_the_base() {
     let fresh = score_windows_multi(&[&other], Some(base), &tokens, &opts2, |_| {}).unwrap();
     let again = shared(&[&other], &opts2);
     assert_eq!(again[0].kl, fresh[0].kl);
+    // Other tokens of the same length too (the first 3 windows of each text).
+    let code = load_tokens(&common::data("code.test.txt"), &base.tokenizer).unwrap();
+    let (a, b) = (&tokens[..3 * 128], &code[..3 * 128]);
+    let mut shared = |text: &[u32]| {
+        score_windows_shared(
+            &[&other],
+            Some(base),
+            Some(&mut cache),
+            text,
+            &opts2,
+            |_| {},
+        )
+        .unwrap()
+    };
+    let _ = shared(a);
+    let again = shared(b);
+    let fresh = score_windows_multi(&[&other], Some(base), b, &opts2, |_| {}).unwrap();
+    assert_eq!(again[0].kl, fresh[0].kl);
 }

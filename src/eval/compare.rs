@@ -197,8 +197,9 @@ pub fn compare(
         db.space.total_params * 4,
         memory.models,
     );
+    // Every contender and the base (which scores itself once) advance it.
     let pb = progress::bar(
-        (tokens * (contenders.len() + groups.len())) as u64,
+        (tokens * (contenders.len() + 1)) as u64,
         "evaluation",
         "tok",
         quiet,

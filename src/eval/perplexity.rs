@@ -283,9 +283,10 @@ pub fn score_windows(
 /// ([`score_windows_shared`]). `tokens × hidden` f32 — never logits.
 #[derive(Debug, Default)]
 pub struct BaseHidden {
-    /// What the states were computed for: token count, window length,
-    /// windows, batch, protocol and BOS; a different request recomputes.
-    key: Option<(usize, usize, usize, usize, Protocol, Option<u32>)>,
+    /// What the states were computed for: a hash of the tokens, window
+    /// length, windows, batch, protocol and BOS; a different request
+    /// recomputes.
+    key: Option<(u64, usize, usize, usize, Protocol, Option<u32>)>,
     batches: Vec<Vec<f32>>,
 }
 
@@ -353,7 +354,19 @@ pub fn score_windows_shared(
     let t = opts.seq_len;
     let first = opts.first_scored();
     let mut accs = vec![WindowAccumulator::default(); models.len()];
-    let key = (tokens.len(), t, n, opts.batch, opts.protocol, opts.bos);
+    let key = (
+        {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            tokens.hash(&mut h);
+            h.finish()
+        },
+        t,
+        n,
+        opts.batch,
+        opts.protocol,
+        opts.bos,
+    );
     if let Some(c) = cache.as_deref_mut()
         && c.key != Some(key)
     {
