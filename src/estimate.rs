@@ -22,6 +22,7 @@ use crate::eval::compare::{Compare, EVAL_PROCESS_BYTES, eval_batch, eval_memory}
 use crate::eval::perplexity::WindowOptions;
 use crate::model::{ModelFiles, Rope, Scratch};
 use crate::pipeline::CompressOptions;
+use crate::search::evopress::RACE_MIN_WINDOWS;
 use crate::search::fitness::SEARCH_BATCH;
 use crate::selection::Algo;
 
@@ -185,12 +186,14 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
         })
         .sum();
 
-    // Search, in whole-model token forwards. Per stage: the parent once over
-    // the stage's tokens (its hidden states are kept for the offspring), and
+    // Search, in whole-model token forwards. Per stage: the parent's blocks
+    // once over the stage's tokens (its hidden states are kept for the
+    // offspring; its head only in the last stage, where it competes), and
     // each entrant from its first changed block on, plus the head. Offspring
     // change 1-3 layers at random places, so on average they skip about a
     // fifth of the blocks; racing drops a few per cent of the entrant work
-    // of the later stages (both measured on the demo, docs/search.md).
+    // of the later stages that have more windows than a race needs before
+    // it may eliminate (both measured on the demo, docs/search.md).
     let evo = &opts.search.evo;
     let max_stage = evo.stages.iter().map(|s| s.tokens).max().unwrap_or(0);
     let pool = opts
@@ -205,8 +208,14 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
     let mut cands = evo.offspring as f64;
     for (i, s) in evo.stages.iter().enumerate() {
         let tokens = s.tokens as f64;
-        let factor = if i == 0 { 1.0 } else { race };
-        per_gen += tokens + cands * tokens * entrant * factor;
+        let races = s.tokens.div_ceil(opts.seq_len.max(1)) > RACE_MIN_WINDOWS;
+        let factor = if i > 0 && races { race } else { 1.0 };
+        let parent = if i + 1 == evo.stages.len() {
+            1.0
+        } else {
+            block_frac
+        };
+        per_gen += tokens * parent + cands * tokens * entrant * factor;
         cands = s.survivors as f64;
     }
     let last = evo.stages.last().map_or(0.0, |s| s.tokens as f64);

@@ -43,29 +43,26 @@ pub struct Stage {
 }
 
 /// The default selection stages: 16 offspring on 512 fresh tokens, the best 4
-/// on 1,024, the best 2 and the parent on 4,096 (all with racing), each
-/// stage drawing its windows from a 32 k-token pool ([`DEFAULT_POOL_TOKENS`]).
-/// One generation then costs ≈ 25 k forward tokens, and the default 16
-/// generations ≈ 12 passes over the pool at any model size; on the demo this
-/// matches the held-out KL of the earlier 40 × `1024:4,4096:2,16384:1`
-/// schedule with 6.7 × fewer block forwards (docs/search.md).
-pub const DEFAULT_STAGES: [Stage; 3] = [
+/// and the parent on 2,048 (stages of at most [`RACE_MIN_WINDOWS`] windows
+/// never race), each stage drawing its windows from a 32 k-token pool ([`DEFAULT_POOL_TOKENS`]). One generation then
+/// costs ≈ 19 k forward tokens, and the default 16 generations ≈ 9 passes
+/// over the pool at any model size. On the demo this is within 1–3 % of the
+/// held-out KL of the three-stage `512:4,1024:2,4096:1` (the default until
+/// 2026-12-03) for 24 % fewer forward tokens, and within 5 % of the earlier
+/// 40 × `1024:4,4096:2,16384:1` schedule's for 11 × fewer (docs/search.md).
+pub const DEFAULT_STAGES: [Stage; 2] = [
     Stage {
         tokens: 512,
         survivors: 4,
     },
     Stage {
-        tokens: 1024,
-        survivors: 2,
-    },
-    Stage {
-        tokens: 4096,
+        tokens: 2048,
         survivors: 1,
     },
 ];
 
 /// `DEFAULT_STAGES` as a command-line string.
-pub const DEFAULT_STAGES_ARG: &str = "512:4,1024:2,4096:1";
+pub const DEFAULT_STAGES_ARG: &str = "512:4,2048:1";
 
 /// Calibration tokens the stages sample their windows from, by default (less
 /// when the calibration text is shorter, never less than the largest stage).

@@ -55,7 +55,7 @@ impl RaceRule {
 pub struct Race {
     /// Mean KL per token of each candidate over the windows it was scored on.
     pub fitness: Vec<f64>,
-    /// The parent's mean KL over all windows (when a parent was given).
+    /// The parent's mean KL over all windows (when it competed).
     pub parent_fitness: Option<f64>,
     /// Entrants best first (candidates `0..n`, then the parent as `n` if it
     /// competed): those never eliminated by fitness, then the eliminated.
@@ -559,7 +559,7 @@ impl<'a> Evaluator<'a> {
     /// Scores `candidates` on `windows`, batch by batch, on the same tokens.
     ///
     /// With `parent`, its hidden states at every block boundary are computed
-    /// once per batch (then its own fitness costs only the LM head), and each
+    /// once per batch (its own fitness, when it competes, then costs only the LM head), and each
     /// candidate starts its forward pass at its first changed block.
     ///
     /// Racing (`rule.z > 0`): after each batch, once `rule.min_windows`
@@ -634,8 +634,12 @@ impl<'a> Evaluator<'a> {
                     self.stats.block_forwards += n_blocks as u64;
                     self.stats.cache_forwards += n_blocks as u64;
                     states.push(x);
-                    let kls = self.window_kls(&states[n_blocks], ws, targets, &mut xn)?;
-                    parent_windows.extend(kls);
+                    // Its scores only matter where it competes (its LM head
+                    // is a fifth of a forward at vocabularies of 49 k).
+                    if competes {
+                        let kls = self.window_kls(&states[n_blocks], ws, targets, &mut xn)?;
+                        parent_windows.extend(kls);
+                    }
                     self.stats.tokens += (b * t) as u64;
                     Some(states)
                 }
@@ -688,7 +692,7 @@ impl<'a> Evaluator<'a> {
         });
         Ok(Race {
             fitness: fitness[..candidates.len()].to_vec(),
-            parent_fitness: parent.map(|_| mean(&parent_windows)),
+            parent_fitness: competes.then(|| mean(&parent_windows)),
             order,
             windows_scored: per_window.iter().map(Vec::len).collect(),
         })
