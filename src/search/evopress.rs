@@ -607,7 +607,7 @@ pub(crate) fn select(
             .fitness
             .iter()
             .copied()
-            .chain(race.parent_fitness.filter(|_| last))
+            .chain(race.parent_fitness)
             .collect();
         let order: Vec<usize> = race.order.into_iter().take(keep).collect();
         stage_best.push(all[order[0]]);
