@@ -218,9 +218,10 @@ pub fn estimate(opts: &CompressOptions) -> Result<Estimate> {
         per_gen += tokens * parent + cands * tokens * entrant * factor;
         cands = s.survivors as f64;
     }
-    let last = evo.stages.last().map_or(0.0, |s| s.tokens as f64);
+    // The base's targets (one pass over the pool), then the generations (the
+    // start's own fitness is only computed when no generation runs).
     let search_tokens = match opts.search.algo {
-        Algo::Evopress => pool + last + evo.generations as f64 * per_gen,
+        Algo::Evopress => pool + evo.generations as f64 * per_gen,
         _ => 0.0,
     };
     let search_s = search_tokens * token_s;

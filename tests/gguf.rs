@@ -407,6 +407,14 @@ fn head_types_in_the_fitness_match_a_forward_from_scratch() {
     for (a, b) in cached.iter().zip(&scratch) {
         assert!((a - b).abs() <= 1e-9 * b.abs(), "{cached:?} vs {scratch:?}");
     }
+    // The search's evaluator re-reads the base head tensors from the
+    // checkpoint instead of keeping them: the same levels, the same scores.
+    let base = Model::from_files(&files, &candle_core::Device::Cpu).unwrap();
+    let mut from_files = Evaluator::new(base, &db, &space, 64 << 20).reading_base_from(&files);
+    let again = from_files
+        .fitness_many(&cands, Some(&parent), &targets, &windows)
+        .unwrap();
+    assert_eq!(again, cached, "head levels encoded from the files differ");
     for (i, f) in scratch.iter().enumerate() {
         assert!(
             (f - p).abs() > 1e-4 * p,

@@ -15,9 +15,10 @@
 //!    stage (elitism). The winner is the next parent.
 //!
 //! Head tensors in the space (the GGUF embedding and output, whose types a
-//! file-size budget pays for): the first parent is the fittest of the
-//! knapsack solutions for every combination of their types (the same staged,
-//! raced selection as a generation), and mutations move them like any layer.
+//! file-size budget pays for): the first parent is the knapsack solution at
+//! the default types, the knapsack solutions for every other combination of
+//! their types join generation 0's offspring (selected on the same stages and
+//! tokens), and mutations move them like any layer.
 //!
 //! Every random choice comes from a generator seeded by (seed, generation),
 //! and the state is checkpointed after each generation, so a search killed
@@ -105,8 +106,8 @@ pub enum Init {
     /// several random feasible points.
     Random,
     /// The knapsack solution (raced against the uniform configuration when
-    /// the target is exactly a level, and against the other head types'
-    /// starts when GGUF head types are searched).
+    /// the target is exactly a level; when GGUF head types are searched, the
+    /// other types' knapsack solutions join the first generation's offspring).
     Knapsack,
 }
 
@@ -387,6 +388,19 @@ pub(crate) fn sample_windows(
     all
 }
 
+/// One window sample per stage, in stage order, drawn from `rng`.
+pub(crate) fn draw_stage_windows(
+    stages: &[Stage],
+    n_pool: usize,
+    seq_len: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<usize>> {
+    stages
+        .iter()
+        .map(|s| sample_windows(n_pool, s.tokens, seq_len, rng))
+        .collect()
+}
+
 /// Runs (or resumes from `checkpoint`) the search.
 #[allow(clippy::too_many_arguments)]
 pub fn evopress(
@@ -443,33 +457,35 @@ pub fn evopress(
         None => None,
     };
 
+    // The other GGUF head types' starts join generation 0's offspring: they
+    // are selected on the same stages and tokens as its mutations, at no
+    // extra selection of their own.
+    let mut rivals: Vec<Choice> = Vec::new();
+    let mut start_rng = gen_rng(params.seed, u64::MAX, 1);
     let (mut parent, mut parent_fitness, mut history, start_gen) = match resumed {
         Some(ck) => {
             eval.stats = ck.stats;
             (
                 ck.parent,
-                ck.parent_fitness,
+                Some(ck.parent_fitness),
                 ck.history,
                 ck.generations_done,
             )
         }
         None => {
-            let mut rng = gen_rng(params.seed, u64::MAX, 1);
+            let rng = &mut start_rng;
             let exact = (0..space.levels.len())
                 .find(|&k| (space.bits_per_weight(&space.all_at(k)) - target_bits).abs() < 1e-9);
             let first = params.stages[0];
-            let windows = sample_windows(n_pool, first.tokens, seq, &mut rng);
+            let windows = sample_windows(n_pool, first.tokens, seq, rng);
             let start = match (params.init, exact) {
                 (Init::Knapsack, _) if !space.head.is_empty() => {
-                    let starts = head_starts(space, budget);
                     let default = super::knapsack::knapsack(space, target_bits)?;
-                    let others: Vec<Choice> =
-                        starts.into_iter().filter(|c| *c != default).collect();
-                    if others.is_empty() {
-                        default
-                    } else {
-                        select(eval, params, &default, others, targets, &mut rng)?.0
-                    }
+                    rivals = head_starts(space, budget)
+                        .into_iter()
+                        .filter(|c| *c != default)
+                        .collect();
+                    default
                 }
                 // The target is exactly a level: the uniform configuration
                 // races the knapsack's (the knapsack's additive layer-error
@@ -481,7 +497,8 @@ pub fn evopress(
                     if uniform == default {
                         default
                     } else {
-                        select(eval, params, &default, vec![uniform], targets, &mut rng)?.0
+                        let w = draw_stage_windows(&params.stages, n_pool, seq, rng);
+                        select(eval, params, &default, vec![uniform], targets, &w)?.0
                     }
                 }
                 (Init::Knapsack, None) => super::knapsack::knapsack(space, target_bits)?,
@@ -491,7 +508,7 @@ pub fn evopress(
                         .find(|&k| space.bits_per_weight(&space.all_at(k)) >= target_bits)
                         .unwrap_or(space.levels.len() - 1);
                     let cands: Vec<Choice> = (0..params.initial_candidates.max(1))
-                        .map(|_| random_feasible(space, ceil, budget, &mut rng))
+                        .map(|_| random_feasible(space, ceil, budget, rng))
                         .collect();
                     let f = eval.fitness_many(&cands, None, targets, &windows)?;
                     let best = (0..cands.len())
@@ -500,10 +517,7 @@ pub fn evopress(
                     cands[best].clone()
                 }
             };
-            let last = *params.stages.last().expect("validated");
-            let windows = sample_windows(n_pool, last.tokens, seq, &mut rng);
-            let f = eval.fitness(&start, targets, &windows)?;
-            (start, f, Vec::new(), 0)
+            (start, None, Vec::new(), 0)
         }
     };
 
@@ -521,21 +535,28 @@ pub fn evopress(
                 offspring.push(c);
             }
         }
+        if generation == 0 {
+            for r in std::mem::take(&mut rivals) {
+                if seen.insert(r.clone()) {
+                    offspring.push(r);
+                }
+            }
+        }
         if offspring.is_empty() {
             // No other configuration fits the budget (one level per layer,
             // or a budget at the ends of the levels): the parent is the
             // answer; nothing is left to search.
             break;
         }
-        let candidates = offspring;
+        let windows = draw_stage_windows(&params.stages, n_pool, seq, &mut rng);
         let (winner, fitness, stage_best) =
-            select(eval, params, &parent, candidates, targets, &mut rng)?;
+            select(eval, params, &parent, offspring, targets, &windows)?;
         let improved = winner != parent;
         parent = winner;
-        parent_fitness = fitness;
+        parent_fitness = Some(fitness);
         let log = GenerationLog {
             generation,
-            fitness: parent_fitness,
+            fitness,
             stage_best,
             bits_per_weight: space.bits_per_weight(&parent),
             improved,
@@ -552,7 +573,7 @@ pub fn evopress(
                 targets: fingerprint.clone(),
                 generations_done: generation + 1,
                 parent: parent.clone(),
-                parent_fitness,
+                parent_fitness: fitness,
                 history: history.clone(),
                 stats: eval.stats,
             };
@@ -565,9 +586,20 @@ pub fn evopress(
         }
     }
     debug_assert!(space.storage_bits(&parent) <= budget);
+    // No generation ran (nothing else fits the budget, or none asked for):
+    // the start's fitness, on a last stage's worth of tokens (only then is it
+    // needed: every generation scores the parent in its last stage).
+    let fitness = match parent_fitness {
+        Some(f) => f,
+        None => {
+            let last = params.stages.last().expect("validated").tokens;
+            let windows = sample_windows(n_pool, last, seq, &mut start_rng);
+            eval.fitness(&parent, targets, &windows)?
+        }
+    };
     Ok(EvoResult {
         choice: parent,
-        fitness: parent_fitness,
+        fitness,
         history,
         stats: eval.stats,
     })
@@ -583,15 +615,12 @@ pub(crate) fn select(
     parent: &Choice,
     mut candidates: Vec<Choice>,
     targets: &BaseTargets,
-    rng: &mut ChaCha8Rng,
+    stage_windows: &[Vec<usize>],
 ) -> Result<(Choice, f64, Vec<f64>)> {
-    let n_pool = targets.windows();
-    let seq = targets.seq_len;
     let mut stage_best = Vec::with_capacity(params.stages.len());
     let mut fits = Vec::new();
-    for (s, stage) in params.stages.iter().enumerate() {
+    for (s, (stage, windows)) in params.stages.iter().zip(stage_windows).enumerate() {
         let last = s + 1 == params.stages.len();
-        let windows = sample_windows(n_pool, stage.tokens, seq, rng);
         let keep = stage.survivors.min(candidates.len() + usize::from(last));
         let rule = RaceRule {
             keep,
@@ -599,7 +628,7 @@ pub(crate) fn select(
             min_windows: RACE_MIN_WINDOWS,
             parent_competes: last,
         };
-        let race = eval.race(&candidates, Some(parent), targets, &windows, &rule)?;
+        let race = eval.race(&candidates, Some(parent), targets, windows, &rule)?;
         if last {
             candidates.push(parent.clone());
         }

@@ -21,7 +21,7 @@ use crate::database::{Choice, HeadTensor, SearchSpace};
 use crate::error::{Error, Result};
 use crate::model::kernels::F32View;
 use crate::model::logits::row_stats;
-use crate::model::{Model, Scratch, SublayerId};
+use crate::model::{Model, ModelFiles, Scratch, SublayerId};
 
 /// Windows per forward pass during the search (and per racing step).
 pub const SEARCH_BATCH: usize = 4;
@@ -273,9 +273,19 @@ pub struct EvalStats {
     pub race_windows_skipped: u64,
 }
 
-/// Dequantized weights of (layer, member, level), least recently used first out.
+/// A cached weight: a linear layer's dequantized values, or a head tensor's
+/// ggml encoding (a twelfth to a quarter of its f32 bytes; decoding it is far
+/// cheaper than encoding it again, and keeping every head level decoded
+/// would fill the cache with two tensors).
+#[derive(Clone)]
+enum Cached {
+    Dense(Tensor),
+    Codes(dynapress_ggml::GgmlType, std::sync::Arc<Vec<u8>>),
+}
+
+/// Weights of (layer, member, level), least recently used first out.
 struct WeightCache {
-    map: HashMap<(usize, usize, usize), (Tensor, usize)>,
+    map: HashMap<(usize, usize, usize), (Cached, usize)>,
     order: VecDeque<(usize, usize, usize)>,
     bytes: usize,
     budget: usize,
@@ -330,14 +340,26 @@ impl Knobs<'_> {
 
 /// What head-tensor levels are encoded from: the base model's own embedding
 /// and LM head weights, and the output's importance.
-struct HeadBase {
-    /// The base's tensors themselves (shared, not copied: the model holds
-    /// the searched levels' weights in their place).
-    embedding: Tensor,
-    /// `None` when the checkpoint ties the head to the embedding.
-    output: Option<Tensor>,
+struct HeadBase<'a> {
+    source: HeadSource<'a>,
+    /// Whether the checkpoint ties the head to the embedding.
+    tied: bool,
     importance: Option<Vec<f32>>,
     shape: (usize, usize),
+}
+
+/// Where the base's head tensors are read from when a level is encoded.
+enum HeadSource<'a> {
+    /// Kept in memory (shared with the model until it holds searched
+    /// levels in their place; then an extra f32 copy of each).
+    Held {
+        embedding: Tensor,
+        output: Option<Tensor>,
+    },
+    /// Read again from the checkpoint for each encoding (levels are encoded
+    /// once and their codes cached, so this is rare, and the f32 copies
+    /// are not kept: 226 MB at the 135 M shape).
+    Files(&'a ModelFiles),
 }
 
 /// Evaluates configurations by swapping database weights into one model (or
@@ -348,7 +370,8 @@ pub struct Evaluator<'a> {
     /// The level each layer of `model` currently holds (`None`: original weight).
     loaded: Vec<Option<usize>>,
     cache: WeightCache,
-    head_base: Option<HeadBase>,
+    head_base: Option<HeadBase<'a>>,
+    files: Option<&'a ModelFiles>,
     pub stats: EvalStats,
 }
 
@@ -377,21 +400,36 @@ impl<'a> Evaluator<'a> {
                 budget: weight_budget,
             },
             head_base: None,
+            files: None,
             stats: EvalStats::default(),
         }
     }
 
+    /// Encodes head-tensor levels from `files` (the checkpoint the model was
+    /// loaded from) instead of keeping the base's embedding and output in
+    /// memory next to the searched levels.
+    pub fn reading_base_from(mut self, files: &'a ModelFiles) -> Self {
+        self.files = Some(files);
+        self
+    }
+
     /// Keeps what the head tensors' levels are encoded from (once, when the
     /// space has head tensors).
-    fn head_base(&mut self, db: &Database, space: &SearchSpace) -> Result<&HeadBase> {
+    fn head_base(&mut self, db: &Database, space: &SearchSpace) -> Result<&HeadBase<'a>> {
         if self.head_base.is_none() {
             let tied = space.head.iter().all(|h| h.tensor != HeadTensor::Output);
             let emb = self.model.embedding();
             let shape = emb.dims2()?;
-            let output = (!tied).then(|| self.model.head().weight.clone());
+            let source = match self.files {
+                Some(f) => HeadSource::Files(f),
+                None => HeadSource::Held {
+                    embedding: emb.clone(),
+                    output: (!tied).then(|| self.model.head().weight.clone()),
+                },
+            };
             self.head_base = Some(HeadBase {
-                embedding: emb.clone(),
-                output,
+                source,
+                tied,
                 importance: db.head_importance()?,
                 shape,
             });
@@ -399,35 +437,60 @@ impl<'a> Evaluator<'a> {
         Ok(self.head_base.as_ref().expect("just set"))
     }
 
-    /// Head tensor `j` of the space at level `level`, dequantized: the values
-    /// the GGUF export writes (the output and a tied embedding with the
-    /// imatrix's output importance, an untied embedding without).
-    fn head_weight(
+    /// Head tensor `j` of the space at level `level`, encoded as the GGUF
+    /// export writes it (the output and a tied embedding with the imatrix's
+    /// output importance, an untied embedding without).
+    fn head_codes(
         &mut self,
         db: &Database,
         space: &SearchSpace,
         j: usize,
         level: usize,
-    ) -> Result<Tensor> {
+    ) -> Result<Cached> {
         let h = &space.head[j];
         let name = h.tensor.gguf_name();
         let ty = dynapress_ggml::GgmlType::from_name(&h.levels[level].level)
             .ok_or_else(|| Error::layer(name, "a head level is not a ggml type"))?;
         let device = self.model.device().clone();
         let base = self.head_base(db, space)?;
-        let (values, importance) = match (h.tensor, &base.output) {
-            (HeadTensor::Output, Some(out)) => (out, base.importance.as_deref()),
-            (HeadTensor::Embed, Some(_)) => (&base.embedding, None),
-            (_, None) => (&base.embedding, base.importance.as_deref()),
+        // The output, and a tied embedding, with the output's importance.
+        let output = h.tensor == HeadTensor::Output || base.tied;
+        let importance = if output {
+            base.importance.as_deref()
+        } else {
+            None
         };
+        let values = match &base.source {
+            HeadSource::Held { embedding, output } => match (h.tensor, output) {
+                (HeadTensor::Output, Some(out)) => out.clone(),
+                _ => embedding.clone(),
+            },
+            HeadSource::Files(f) if h.tensor == HeadTensor::Output && !base.tied => {
+                f.load_head(None, &device)?.weight
+            }
+            HeadSource::Files(f) => f.load_embedding(&device)?,
+        };
+        let values = &values;
         let cols = base.shape.1;
         let enc = |e: dynapress_ggml::Error| Error::layer(name, e.to_string());
         let view = F32View::new(values)
             .ok_or_else(|| Error::Invalid("the search needs f32 CPU weights".into()))?;
-        let values = view.as_slice();
-        let bytes = dynapress_ggml::quantize(ty, values, cols, importance).map_err(enc)?;
-        let deq = dynapress_ggml::dequantize(ty, &bytes, values.len()).map_err(enc)?;
-        Ok(Tensor::from_vec(deq, base.shape, &device)?)
+        let bytes = dynapress_ggml::quantize(ty, view.as_slice(), cols, importance).map_err(enc)?;
+        Ok(Cached::Codes(ty, std::sync::Arc::new(bytes)))
+    }
+
+    /// The f32 tensor a cached weight stands for.
+    fn decode(&self, cached: Cached) -> Result<Tensor> {
+        match cached {
+            Cached::Dense(t) => Ok(t),
+            Cached::Codes(ty, bytes) => {
+                let base = self.head_base.as_ref().expect("encoded from it");
+                let (rows, cols) = base.shape;
+                let deq = dynapress_ggml::dequantize(ty, &bytes, rows * cols)
+                    .map_err(|e| Error::Invalid(format!("a cached head tensor: {e}")))?;
+                Ok(Tensor::from_vec(deq, base.shape, self.model.device())?)
+            }
+        }
     }
 
     /// The weight of entry `layer` at `level`; for a linear layer with tied
@@ -445,7 +508,7 @@ impl<'a> Evaluator<'a> {
             let t = t.clone();
             self.cache.order.retain(|k| *k != key);
             self.cache.order.push_back(key);
-            return Ok(t);
+            return self.decode(t);
         }
         let t = match space.layers.get(layer) {
             Some(l) => {
@@ -455,11 +518,18 @@ impl<'a> Evaluator<'a> {
                     .entry(id, &l.levels[level].level)
                     .ok_or_else(|| Error::layer(id.weight_name(), "no database entry"))?;
                 let q = db.load(entry)?;
-                Tensor::from_vec(q.dequantize()?, (q.rows(), q.cols()), self.model.device())?
+                Cached::Dense(Tensor::from_vec(
+                    q.dequantize()?,
+                    (q.rows(), q.cols()),
+                    self.model.device(),
+                )?)
             }
-            None => self.head_weight(db, space, layer - space.layers.len(), level)?,
+            None => self.head_codes(db, space, layer - space.layers.len(), level)?,
         };
-        let size = t.elem_count() * 4;
+        let size = match &t {
+            Cached::Dense(t) => t.elem_count() * 4,
+            Cached::Codes(_, bytes) => bytes.len(),
+        };
         while self.cache.bytes + size > self.cache.budget {
             let Some(old) = self.cache.order.pop_front() else {
                 break;
@@ -473,7 +543,7 @@ impl<'a> Evaluator<'a> {
             self.cache.order.push_back(key);
             self.cache.bytes += size;
         }
-        Ok(t)
+        self.decode(t)
     }
 
     /// Makes the model hold configuration `c`.
@@ -494,7 +564,7 @@ impl<'a> Evaluator<'a> {
                         }
                         None => {
                             let w = self.weight(db, space, i, 0, k)?;
-                            let tied = self.head_base.as_ref().is_some_and(|b| b.output.is_none());
+                            let tied = self.head_base.as_ref().is_some_and(|b| b.tied);
                             match space.head[i - space.layers.len()].tensor {
                                 HeadTensor::Embed => {
                                     self.model.set_embedding(&w)?;

@@ -213,7 +213,8 @@ pub fn run_search(
                 |n| pb.inc(n as u64),
             )?;
             pb.finish_and_clear();
-            let mut eval = Evaluator::new(base, db, space, opts.weight_cache_budget);
+            let mut eval =
+                Evaluator::new(base, db, space, opts.weight_cache_budget).reading_base_from(files);
             let pb = progress::bar(opts.evo.generations as u64, "evopress", "gen", opts.quiet);
             if let Some(ck) = &opts.checkpoint
                 && ck.exists()
