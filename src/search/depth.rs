@@ -31,9 +31,7 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::evopress::{
-    DEFAULT_POOL_TOKENS, EvoParams, GenerationLog, draw_stage_windows, gen_rng, select,
-};
+use super::evopress::{DEFAULT_POOL_TOKENS, EvoParams, GenerationLog, gen_rng, select};
 use super::fitness::{BaseTargets, EvalStats, Evaluator, Knobs, SEARCH_BATCH};
 use crate::calib::load_calibration;
 use crate::database::Choice;
@@ -622,10 +620,8 @@ pub fn run_depth(files: &ModelFiles, opts: &DepthOptions) -> Result<DepthOutcome
         if candidates.is_empty() {
             break;
         }
-        let windows =
-            draw_stage_windows(&params.stages, targets.windows(), targets.seq_len, &mut rng);
         let (winner, fitness, stage_best) =
-            select(&mut eval, params, &parent, candidates, &targets, &windows)?;
+            select(&mut eval, params, &parent, candidates, &targets, &mut rng)?;
         let improved = winner != parent;
         parent = winner;
         let log = GenerationLog {

@@ -388,19 +388,6 @@ pub(crate) fn sample_windows(
     all
 }
 
-/// One window sample per stage, in stage order, drawn from `rng`.
-pub(crate) fn draw_stage_windows(
-    stages: &[Stage],
-    n_pool: usize,
-    seq_len: usize,
-    rng: &mut ChaCha8Rng,
-) -> Vec<Vec<usize>> {
-    stages
-        .iter()
-        .map(|s| sample_windows(n_pool, s.tokens, seq_len, rng))
-        .collect()
-}
-
 /// Runs (or resumes from `checkpoint`) the search.
 #[allow(clippy::too_many_arguments)]
 pub fn evopress(
@@ -497,8 +484,7 @@ pub fn evopress(
                     if uniform == default {
                         default
                     } else {
-                        let w = draw_stage_windows(&params.stages, n_pool, seq, rng);
-                        select(eval, params, &default, vec![uniform], targets, &w)?.0
+                        select(eval, params, &default, vec![uniform], targets, rng)?.0
                     }
                 }
                 (Init::Knapsack, None) => super::knapsack::knapsack(space, target_bits)?,
@@ -548,9 +534,8 @@ pub fn evopress(
             // answer; nothing is left to search.
             break;
         }
-        let windows = draw_stage_windows(&params.stages, n_pool, seq, &mut rng);
         let (winner, fitness, stage_best) =
-            select(eval, params, &parent, offspring, targets, &windows)?;
+            select(eval, params, &parent, offspring, targets, &mut rng)?;
         let improved = winner != parent;
         parent = winner;
         parent_fitness = Some(fitness);
@@ -615,12 +600,15 @@ pub(crate) fn select(
     parent: &Choice,
     mut candidates: Vec<Choice>,
     targets: &BaseTargets,
-    stage_windows: &[Vec<usize>],
+    rng: &mut ChaCha8Rng,
 ) -> Result<(Choice, f64, Vec<f64>)> {
+    let n_pool = targets.windows();
+    let seq = targets.seq_len;
     let mut stage_best = Vec::with_capacity(params.stages.len());
     let mut fits = Vec::new();
-    for (s, (stage, windows)) in params.stages.iter().zip(stage_windows).enumerate() {
+    for (s, stage) in params.stages.iter().enumerate() {
         let last = s + 1 == params.stages.len();
+        let windows = sample_windows(n_pool, stage.tokens, seq, rng);
         let keep = stage.survivors.min(candidates.len() + usize::from(last));
         let rule = RaceRule {
             keep,
@@ -628,7 +616,7 @@ pub(crate) fn select(
             min_windows: RACE_MIN_WINDOWS,
             parent_competes: last,
         };
-        let race = eval.race(&candidates, Some(parent), targets, windows, &rule)?;
+        let race = eval.race(&candidates, Some(parent), targets, &windows, &rule)?;
         if last {
             candidates.push(parent.clone());
         }

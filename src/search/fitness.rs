@@ -470,10 +470,9 @@ impl<'a> Evaluator<'a> {
             }
             HeadSource::Files(f) => f.load_embedding(&device)?,
         };
-        let values = &values;
         let cols = base.shape.1;
         let enc = |e: dynapress_ggml::Error| Error::layer(name, e.to_string());
-        let view = F32View::new(values)
+        let view = F32View::new(&values)
             .ok_or_else(|| Error::Invalid("the search needs f32 CPU weights".into()))?;
         let bytes = dynapress_ggml::quantize(ty, view.as_slice(), cols, importance).map_err(enc)?;
         Ok(Cached::Codes(ty, std::sync::Arc::new(bytes)))
